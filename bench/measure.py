@@ -1,0 +1,113 @@
+"""Peak-memory measurement and run provenance for the benchmarks."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+from contextlib import contextmanager
+
+import torch
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def pin_malloc_to_mmap() -> None:
+    """Make glibc return large blocks to the OS at once (fixed 1 MiB mmap
+    threshold), so that the resident set size tracks what is really in use and
+    its high-water mark measures one step's peak."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
+class PeakMemory:
+    """Extra bytes at the peak of the block, over what was in use before it.
+
+    CUDA: the caching allocator's peak statistics.  CPU (Linux): the process's
+    resident-set high-water mark, reset through /proc/self/clear_refs.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.bytes: int | None = None
+
+    @contextmanager
+    def measure(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            yield self
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - base
+        else:
+            libc = _libc()
+            if libc is not None:
+                libc.malloc_trim(0)
+            base = _status_kib("VmRSS")
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            yield self
+            self.bytes = max(0, _status_kib("VmHWM") - base) * 1024
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    return _status_kib_meminfo("MemAvailable") * 1024
+
+
+def _status_kib_meminfo(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def provenance(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "command": " ".join([os.path.basename(sys.executable), "-m", "pytest", *sys.argv[1:]]),
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,87 @@
+"""``soft_nearest_neighbor_loss``: validation, backend dispatch, reduction."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import validation
+from .chunked import chunked_rows
+from .reference import reference_rows
+from .rowwise import reduce_rows
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64; everything else accumulates in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def resolve_backend(backend: str, z: torch.Tensor) -> str:
+    """``auto``: the fused kernel for CUDA tensors when Triton imports, else ``chunked``."""
+    if backend != "auto":
+        return backend
+    if z.device.type == "cuda" and validation.triton_available():
+        return "triton"
+    return "chunked"
+
+
+def soft_nearest_neighbor_loss(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    *,
+    distance: str = "cosine",
+    eps: float = 1e-5,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Soft nearest neighbor loss (Frosst, Papernot & Hinton, 2019) of a batch.
+
+    For rows z_i with labels y_i and logits s_ij = -d_ij / T (j != i):
+
+        l_i = -log(eps + N_i / (eps + S_i)),
+        S_i = sum_{j != i} exp(s_ij),   N_i = sum_{j != i, y_j = y_i} exp(s_ij).
+
+    Args:
+        z: (b, d) floating-point batch, b >= 2.
+        labels: (b,) integer class ids on z's device.
+        temperature: T > 0, a float or a 0-dim tensor; a tensor that requires
+            grad receives a gradient (a learned temperature).
+        distance: ``"cosine"`` (1 - cosine similarity) or ``"euclidean"``
+            (squared Euclidean distance).
+        eps: stability constant of the authors' convention (1e-5).  With
+            ``eps=0`` the loss is logsumexp_all - logsumexp_same; rows with no
+            same-class neighbour are then ``+inf`` in ``reduction="none"`` and
+            are left out of ``mean`` and ``sum`` (0 if every row is left out).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-row vector).
+        backend: ``"auto"`` (Triton for CUDA tensors when available, else
+            ``"chunked"``), ``"reference"`` (b x b matrices, the oracle),
+            ``"chunked"`` (PyTorch, O(b * block) memory) or ``"triton"`` (fused
+            kernels; CPU tensors only under TRITON_INTERPRET=1).
+
+    Returns:
+        The reduced loss, or the per-row losses for ``reduction="none"``; fp64
+        for fp64 input, fp32 otherwise (half-precision input is accumulated in
+        fp32).
+    """
+    eps = validation.check_options(distance, eps, reduction, backend)
+    validation.check_batch(z, labels)
+    dtype = compute_dtype(z.dtype)
+    temperature = validation.check_temperature(temperature, z.device, dtype)
+    backend = resolve_backend(backend, z)
+    cosine = distance == "cosine"
+
+    if backend == "reference":
+        rows = reference_rows(z.to(dtype), labels, temperature, distance, eps)
+    elif backend == "chunked":
+        x = F.normalize(z.to(dtype), dim=1) if cosine else z.to(dtype)
+        rows = chunked_rows(x, labels, temperature, cosine, eps)
+    else:
+        validation.check_triton_usable(z)
+        from .fused import fused_rows
+
+        # Half-precision inputs stay half for the tensor cores; the kernels
+        # accumulate in fp32.  Normalisation happens in fp32 first.
+        x = F.normalize(z.to(dtype), dim=1).to(z.dtype) if cosine else z
+        rows = fused_rows(x, labels, temperature, cosine, eps)
+    return reduce_rows(rows, reduction)

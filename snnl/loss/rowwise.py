@@ -1,0 +1,71 @@
+"""Per-row algebra shared by every backend.
+
+Every backend reduces a batch to two numbers per row i, both in the log domain:
+
+    lse_all[i]  = log S_i = logsumexp_{j != i} s_ij
+    lse_same[i] = log N_i = logsumexp_{j != i, y_j = y_i} s_ij   (-inf: no same-class neighbour)
+
+with logits s_ij = -d_ij / T.  The per-row loss is the authors' convention
+
+    l_i = -log(eps + N_i / (eps + S_i)),
+
+written here with ``logaddexp`` so that nothing overflows or underflows however
+small T is or however far apart the points are.  With ``eps == 0`` it is
+``lse_all - lse_same`` and is ``+inf`` for rows without a same-class neighbour.
+
+The fused backends do not differentiate through these formulas with autograd:
+they need the two partial derivatives dl_i/d lse_all[i] and dl_i/d lse_same[i]
+in closed form (``row_coefficients``), which the tests check against autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rows_loss(lse_all: torch.Tensor, lse_same: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-row loss from the two per-row log-sum-exps (differentiable)."""
+    has_same = torch.isfinite(lse_same)
+    if eps == 0.0:
+        # Select, do not subtract, so the rows left out get no gradient (and no NaN).
+        safe_same = torch.where(has_same, lse_same, torch.zeros_like(lse_same))
+        return torch.where(has_same, lse_all - safe_same, torch.full_like(lse_all, math.inf))
+    log_eps = torch.full_like(lse_all, math.log(eps))
+    log_ratio = lse_same - torch.logaddexp(log_eps, lse_all)  # log(N / (eps + S))
+    return -torch.logaddexp(log_eps, log_ratio)
+
+
+def row_coefficients(
+    lse_all: torch.Tensor, lse_same: torch.Tensor, eps: float, grad_rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream gradient times dl_i/d lse_all[i] and dl_i/d lse_same[i].
+
+    Rows without a same-class neighbour get zero for both: with eps > 0 their
+    loss is the constant -log(eps); with eps == 0 they are left out.
+    """
+    has_same = torch.isfinite(lse_same)
+    zeros = torch.zeros_like(lse_all)
+    if eps == 0.0:
+        return torch.where(has_same, grad_rows, zeros), torch.where(has_same, -grad_rows, zeros)
+    log_eps = math.log(eps)
+    log_ratio = lse_same - torch.logaddexp(torch.full_like(lse_all, log_eps), lse_all)
+    # p = r / (eps + r) with r = N / (eps + S): the share of the outer log's argument
+    # that is not eps.  q = S / (eps + S) likewise for the inner one.
+    p = torch.where(has_same, torch.sigmoid(log_ratio - log_eps), zeros)
+    q = torch.sigmoid(lse_all - log_eps)
+    return grad_rows * p * q, -grad_rows * p
+
+
+def reduce_rows(rows: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply ``reduction``; rows that are ``+inf`` (eps == 0, no same-class
+    neighbour) are left out of ``mean`` and ``sum``.  If every row is left out
+    the result is 0: there is no same-class pair to pull together."""
+    if reduction == "none":
+        return rows
+    kept = torch.isfinite(rows)
+    total = torch.where(kept, rows, torch.zeros_like(rows)).sum()
+    if reduction == "sum":
+        return total
+    return total / kept.sum().clamp_min(1)

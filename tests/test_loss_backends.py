@@ -1,0 +1,143 @@
+"""Every fast path against the reference: losses and gradients (z and T).
+
+The Triton kernels run under the interpreter here (TRITON_INTERPRET=1, set in
+conftest.py when there is no GPU); the interpreter is slow, so its grid is
+smaller than the chunked one and uses batches up to ~300.  Shapes are chosen
+not to be multiples of the block sizes, and small block sizes are forced so
+that every batch spans several row and column tiles and every feature
+dimension above 16 spans several chunks.
+
+Tolerances: in float64 the backends differ from the reference only in
+summation order, so 1e-9 relative (loss) and 1e-8 relative to the largest
+gradient entry are ample for sums over a few hundred terms at T >= 0.01,
+whose logits reach 200 in magnitude.  float32 runs compare with a float64
+reference with tolerances of a few hundred ulps for the same reason.
+"""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snnl import soft_nearest_neighbor_loss
+from snnl.loss.chunked import chunked_rows
+from snnl.loss.reference import reference_rows
+
+from .loss_cases import LABEL_PATTERNS, assert_close_rows, assert_close_scaled, make_labels, make_points, rows_and_grads
+
+triton = pytest.importorskip("triton", reason="the triton backend tests need the triton package")
+from snnl.loss.fused import fused_rows  # noqa: E402  (imports triton)
+
+
+def prepared(distance):
+    return (lambda z: F.normalize(z, dim=1)) if distance == "cosine" else (lambda z: z)
+
+
+def backend_rows(backend, distance, eps, **kw):
+    prep = prepared(distance)
+    cosine = distance == "cosine"
+    if backend == "chunked":
+        return lambda z, y, t: chunked_rows(prep(z), y, t, cosine, eps, block_rows=kw.get("block_rows", 7))
+    if backend == "triton":
+        return lambda z, y, t: fused_rows(prep(z), y, t, cosine, eps, kw.get("blocks", (16, 16, 16)))
+    return lambda z, y, t: reference_rows(z, y, t, distance, eps)
+
+
+def compare(backend, b, d, pattern, temperature, distance, eps, dtype=torch.float64, rtol=1e-9, grad_rtol=1e-8, **kw):
+    g = torch.Generator().manual_seed(hash((b, d, pattern, temperature, distance, eps)) % 2**31)
+    z = make_points(b, d, distance, dtype, g)
+    labels = make_labels(pattern, b, g)
+    t = torch.tensor(temperature, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    weights = torch.randn(b, generator=g, dtype=torch.float64)
+    expected = rows_and_grads(backend_rows("reference", distance, eps), z.double(), labels, t.double(), weights)
+    actual = rows_and_grads(backend_rows(backend, distance, eps, **kw), z, labels, t, weights)
+    assert_close_rows(actual[0], expected[0], rtol=rtol, atol=rtol)
+    assert_close_scaled(actual[1], expected[1], grad_rtol)
+    assert_close_scaled(actual[2], expected[2], grad_rtol)
+
+
+SHAPES = [(2, 1), (3, 5), (17, 3), (33, 16), (64, 70), (100, 33), (130, 130), (257, 9)]
+TEMPERATURES = [0.01, 0.1, 1.0, 100.0]
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+@pytest.mark.parametrize("pattern", LABEL_PATTERNS)
+@pytest.mark.parametrize("b,d", SHAPES)
+def test_chunked_matches_reference(b, d, pattern, distance, eps):
+    for temperature in TEMPERATURES:
+        compare("chunked", b, d, pattern, temperature, distance, eps)
+
+
+# The interpreter grid: every label pattern, temperature, distance and eps value
+# is covered, paired with shapes so that the whole grid stays around a minute.
+TRITON_CASES = [
+    (b, d, pattern, temperature, distance, eps)
+    for (b, d), pattern, (temperature, distance, eps) in zip(
+        itertools.cycle([(2, 1), (3, 5), (17, 3), (33, 16), (65, 40), (100, 33), (130, 130), (300, 7)]),
+        LABEL_PATTERNS * 8,
+        itertools.product(TEMPERATURES, ["cosine", "euclidean"], [1e-5, 0.0]),
+    )
+]
+
+
+@pytest.mark.parametrize("b,d,pattern,temperature,distance,eps", TRITON_CASES)
+def test_triton_matches_reference(b, d, pattern, temperature, distance, eps):
+    compare("triton", b, d, pattern, temperature, distance, eps)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_triton_default_blocks_and_register_accumulation(distance):
+    # Default launcher blocks: the feature dimension fits one chunk.
+    compare("triton", 70, 45, "few_classes", 0.5, distance, 1e-5, blocks=None)
+
+
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_float32_against_float64_reference(backend, distance):
+    compare(backend, 150, 70, "few_classes", 0.1, distance, 1e-5, dtype=torch.float32, rtol=2e-5, grad_rtol=1e-4)
+
+
+def test_triton_float16_against_float64_reference():
+    # Triton's interpreter mishandles bf16 in tl.dot (3.9), so bfloat16 is
+    # checked by the GPU tests only.  fp16 inputs are rounded to 11 bits.
+    compare("triton", 90, 24, "few_classes", 0.5, "cosine", 1e-5, dtype=torch.float16, rtol=2e-3, grad_rtol=5e-3)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("backend", ["chunked", "triton"])
+def test_public_api_reductions(backend, reduction):
+    for eps in (1e-5, 0.0):
+        z = torch.randn(41, 6, dtype=torch.float64)
+        labels = torch.tensor([0, 1, 2, 3] * 10 + [9])  # label 9 is a singleton
+        t = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        zr = z.clone().requires_grad_(True)
+        zb = z.clone().requires_grad_(True)
+        ref = soft_nearest_neighbor_loss(zr, labels, t, eps=eps, reduction=reduction, backend="reference")
+        out = soft_nearest_neighbor_loss(zb, labels, t, eps=eps, reduction=reduction, backend=backend)
+        assert_close_rows(out.reshape(-1), ref.reshape(-1), rtol=1e-10, atol=1e-12)
+        weights = torch.randn(ref.shape, dtype=torch.float64)
+        (gr,) = torch.autograd.grad(torch.where(torch.isfinite(ref), ref * weights, 0).sum(), [zr])
+        (gb,) = torch.autograd.grad(torch.where(torch.isfinite(out), out * weights, 0).sum(), [zb])
+        assert_close_scaled(gb, gr, 1e-9)
+
+
+def test_auto_backend_on_cpu_is_chunked_and_matches():
+    z = torch.randn(50, 8)
+    labels = torch.randint(0, 5, (50,))
+    auto = soft_nearest_neighbor_loss(z, labels, backend="auto")
+    chunked = soft_nearest_neighbor_loss(z, labels, backend="chunked")
+    assert torch.equal(auto, chunked)
+
+
+def test_chunked_default_block_covers_large_batch():
+    # Default block (4M elements) -> several blocks at b = 3000.
+    from snnl.loss.chunked import block_rows_for
+
+    assert block_rows_for(3000) < 3000
+    z = torch.randn(3000, 4, dtype=torch.float64)
+    labels = torch.randint(0, 10, (3000,))
+    ref = soft_nearest_neighbor_loss(z, labels, 0.2, backend="reference", reduction="none")
+    out = soft_nearest_neighbor_loss(z, labels, 0.2, backend="chunked", reduction="none")
+    assert_close_rows(out, ref, rtol=1e-10, atol=1e-12)
