@@ -1,5 +1,6 @@
 """snnl: the soft nearest neighbor loss and clustering-friendly representation learning."""
 
+from .estimator import SNNLKMeans
 from .loss import SNNLoss, soft_nearest_neighbor_loss
 from .temperature import AnnealingTemperature, FixedTemperature
 
@@ -10,5 +11,6 @@ __all__ = [
     "SNNLoss",
     "AnnealingTemperature",
     "FixedTemperature",
+    "SNNLKMeans",
     "__version__",
 ]

@@ -1,0 +1,122 @@
+"""The named IDX datasets: their files, where they are published, their classes.
+
+Checksums are those of the files as their authors publish them.  NIST
+publishes no SHA-256 for the EMNIST archive; it is checked by its exact size
+and the MD5 that torchvision and others have used for years.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file that can be downloaded and checked."""
+
+    name: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    name: str
+    files: dict  # (split, "images" | "labels") -> file name
+    classes: tuple[str, ...]
+    transposed: bool = False  # EMNIST stores images column-major
+    label_offset: int = 0  # subtracted from the stored labels (EMNIST letters are 1..26)
+    remote: tuple[RemoteFile, ...] = ()  # what to download
+    archive_member_dir: str | None = None  # files live inside remote[0] (a zip) under this folder
+    home: str = ""  # where people get it by hand
+    image_shape: tuple[int, int] = (28, 28)
+    labelled_default: int | None = None  # the paper's labelled training subset
+
+
+def _mnist_style_files(prefix: str = "") -> dict:
+    return {
+        ("train", "images"): f"{prefix}train-images-idx3-ubyte.gz",
+        ("train", "labels"): f"{prefix}train-labels-idx1-ubyte.gz",
+        ("test", "images"): f"{prefix}t10k-images-idx3-ubyte.gz",
+        ("test", "labels"): f"{prefix}t10k-labels-idx1-ubyte.gz",
+    }
+
+
+_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+_FASHION_SHA256 = {
+    "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+_EMNIST_ARCHIVE = RemoteFile(
+    name="gzip.zip",
+    urls=("https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip",),
+    md5="58c8d27c78d21e728a6bc7b3cc06412e",
+    size=561_753_746,
+)
+
+DIGITS = tuple(string.digits)
+# Balanced and ByMerge merge the 15 lowercase letters that look like their
+# capitals; the 11 that remain are listed after A-Z (emnist-balanced-mapping.txt).
+EMNIST_BALANCED_CLASSES = tuple(string.digits + string.ascii_uppercase + "abdefghnqrt")
+
+IDX_DATASETS: dict[str, IdxDataset] = {
+    "mnist": IdxDataset(
+        name="mnist",
+        files=_mnist_style_files(),
+        classes=DIGITS,
+        remote=tuple(
+            RemoteFile(f, tuple(m + f for m in _MNIST_MIRRORS), sha256=s) for f, s in _MNIST_SHA256.items()
+        ),
+        home="http://yann.lecun.com/exdb/mnist/ (mirrors: " + ", ".join(_MNIST_MIRRORS) + ")",
+        labelled_default=10_000,
+    ),
+    "fashion-mnist": IdxDataset(
+        name="fashion-mnist",
+        files=_mnist_style_files(),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        remote=tuple(
+            RemoteFile(f, tuple(m + f for m in _FASHION_MIRRORS), sha256=s) for f, s in _FASHION_SHA256.items()
+        ),
+        home="https://github.com/zalandoresearch/fashion-mnist (Debian/Ubuntu: apt-get install dataset-fashion-mnist)",
+        labelled_default=10_000,
+    ),
+}
+
+_EMNIST_SPLITS = {
+    # split -> (classes, label offset, the paper's labelled subset)
+    "balanced": (EMNIST_BALANCED_CLASSES, 0, 20_000),
+    "bymerge": (EMNIST_BALANCED_CLASSES, 0, None),
+    "byclass": (tuple(string.digits + string.ascii_uppercase + string.ascii_lowercase), 0, None),
+    "letters": (tuple(string.ascii_lowercase), 1, None),
+    "digits": (DIGITS, 0, None),
+    "mnist": (DIGITS, 0, None),
+}
+for _split, (_classes, _offset, _labelled) in _EMNIST_SPLITS.items():
+    IDX_DATASETS[f"emnist-{_split}"] = IdxDataset(
+        name=f"emnist-{_split}",
+        files={
+            ("train", "images"): f"emnist-{_split}-train-images-idx3-ubyte.gz",
+            ("train", "labels"): f"emnist-{_split}-train-labels-idx1-ubyte.gz",
+            ("test", "images"): f"emnist-{_split}-test-images-idx3-ubyte.gz",
+            ("test", "labels"): f"emnist-{_split}-test-labels-idx1-ubyte.gz",
+        },
+        classes=_classes,
+        transposed=True,
+        label_offset=_offset,
+        remote=(_EMNIST_ARCHIVE,),
+        archive_member_dir="gzip",
+        home="https://www.nist.gov/itl/products-and-services/emnist-dataset (the 'gzip.zip' archive)",
+        labelled_default=_labelled,
+    )

@@ -1,0 +1,113 @@
+"""PNG figures of a run (matplotlib, no display needed).
+
+- ``training.png``: reconstruction loss, SNNL per hidden layer and T per epoch
+  (first seed).
+- ``projection.png``: a 2-D projection of the raw test inputs next to the same
+  projection of the test codes, coloured by true label (the paper's Fig. 2).
+  t-SNE by default, on a seeded sample of at most 3,000 points (t-SNE is
+  O(n log n) and slow beyond that on a CPU); PCA is the fast alternative.
+- ``confusion.png``: clusters (ordered by their matched label) against labels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from .metrics import cluster_to_label, contingency  # noqa: E402
+
+PROJECTION_SAMPLE = 3000
+LAYER_NAMES = ("h1 (500)", "h2 (500)", "h3 (2000)", "code", "h5 (2000)", "h6 (500)", "h7 (500)")
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.part.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def training_curves(history: list[dict], path: Path, title: str) -> None:
+    if not history:
+        return
+    epochs = [h["epoch"] + 1 for h in history]
+    with_snnl = bool(history[0]["snnl_per_layer"])
+    fig, axes = plt.subplots(1, 3 if with_snnl else 1, figsize=(14 if with_snnl else 5, 3.8), squeeze=False)
+    axes = axes[0]
+    axes[0].plot(epochs, [h["reconstruction"] for h in history])
+    axes[0].set(title="reconstruction loss", xlabel="epoch")
+    if with_snnl:
+        per_layer = np.array([h["snnl_per_layer"] for h in history])
+        for i in range(per_layer.shape[1]):
+            axes[1].plot(epochs, per_layer[:, i], label=LAYER_NAMES[i] if i < len(LAYER_NAMES) else f"layer {i + 1}")
+        axes[1].legend(fontsize=7)
+        axes[1].set(title="SNNL per hidden layer", xlabel="epoch")
+        axes[2].plot(epochs, [h["temperature"] for h in history])
+        axes[2].set(title="temperature T", xlabel="epoch")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def _project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit_transform(x)
+    return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+
+
+def projections(raw: np.ndarray, codes: np.ndarray, labels: np.ndarray, classes, path: Path, method: str,
+                title: str, seed: int = 0) -> None:
+    if method == "none":
+        return
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(len(labels), size=min(PROJECTION_SAMPLE, len(labels)), replace=False))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "nipy_spectral")
+    for ax, data, name in ((axes[0], raw, "raw inputs"), (axes[1], codes, "codes")):
+        points = _project(np.asarray(data[index], dtype=np.float32), method, seed)
+        ax.scatter(points[:, 0], points[:, 1], c=labels[index], cmap=cmap, s=4, vmin=0, vmax=max(len(classes) - 1, 1))
+        ax.set(title=f"{name} ({method}, {len(index)} points)", xticks=[], yticks=[])
+    if len(classes) <= 20:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i / max(len(classes) - 1, 1)), label=c)
+                   for i, c in enumerate(classes)]
+        axes[1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def confusion(labels: np.ndarray, clusters: np.ndarray, classes, path: Path, title: str) -> None:
+    counts, cluster_ids, class_ids = contingency(labels, clusters)
+    mapping = cluster_to_label(labels, clusters)
+    # clusters matched to a label first, in label order; unmatched ones last
+    order = sorted(range(len(cluster_ids)), key=lambda r: (mapping.get(int(cluster_ids[r]), 1 << 30), r))
+    counts = counts[order]
+    fig, ax = plt.subplots(figsize=(0.5 * len(class_ids) + 3, 0.45 * len(order) + 2))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(class_ids)), [classes[c] if c < len(classes) else str(c) for c in class_ids],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(order)), [f"cluster {cluster_ids[r]}" for r in order], fontsize=7)
+    if counts.size <= 400:
+        for (i, j), v in np.ndenumerate(counts):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
+                        color="white" if v > counts.max() / 2 else "black")
+    ax.set(xlabel="true label", ylabel="cluster", title=title)
+    _save(fig, path)
+
+
+def write_all(directory: Path, experiment, data) -> None:
+    first = experiment.seeds[0]
+    config = experiment.config
+    title = f"{config.dataset}, {config.label}, seed {first.seed}"
+    training_curves(first.history, directory / "training.png", title)
+    projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
+                seed=first.seed)
+    confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)

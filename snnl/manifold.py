@@ -1,0 +1,98 @@
+"""Manifold learners for N2D (McConville et al.): UMAP, Isomap, t-SNE.
+
+UMAP runs on cuML when cuML is importable (GPU), on umap-learn otherwise,
+with N2D's defaults: 20 neighbours, min_dist 0, Euclidean metric and as many
+components as clusters.  Isomap (5 neighbours) and t-SNE are the
+alternatives of N2D's Table 1; scikit-learn's Barnes-Hut t-SNE is limited to
+at most 3 components, so it embeds in 2 by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MANIFOLDS = ("umap", "isomap", "tsne", "none")
+UMAP_BACKENDS = ("auto", "cuml", "umap-learn")
+
+
+@dataclass(frozen=True)
+class ManifoldConfig:
+    method: str = "umap"
+    n_components: int | None = None  # None: the number of clusters (t-SNE: 2)
+    umap_neighbors: int = 20
+    umap_min_dist: float = 0.0
+    umap_metric: str = "euclidean"
+    umap_backend: str = "auto"
+    isomap_neighbors: int = 5
+
+    def __post_init__(self):
+        if self.method not in MANIFOLDS:
+            raise ValueError(f"manifold must be one of {MANIFOLDS}, got {self.method!r}")
+        if self.umap_backend not in UMAP_BACKENDS:
+            raise ValueError(f"UMAP backend must be one of {UMAP_BACKENDS}, got {self.umap_backend!r}")
+
+    def components(self, n_clusters: int) -> int:
+        if self.n_components is not None:
+            return self.n_components
+        return 2 if self.method == "tsne" else n_clusters
+
+
+def cuml_status() -> tuple[bool, str]:
+    try:
+        import cuml  # noqa: F401
+    except ImportError:
+        return False, "cuML is not installed (RAPIDS, CUDA only)"
+    except Exception as error:  # cuML present but unusable, e.g. no GPU
+        return False, f"cuML is installed but failed to import: {error}"
+    return True, f"cuML {cuml.__version__}"
+
+
+def umap_learn_status() -> tuple[bool, str]:
+    try:
+        import umap
+    except ImportError:
+        return False, "umap-learn is not installed (pip install 'snnl[umap]')"
+    return True, f"umap-learn {umap.__version__}"
+
+
+def resolve_umap_backend(backend: str = "auto") -> str:
+    if backend == "auto":
+        if cuml_status()[0]:
+            return "cuml"
+        if umap_learn_status()[0]:
+            return "umap-learn"
+        raise ImportError("UMAP needs cuML or umap-learn: " + umap_learn_status()[1])
+    available, why = cuml_status() if backend == "cuml" else umap_learn_status()
+    if not available:
+        raise ImportError(why)
+    return backend
+
+
+def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0) -> tuple[np.ndarray, str]:
+    """The manifold embedding of ``x`` and the name of the implementation used."""
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if config.method == "none":
+        return x, "none"
+    n_components = config.components(n_clusters)
+    if config.method == "umap":
+        backend = resolve_umap_backend(config.umap_backend)
+        options = dict(n_components=n_components, n_neighbors=config.umap_neighbors, min_dist=config.umap_min_dist,
+                       metric=config.umap_metric, random_state=seed)
+        if backend == "cuml":
+            from cuml.manifold import UMAP
+        else:
+            from umap import UMAP
+
+            options["n_jobs"] = 1  # umap-learn is single-threaded anyway once random_state is set
+        return np.asarray(UMAP(**options).fit_transform(x), dtype=np.float32), backend
+    if config.method == "isomap":
+        from sklearn.manifold import Isomap
+
+        return Isomap(n_neighbors=config.isomap_neighbors, n_components=n_components).fit_transform(x).astype(np.float32), "sklearn-isomap"
+    from sklearn.manifold import TSNE
+
+    if n_components > 3:
+        raise ValueError("t-SNE (Barnes-Hut) embeds in at most 3 dimensions; set n_components <= 3")
+    return TSNE(n_components=n_components, init="pca", random_state=seed).fit_transform(x).astype(np.float32), "sklearn-tsne"

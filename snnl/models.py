@@ -1,0 +1,102 @@
+"""The fully connected autoencoder of DEC / Agarap & Azcarraga / N2D.
+
+d - 500 - 500 - 2000 - c - 2000 - 500 - 500 - d, ReLU hidden layers.  The
+code and output layers are logistic for the SNNL autoencoder (reconstruction
+scored with binary cross-entropy on [0, 1] pixels) and linear for N2D (MSE).
+ReLU layers get He initialisation, the others Xavier; biases start at zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("sigmoid", "linear")
+
+
+class Autoencoder(nn.Module):
+    def __init__(
+        self,
+        input_dim: int,
+        code_dim: int = 70,
+        hidden: tuple[int, ...] = (500, 500, 2000),
+        code_activation: str = "sigmoid",
+        output_activation: str = "sigmoid",
+    ):
+        super().__init__()
+        for name, value in (("code_activation", code_activation), ("output_activation", output_activation)):
+            if value not in ACTIVATIONS:
+                raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {value!r}")
+        for name, value in (("input_dim", input_dim), ("code_dim", code_dim)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.input_dim, self.code_dim = int(input_dim), int(code_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.code_activation, self.output_activation = code_activation, output_activation
+        widths = [self.input_dim, *self.hidden, self.code_dim, *reversed(self.hidden), self.input_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.code_index = len(self.hidden)  # the layer whose output is the code
+        for index, layer in enumerate(self.layers):
+            if self._activation(index) == "relu":
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _activation(self, index: int) -> str:
+        if index == self.code_index:
+            return self.code_activation
+        if index == len(self.layers) - 1:
+            return self.output_activation
+        return "relu"
+
+    def _activate(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        kind = self._activation(index)
+        if kind == "relu":
+            return torch.relu(x)
+        if kind == "sigmoid":
+            return torch.sigmoid(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Returns the output layer's pre-activation (logits for a logistic output,
+        the reconstruction for a linear one) and every hidden layer's activations
+        (the code among them, at ``code_index``)."""
+        hidden = []
+        for index, layer in enumerate(self.layers):
+            pre = layer(x)
+            if index == len(self.layers) - 1:
+                return pre, hidden
+            x = self._activate(index, pre)
+            hidden.append(x)
+        raise AssertionError("unreachable")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self(x)
+        return torch.sigmoid(out) if self.output_activation == "sigmoid" else out
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        for index in range(self.code_index + 1):
+            x = self._activate(index, self.layers[index](x))
+        return x
+
+    def config(self) -> dict:
+        return {
+            "input_dim": self.input_dim,
+            "code_dim": self.code_dim,
+            "hidden": list(self.hidden),
+            "code_activation": self.code_activation,
+            "output_activation": self.output_activation,
+        }
+
+
+@torch.no_grad()
+def encode_in_batches(model: Autoencoder, x, *, batch_size: int = 4096, device=None) -> "torch.Tensor":
+    """Codes of ``x`` (numpy or tensor, any device) computed batch by batch; returned on the CPU."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = torch.as_tensor(x)
+    out = [model.encode(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, model.code_dim)

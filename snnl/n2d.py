@@ -1,0 +1,194 @@
+"""N2D (McConville et al., "N2D: (Not Too) Deep Clustering via Clustering the
+Local Manifold of an Autoencoded Embedding"):
+
+    autoencoder d-500-500-2000-k (linear code and output, MSE, Adam, batch 256,
+    1000 epochs) on all the data -> UMAP of the codes (20 neighbours,
+    min_dist 0, k components) -> Gaussian mixture with k full-covariance
+    components
+
+Also the pieces of its study: Isomap or t-SNE instead of UMAP, k-means
+instead of the mixture, and, which neither paper did, the manifold and
+mixture steps on the codes of an SNNL run (``codes_from``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.mixture import GaussianMixture
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array
+
+from .cluster import kmeans
+from .config import TrainConfig
+from .data import Dataset, load_dataset, train_and_test
+from .manifold import ManifoldConfig, embed
+from .metrics import evaluate
+from .models import encode_in_batches
+from .pipeline import SeedResult, execute
+from .train import resolve_device, train_autoencoder
+
+CLUSTERERS = ("gmm", "kmeans")
+
+AUTOENCODER = TrainConfig(
+    name="n2d-ae", snnl=False, code_activation="linear", output_activation="linear", epochs=1000,
+)
+
+
+def final_clustering(points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto") -> np.ndarray:
+    if method == "gmm":
+        gmm = GaussianMixture(n_components=n_clusters, covariance_type="full", random_state=seed)
+        return gmm.fit_predict(points).astype(np.int64)
+    if method == "kmeans":
+        return kmeans(points, n_clusters, backend=kmeans_backend, seed=seed).labels
+    raise ValueError(f"cluster must be one of {CLUSTERERS}, got {method!r}")
+
+
+@dataclass
+class N2DConfig:
+    dataset: str = "digits"
+    n_clusters: int | None = None  # None: the number of classes
+    autoencoder: TrainConfig = AUTOENCODER  # its code_dim is set to n_clusters
+    manifold: ManifoldConfig = field(default_factory=ManifoldConfig)
+    cluster: str = "gmm"
+    codes_from: str | None = None  # an `snnl run` output directory whose test codes to cluster
+    seeds: tuple[int, ...] = (0,)
+    kmeans_backend: str = "auto"
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+    dataset_options: dict = field(default_factory=dict)
+    projection: str = "tsne"
+
+    def __post_init__(self):
+        if self.cluster not in CLUSTERERS:
+            raise ValueError(f"cluster must be one of {CLUSTERERS}, got {self.cluster!r}")
+
+    @property
+    def label(self) -> str:
+        steps = f"{self.manifold.method} + {self.cluster}"
+        if self.codes_from is not None:
+            return f"{Path(self.codes_from).name} codes + {steps}"
+        return f"n2d ({steps})"
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["method"] = "n2d"
+        data["autoencoder"] = self.autoencoder.to_dict()
+        data["seeds"] = list(self.seeds)
+        return data
+
+
+def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:
+    """The test codes of an `snnl run` (first seed), with the raw test set they encode."""
+    config_path, npz_path = run_dir / "config.json", run_dir / "embeddings.npz"
+    for path in (config_path, npz_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: --codes-from needs the --out directory of a finished `snnl run`")
+    run_config = json.loads(config_path.read_text())
+    if run_config.get("method") != "snnl":
+        raise ValueError(f"{run_dir} is not an `snnl run` output (method {run_config.get('method')!r})")
+    arrays = np.load(npz_path)
+    test = load_dataset(run_config["dataset"], "test", data_dir=run_config.get("data_dir"),
+                        **run_config.get("dataset_options", {}))
+    if not np.array_equal(arrays["y"], test.y):
+        raise ValueError(f"{npz_path}: its labels do not match the {run_config['dataset']} test set")
+    return arrays["z"], test, run_config
+
+
+def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: bool = True):
+    """N2D (or its manifold + clustering steps on an SNNL run's codes), over seeds."""
+    device = resolve_device(config.device)
+    if config.codes_from is not None:
+        source_codes, data, run_config = _codes_of_run(Path(config.codes_from))
+        config = dataclasses.replace(config, dataset=run_config["dataset"])
+    else:
+        source_codes = None
+        data = train_and_test(config.dataset, data_dir=config.data_dir, download=config.download,
+                              **config.dataset_options)
+    k = config.n_clusters or data.n_classes
+    config = dataclasses.replace(config, n_clusters=k, autoencoder=config.autoencoder.replace(code_dim=k))
+
+    def run_seed(seed: int, keep: bool) -> SeedResult:
+        seconds, history = {}, []
+        if source_codes is None:
+            started = time.perf_counter()
+            checkpoint = Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
+            trained = train_autoencoder(data.x, None, config.autoencoder, seed=seed, device=device,
+                                        checkpoint_path=checkpoint, resume=resume, progress=progress)
+            history = trained.history
+            seconds["train"] = time.perf_counter() - started
+            started = time.perf_counter()
+            codes = encode_in_batches(trained.model, data.x).numpy()
+            seconds["encode"] = time.perf_counter() - started
+        else:
+            codes = source_codes
+        started = time.perf_counter()
+        points, manifold_backend = embed(codes, k, config.manifold, seed=seed)
+        seconds["manifold"] = time.perf_counter() - started
+        started = time.perf_counter()
+        clusters = final_clustering(points, k, config.cluster, seed, config.kmeans_backend)
+        seconds["cluster"] = time.perf_counter() - started
+        started = time.perf_counter()
+        metrics = evaluate(points, data.y, clusters, device=device)
+        seconds["metrics"] = time.perf_counter() - started
+        metrics["manifold_backend"] = manifold_backend
+        arrays = {"codes": codes} if keep else {}
+        return SeedResult(seed, metrics, seconds, history, points if keep else None, clusters if keep else None, arrays)
+
+    return execute(config, data, run_seed, out_dir, resume=resume)
+
+
+class N2D(ClusterMixin, BaseEstimator):
+    """N2D as a scikit-learn estimator: ``N2D(n_clusters=10).fit_predict(X)``.
+
+    After fitting: ``labels_``, ``embedding_`` (the manifold embedding that was
+    clustered), ``codes_`` (autoencoder codes) and ``model_`` (the autoencoder).
+    """
+
+    def __init__(self, n_clusters=10, *, epochs=1000, batch_size=256, learning_rate=1e-3, patience=None,
+                 manifold="umap", n_neighbors=20, min_dist=0.0, umap_backend="auto", cluster="gmm",
+                 device="auto", random_state=None, verbose=False):
+        self.n_clusters = n_clusters
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.patience = patience
+        self.manifold = manifold
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.umap_backend = umap_backend
+        self.cluster = cluster
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y=None):
+        X = check_array(X, dtype=np.float32)
+        if isinstance(self.n_clusters, bool) or int(self.n_clusters) != self.n_clusters or self.n_clusters < 2:
+            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        config = AUTOENCODER.replace(code_dim=int(self.n_clusters), epochs=self.epochs, batch_size=self.batch_size,
+                                     learning_rate=self.learning_rate, patience=self.patience)
+        trained = train_autoencoder(X, None, config, seed=seed, device=self.device, progress=self.verbose)
+        self.model_ = trained.model
+        self.codes_ = encode_in_batches(trained.model, X).numpy()
+        manifold = ManifoldConfig(method=self.manifold, umap_neighbors=self.n_neighbors, umap_min_dist=self.min_dist,
+                                  umap_backend=self.umap_backend)
+        self.embedding_, _ = embed(self.codes_, int(self.n_clusters), manifold, seed=seed)
+        self.labels_ = final_clustering(self.embedding_, int(self.n_clusters), self.cluster, seed)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+    def score_against(self, y_true) -> dict:
+        """The six metrics of the last fit against true labels."""
+        return evaluate(self.embedding_, np.asarray(y_true), self.labels_)

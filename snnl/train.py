@@ -1,0 +1,254 @@
+"""Training the SNNL autoencoder: reconstruction + alpha * SNNL over the hidden layers.
+
+The loss per batch is
+
+    BCE(reconstruction, x) + alpha * combine_l SNNL(h_l, y, T(epoch))
+
+(the mean squared error instead of BCE for a linear output, as in N2D)
+over the activations h_l of the seven hidden layers (500, 500, 2000, the
+code, 2000, 500, 500), combined by sum (Eq. 5) or minimum (Eq. 4).  A
+checkpoint (model, optimizer, random states, history) is written atomically
+after every epoch; resuming from it gives the same result as an uninterrupted
+run with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .loss import soft_nearest_neighbor_loss
+from .models import Autoencoder
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    model: Autoencoder
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device")
+    return device
+
+
+def _check_training_data(x: np.ndarray, y: np.ndarray | None, config: TrainConfig) -> None:
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"training data must be a 2-D array with at least 2 rows, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("training data contains NaN or Inf")
+    if config.reconstruction_loss == "bce" and (x.min() < 0.0 or x.max() > 1.0):
+        raise ValueError(
+            f"training data spans [{x.min():.3g}, {x.max():.3g}]; the logistic reconstruction "
+            "(binary cross-entropy) needs inputs scaled to [0, 1]"
+        )
+    if config.snnl and config.supervised:
+        if y is None:
+            raise ValueError(f"{config.name} is supervised: it needs labels for the training data")
+        if len(y) != len(x):
+            raise ValueError(f"{len(x)} training rows but {len(y)} labels")
+
+
+def _write_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a
+    half-written checkpoint in place of the last good one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_model(input_dim: int, config: TrainConfig) -> Autoencoder:
+    return Autoencoder(input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation)
+
+
+def batch_loss(model, xb, yb, temperature: float, config: TrainConfig):
+    """(total, reconstruction, per-layer SNNL list) for one batch."""
+    output, hidden = model(xb)
+    if config.reconstruction_loss == "bce":
+        reconstruction = F.binary_cross_entropy_with_logits(output.float(), xb.float())
+    else:
+        reconstruction = F.mse_loss(output.float(), xb.float())
+    if not config.snnl or len(xb) < 2:
+        return reconstruction, reconstruction, []
+    labels = yb if config.supervised else torch.zeros_like(yb)
+    per_layer = [
+        soft_nearest_neighbor_loss(
+            h, labels, temperature, distance=config.distance, eps=config.eps, backend=config.loss_backend
+        )
+        for h in hidden
+    ]
+    stacked = torch.stack(per_layer)
+    snnl = stacked.sum() if config.combine == "sum" else stacked.min()
+    return reconstruction + config.alpha * snnl, reconstruction, per_layer
+
+
+def plateaued(history: list[dict], patience: int | None) -> bool:
+    """Early stopping: the last ``patience`` epochs did not lower the loss below
+    the best before them.  Derived from the history alone, so resuming agrees."""
+    if patience is None or len(history) <= patience:
+        return False
+    return min(h["loss"] for h in history[-patience:]) >= min(h["loss"] for h in history[:-patience])
+
+
+def _rng_state(shuffle: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: not an snnl training checkpoint (version {checkpoint.get('version')!r})")
+    return checkpoint
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location="cpu") -> Autoencoder:
+    checkpoint = load_checkpoint(path, map_location)
+    model = Autoencoder(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def train_autoencoder(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train an autoencoder on ``x`` (labels ``y`` for the supervised SNNL).
+
+    ``checkpoint_path``: written after every epoch.  ``resume``: continue from
+    it when it exists (it must come from the same configuration and seed).
+    ``stop_after_epochs`` stops early after that many epochs in total, as an
+    interruption would (used to test resuming).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    y = None if y is None else np.asarray(y, dtype=np.int64)
+    _check_training_data(x, y, config)
+    device = resolve_device(device)
+    if config.amp and device.type != "cuda":
+        raise ValueError("amp (bfloat16 autocast) needs a CUDA device")
+    schedule = config.temperature_schedule()
+
+    torch.manual_seed(seed)
+    model = build_model(x.shape[1], config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    shuffle = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if resume and checkpoint_path is not None and checkpoint_path.is_file():
+        checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+        if checkpoint["config"] != config.to_dict() or checkpoint["seed"] != seed:
+            raise ValueError(
+                f"{checkpoint_path} was written by a different configuration or seed; "
+                "resume with the same options or start a new output directory"
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _restore_rng(checkpoint["rng"], shuffle)
+        history = checkpoint["history"]
+        start_epoch = checkpoint["epoch"] + 1
+
+    x_all = torch.from_numpy(x)
+    y_all = torch.from_numpy(y) if y is not None else torch.zeros(len(x), dtype=torch.int64)
+    n_batches = -(-len(x) // config.batch_size)
+    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
+    if plateaued(history, config.patience):
+        last_epoch = start_epoch  # a resumed run that had already stopped early
+    epochs = tqdm(
+        range(start_epoch, last_epoch), desc=config.name, unit="epoch", disable=not progress,
+        initial=start_epoch, total=config.epochs, dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+    model.train()
+    for epoch in epochs:
+        temperature = schedule(epoch)
+        epoch_started = time.perf_counter()
+        order = torch.randperm(len(x), generator=shuffle)
+        totals = {"loss": 0.0, "reconstruction": 0.0, "snnl": 0.0}
+        layer_totals = None
+        batches = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                       disable=not progress, dynamic_ncols=True)
+        for b in batches:
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            xb = x_all[index].to(device, non_blocking=True)
+            yb = y_all[index].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
+                loss, reconstruction, per_layer = batch_loss(model, xb, yb, temperature, config)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{config.name}: the training loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
+                    f"the last good checkpoint is {checkpoint_path}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            values = [v.item() for v in per_layer]
+            totals["loss"] += loss.item()
+            totals["reconstruction"] += reconstruction.item()
+            totals["snnl"] += float(sum(values)) if config.combine == "sum" else (min(values) if values else 0.0)
+            layer_totals = values if layer_totals is None else [a + v for a, v in zip(layer_totals, values)]
+            batches.set_postfix(rec=f"{reconstruction.item():.4f}", snnl=f"{totals['snnl'] / (b + 1):.4f}",
+                                T=f"{temperature:.3g}")
+        record = {
+            "epoch": epoch,
+            "temperature": temperature,
+            **{k: v / n_batches for k, v in totals.items()},
+            "snnl_per_layer": [v / n_batches for v in (layer_totals or [])],
+            "seconds": time.perf_counter() - epoch_started,
+        }
+        history.append(record)
+        epochs.set_postfix(loss=f"{record['loss']:.4f}", rec=f"{record['reconstruction']:.4f}",
+                           snnl=f"{record['snnl']:.4f}", T=f"{temperature:.3g}")
+        if checkpoint_path is not None:
+            _write_atomic(
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "epoch": epoch,
+                    "seed": seed,
+                    "config": config.to_dict(),
+                    "model_config": model.config(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state(shuffle),
+                    "history": history,
+                },
+                checkpoint_path,
+            )
+        if plateaued(history, config.patience):
+            epochs.write(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
+            break
+    epochs.close()
+    return TrainResult(model, history, time.perf_counter() - started)

@@ -1,0 +1,266 @@
+"""IDX reading, dataset lookup, downloads, built-in sets and labelled subsets.
+
+MNIST and EMNIST cannot be fetched here, so their loaders are tested on small
+files these tests write in the real format."""
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snnl.data import (
+    ChecksumError,
+    DatasetNotFoundError,
+    IdxFormatError,
+    labelled_subset,
+    load_dataset,
+)
+from snnl.data import catalog, sources
+from snnl.data.idx import read_idx, write_idx
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # Never touch the user's cache or $SNNL_DATA; no system dirs unless a test asks.
+    monkeypatch.setenv("SNNL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SNNL_DATA", raising=False)
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", ())
+
+
+def write_split(directory: Path, spec, split: str, images: np.ndarray, labels: np.ndarray, gz=True):
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, array in (("images", images), ("labels", labels)):
+        name = spec.files[(split, kind)]
+        write_idx(directory / (name if gz else name[:-3]), array)
+
+
+def tiny_images(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_idx_roundtrip(tmp_path, dtype, name):
+    array = (np.arange(2 * 3 * 4) - 5).astype(dtype).reshape(2, 3, 4)
+    if dtype == np.uint8:
+        array = np.abs(array).astype(dtype)
+    write_idx(tmp_path / name, array)
+    back = read_idx(tmp_path / name)
+    assert back.dtype == np.dtype(dtype) and np.array_equal(back, array)
+
+
+def test_idx_gzip_detected_by_content_not_name(tmp_path):
+    write_idx(tmp_path / "plain", np.arange(5, dtype=np.uint8), compress=True)
+    assert np.array_equal(read_idx(tmp_path / "plain"), np.arange(5))
+
+
+def test_idx_bad_magic(tmp_path):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"\x01\x00\x08\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(IdxFormatError, match=r"bad\.idx: bad magic number"):
+        read_idx(path)
+
+
+def test_idx_unknown_type(tmp_path):
+    path = tmp_path / "t.idx"
+    path.write_bytes(b"\x00\x00\x07\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(IdxFormatError, match="unknown IDX data type 0x07"):
+        read_idx(path)
+
+
+def test_idx_truncated_data_and_header(tmp_path):
+    path = tmp_path / "short.idx"
+    write_idx(path, np.zeros((4, 28, 28), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    with pytest.raises(IdxFormatError, match=r"short\.idx: truncated: shape \(4, 28, 28\)"):
+        read_idx(path)
+    path.write_bytes(data[:9])
+    with pytest.raises(IdxFormatError, match="truncated header"):
+        read_idx(path)
+    path.write_bytes(data + b"xx")
+    with pytest.raises(IdxFormatError, match="2 unexpected bytes"):
+        read_idx(path)
+
+
+def test_idx_truncated_gzip_stream(tmp_path):
+    path = tmp_path / "cut.idx.gz"
+    write_idx(path, np.zeros((50, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(IdxFormatError, match=r"cut\.idx\.gz: cannot be decompressed"):
+        read_idx(path)
+
+
+def test_mnist_from_data_dir(tmp_path):
+    spec = catalog.IDX_DATASETS["mnist"]
+    images, labels = tiny_images(), np.array([3, 1, 4, 1, 5, 9], dtype=np.uint8)
+    write_split(tmp_path / "mnist", spec, "test", images, labels)
+    data = load_dataset("mnist", "test", data_dir=tmp_path)
+    assert data.x.shape == (6, 784) and data.x.dtype == np.float32
+    np.testing.assert_allclose(data.x, images.reshape(6, -1) / 255.0, rtol=1e-6)
+    assert data.y.tolist() == [3, 1, 4, 1, 5, 9] and data.n_classes == 10
+
+
+def test_uncompressed_files_in_the_data_dir_itself(tmp_path):
+    spec = catalog.IDX_DATASETS["fashion-mnist"]
+    write_split(tmp_path, spec, "train", tiny_images(), np.arange(6, dtype=np.uint8), gz=False)
+    data = load_dataset("fashion-mnist", "train", data_dir=tmp_path)
+    assert data.classes[0] == "T-shirt/top" and len(data) == 6
+
+
+def test_snnl_data_root_needs_the_dataset_folder(tmp_path, monkeypatch):
+    # MNIST and Fashion-MNIST share file names: a bare root must not be mistaken for either.
+    spec = catalog.IDX_DATASETS["fashion-mnist"]
+    write_split(tmp_path, spec, "test", tiny_images(), np.arange(6, dtype=np.uint8))
+    monkeypatch.setenv("SNNL_DATA", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", "test")
+    write_split(tmp_path / "mnist", spec, "test", tiny_images(), np.arange(6, dtype=np.uint8))
+    assert len(load_dataset("mnist", "test")) == 6
+
+
+def test_emnist_orientation_and_letter_labels(tmp_path):
+    spec = catalog.IDX_DATASETS["emnist-letters"]
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    images[0, 3, 20] = 255  # stored transposed: pixel (row 20, column 3) after the fix
+    write_split(tmp_path, spec, "train", images, np.array([1, 26], dtype=np.uint8))
+    data = load_dataset("emnist-letters", "train", data_dir=tmp_path)
+    assert data.x[0].reshape(28, 28)[20, 3] == 1.0 and data.x[0].sum() == 1.0
+    assert data.y.tolist() == [0, 25] and data.classes[data.y[1]] == "z"
+
+
+def test_emnist_balanced_mapping():
+    classes = catalog.IDX_DATASETS["emnist-balanced"].classes
+    assert len(classes) == 47 and classes[:10] == tuple("0123456789")
+    assert classes[10] == "A" and classes[35] == "Z" and classes[36:] == tuple("abdefghnqrt")
+    assert catalog.IDX_DATASETS["emnist-balanced"].labelled_default == 20_000
+
+
+def test_count_mismatch_names_both_files(tmp_path):
+    spec = catalog.IDX_DATASETS["mnist"]
+    write_split(tmp_path, spec, "test", tiny_images(6), np.arange(5, dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match=r"t10k-images.*6 images but .*t10k-labels.*5 labels"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_labels_out_of_range(tmp_path):
+    spec = catalog.IDX_DATASETS["mnist"]
+    write_split(tmp_path, spec, "test", tiny_images(2), np.array([1, 12], dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match="outside the 10 classes"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_wrong_image_shape(tmp_path):
+    spec = catalog.IDX_DATASETS["mnist"]
+    write_split(tmp_path, spec, "test", np.zeros((2, 16, 16), dtype=np.uint8), np.array([1, 2], dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match=r"expected images of shape \(n, 28, 28\)"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("emnist-balanced", "train", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "emnist-balanced") in message and "cache" in message
+    assert "--download" in message and "nist.gov" in message
+
+
+def fake_remote(tmp_path, payload: bytes, *, sha256=None):
+    source = tmp_path / "served" / "file.gz"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_bytes(payload)
+    digest = sha256 or hashlib.sha256(payload).hexdigest()
+    return catalog.RemoteFile("file.gz", (source.as_uri(),), sha256=digest, size=len(payload))
+
+
+def test_download_verifies_and_moves_into_place(tmp_path):
+    remote = fake_remote(tmp_path, gzip.compress(b"payload"))
+    target = tmp_path / "cache" / "x" / "file.gz"
+    sources.download(remote, target)
+    assert target.read_bytes() == gzip.compress(b"payload")
+    assert not list(target.parent.glob("*.part"))
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path):
+    remote = fake_remote(tmp_path, b"payload", sha256="0" * 64)
+    target = tmp_path / "cache" / "x" / "file.gz"
+    with pytest.raises(OSError, match="sha256 mismatch"):
+        sources.download(remote, target)
+    assert not target.exists() and not list(target.parent.glob("*"))
+
+
+def test_download_unreachable_mirror_is_an_error(tmp_path):
+    remote = catalog.RemoteFile("f.gz", ((tmp_path / "nope").as_uri(),), sha256="0" * 64)
+    with pytest.raises(OSError, match="could not download f.gz"):
+        sources.download(remote, tmp_path / "cache" / "f.gz")
+
+
+def test_load_with_download_fills_the_cache(tmp_path, monkeypatch):
+    spec = catalog.IDX_DATASETS["mnist"]
+    served = tmp_path / "served"
+    write_split(served, spec, "test", tiny_images(), np.arange(6, dtype=np.uint8))
+    write_split(served, spec, "train", tiny_images(), np.arange(6, dtype=np.uint8))
+    remotes = []
+    for name in spec.files.values():
+        payload = (served / name).read_bytes()
+        remotes.append(catalog.RemoteFile(name, ((served / name).as_uri(),), sha256=hashlib.sha256(payload).hexdigest()))
+    monkeypatch.setitem(catalog.IDX_DATASETS, "mnist", catalog.IdxDataset(**{**spec.__dict__, "remote": tuple(remotes)}))
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", "test")
+    data = load_dataset("mnist", "test", download=True)
+    assert len(data) == 6 and (tmp_path / "cache" / "mnist" / spec.files[("test", "images")]).is_file()
+
+
+def test_checksum_error_type():
+    assert issubclass(ChecksumError, OSError)
+
+
+def test_digits_builtin():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert train.x.shape == (1347, 64) and test.x.shape == (450, 64)
+    assert train.x.min() >= 0 and train.x.max() <= 1 and train.image_shape == (8, 8)
+    assert sorted(set(test.y.tolist())) == list(range(10))
+
+
+def test_blobs_builtin_and_options():
+    data = load_dataset("blobs", "train", n_samples=400, n_features=5, centers=4, seed=3)
+    assert data.x.shape == (300, 5) and data.x.min() >= 0 and data.x.max() <= 1 and data.n_classes == 4
+    again = load_dataset("blobs", "train", n_samples=400, n_features=5, centers=4, seed=3)
+    assert np.array_equal(data.x, again.x)
+    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+        load_dataset("blobs", "train", n_features=0)
+    with pytest.raises(TypeError, match="takes no options"):
+        load_dataset("digits", "train", n_samples=3)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(ValueError, match="split must be"):
+        load_dataset("digits", "validation")
+
+
+def test_labelled_subset_is_seeded_and_stratified():
+    train = load_dataset("digits", "train")
+    a, b, c = labelled_subset(train, 500, 0), labelled_subset(train, 500, 0), labelled_subset(train, 500, 1)
+    assert len(a) == 500 and np.array_equal(a.x, b.x) and not np.array_equal(a.x, c.x)
+    counts = np.bincount(a.y, minlength=10)
+    assert counts.min() >= 48 and counts.max() <= 52
+    assert labelled_subset(train, None) is train
+    with pytest.raises(ValueError, match="cannot take 5000 labelled examples"):
+        labelled_subset(train, 5000)
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_first_images(monkeypatch):
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", (Path("/usr/share/datasets"),))
+    test = load_dataset("fashion-mnist", "test")
+    assert test.x.shape == (10_000, 784) and np.bincount(test.y).tolist() == [1000] * 10
+    subset = test.subset(np.arange(3000))
+    assert 0.0 <= subset.x.min() and subset.x.max() == 1.0
+    assert test.classes[test.y[0]] == "Ankle boot"  # the first test image of Fashion-MNIST

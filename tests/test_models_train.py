@@ -1,0 +1,124 @@
+"""The autoencoder, the presets and training (including resume)."""
+
+import numpy as np
+import pytest
+import torch
+
+from snnl.config import PRESETS, TrainConfig, describe, preset
+from snnl.data import labelled_subset, load_dataset
+from snnl.models import Autoencoder, encode_in_batches
+from snnl.train import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
+
+SMALL = dict(hidden=(32, 32, 64), code_dim=8, epochs=3, batch_size=64)
+
+
+def digits_subset(n=256):
+    return labelled_subset(load_dataset("digits", "train"), n, 0)
+
+
+def test_autoencoder_architecture():
+    model = Autoencoder(784)
+    widths = [(layer.in_features, layer.out_features) for layer in model.layers]
+    assert widths == [(784, 500), (500, 500), (500, 2000), (2000, 70), (70, 2000), (2000, 500), (500, 500), (500, 784)]
+    assert all(torch.count_nonzero(layer.bias) == 0 for layer in model.layers)
+    x = torch.rand(5, 784)
+    logits, hidden = model(x)
+    assert logits.shape == (5, 784) and [h.shape[1] for h in hidden] == [500, 500, 2000, 70, 2000, 500, 500]
+    code = model.encode(x)
+    assert torch.equal(code, hidden[model.code_index]) and code.min() >= 0 and code.max() <= 1
+    assert torch.allclose(model.reconstruct(x), torch.sigmoid(logits))
+    linear = Autoencoder(20, 5, (16,), "linear", "linear")  # N2D's: linear code and output
+    x20 = torch.rand(3, 20)
+    torch.testing.assert_close(linear.encode(x20), linear.layers[1](torch.relu(linear.layers[0](x20))))
+    torch.testing.assert_close(linear.reconstruct(x20), linear(x20)[0])
+    with pytest.raises(ValueError, match="code_activation must be one of"):
+        Autoencoder(10, code_activation="tanh")
+
+
+def test_encode_in_batches_matches_encode():
+    model = Autoencoder(64, 8, (16, 16, 32))
+    x = np.random.default_rng(0).random((300, 64), dtype=np.float32)
+    torch.testing.assert_close(encode_in_batches(model, x, batch_size=77), model.encode(torch.from_numpy(x)))
+
+
+def test_presets_follow_table_one():
+    expected = {  # number: (supervised, annealing, combine)
+        1: (True, False, "sum"), 2: (False, False, "sum"), 3: (True, False, "min"), 4: (False, False, "min"),
+        5: (True, True, "sum"), 6: (False, True, "sum"), 7: (True, True, "min"), 8: (False, True, "min"),
+    }
+    for n, (supervised, annealing, combine) in expected.items():
+        config = PRESETS[f"snnl-{n}"]
+        assert (config.supervised, config.temperature == "annealing", config.combine) == (supervised, annealing, combine)
+        assert config.alpha == 100 and config.epochs == 50 and config.batch_size == 256 and config.code_dim == 70
+    assert not PRESETS["baseline-ae"].snnl and PRESETS["original"].method == "pca"
+    assert "annealed T" in describe(PRESETS["snnl-5"]) and "fixed T=100" in describe(PRESETS["snnl-1"])
+    assert PRESETS["snnl-5"].temperature_schedule()(0) == 1.0
+    with pytest.raises(ValueError, match="unknown configuration"):
+        preset("snnl-9")
+    with pytest.raises(ValueError, match="combine must be one of"):
+        TrainConfig(combine="max")
+    assert TrainConfig.from_dict(PRESETS["snnl-7"].to_dict()) == PRESETS["snnl-7"]
+
+
+def test_batch_loss_terms():
+    torch.manual_seed(0)
+    model = Autoencoder(64, 8, (16, 16, 32))
+    x = torch.rand(40, 64)
+    y = torch.randint(0, 4, (40,))
+    total, rec, per_layer = batch_loss(model, x, y, 0.5, preset("snnl-5", **SMALL))
+    assert len(per_layer) == 7
+    torch.testing.assert_close(total, rec + 100 * torch.stack(per_layer).sum())
+    total_min, _, _ = batch_loss(model, x, y, 0.5, preset("snnl-7", **SMALL))
+    torch.testing.assert_close(total_min, rec + 100 * torch.stack(per_layer).min())
+    _, _, unsupervised = batch_loss(model, x, y, 0.5, preset("snnl-6", **SMALL))
+    assert max(v.item() for v in unsupervised) < 1e-4  # the same-class constraint dropped: ~0
+    total_base, rec_base, none = batch_loss(model, x, y, 0.5, preset("baseline-ae", **SMALL))
+    assert none == [] and torch.equal(total_base, rec_base)
+
+
+def test_training_reduces_the_loss_and_records_history():
+    data = digits_subset()
+    result = train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 4}), seed=0, progress=False)
+    history = result.history
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert [h["temperature"] for h in history] == pytest.approx([1.0, 2**-0.55, 3**-0.55, 4**-0.55])
+    assert len(history[0]["snnl_per_layer"]) == 7
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    data = digits_subset()
+    config = preset("snnl-5", **SMALL)
+    full = train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "a.pt")
+    train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "b.pt",
+                      stop_after_epochs=1)
+    assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 0
+    resumed = train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "b.pt",
+                                resume=True)
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert not list(tmp_path.glob(".*part"))
+    reloaded = model_from_checkpoint(tmp_path / "b.pt")
+    torch.testing.assert_close(reloaded.encode(torch.from_numpy(data.x)), full.model.encode(torch.from_numpy(data.x)))
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    data = digits_subset(128)
+    train_autoencoder(data.x, data.y, preset("snnl-5", **SMALL), seed=0, progress=False,
+                      checkpoint_path=tmp_path / "c.pt", stop_after_epochs=1)
+    with pytest.raises(ValueError, match="different configuration or seed"):
+        train_autoencoder(data.x, data.y, preset("snnl-1", **SMALL), seed=0, progress=False,
+                          checkpoint_path=tmp_path / "c.pt", resume=True)
+
+
+def test_training_input_errors():
+    config = preset("snnl-5", **SMALL)
+    with pytest.raises(ValueError, match=r"needs inputs scaled to \[0, 1\]"):
+        train_autoencoder(np.full((10, 4), 2.0), np.zeros(10, dtype=int), config, progress=False)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        train_autoencoder(np.full((10, 4), np.nan), np.zeros(10, dtype=int), config, progress=False)
+    with pytest.raises(ValueError, match="needs labels"):
+        train_autoencoder(np.zeros((10, 4)), None, config, progress=False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train_autoencoder(np.zeros((10, 4)), np.zeros(10, dtype=int), config.replace(amp=True), device="cpu", progress=False)

@@ -1,0 +1,180 @@
+"""N2D: the text-format datasets, manifold learners, final clustering, pipeline,
+``--codes-from``, the estimator, the backend report and early stopping."""
+
+import bz2
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from snnl.backends import backend_report, format_report
+from snnl.cli import main
+from snnl.config import preset
+from snnl.data import DatasetNotFoundError, load_dataset, sources, train_and_test
+from snnl.manifold import ManifoldConfig, embed, umap_learn_status
+from snnl.metrics import clustering_accuracy
+from snnl.n2d import AUTOENCODER, N2D, N2DConfig, final_clustering, run_n2d
+from snnl.pipeline import ExperimentConfig, run_experiment
+from snnl.train import train_autoencoder
+
+HAS_UMAP = umap_learn_status()[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_system_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("SNNL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SNNL_DATA", raising=False)
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", ())
+
+
+def test_usps_libsvm_bz2(tmp_path):
+    lines = ["1 1:-1 2:0.5 256:1", "10 3:0.25"]
+    (tmp_path / "usps.bz2").write_bytes(bz2.compress("\n".join(lines).encode()))
+    (tmp_path / "usps.t").write_text("5 1:1\n")
+    train = load_dataset("usps", "train", data_dir=tmp_path)
+    assert train.x.shape == (2, 256) and train.y.tolist() == [0, 9] and train.image_shape == (16, 16)
+    assert train.x[0, 0] == 0.0 and train.x[0, 1] == 0.75 and train.x[0, 255] == 1.0 and train.x[1, 0] == 0.5
+    assert len(train_and_test("usps", data_dir=tmp_path)) == 3
+
+
+def test_usps_bad_line(tmp_path):
+    (tmp_path / "usps").write_text("1 1:-1\nnot a line\n")
+    with pytest.raises(ValueError, match=r"usps:2: not a LIBSVM line"):
+        load_dataset("usps", "train", data_dir=tmp_path)
+
+
+def test_pendigits_csv(tmp_path):
+    folder = tmp_path / "pendigits"
+    folder.mkdir()
+    (folder / "pendigits.tes").write_text("0,100," + ",".join(["50"] * 14) + ",7\n" + ",".join(["1"] * 16) + ",0\n")
+    test = load_dataset("pendigits", "test", data_dir=tmp_path)
+    assert test.x.shape == (2, 16) and test.y.tolist() == [7, 0] and test.x[0, 1] == 1.0
+    (folder / "pendigits.tra").write_text("1,2,3\n")
+    with pytest.raises(ValueError, match="expected 17 comma-separated columns"):
+        load_dataset("pendigits", "train", data_dir=tmp_path)
+
+
+def test_har_folder(tmp_path):
+    root = tmp_path / "UCI HAR Dataset" / "train"
+    root.mkdir(parents=True)
+    rows = np.linspace(-1, 1, 3 * 561).reshape(3, 561)
+    np.savetxt(root / "X_train.txt", rows)
+    (root / "y_train.txt").write_text("1\n6\n3\n")
+    train = load_dataset("har", "train", data_dir=tmp_path)
+    assert train.x.shape == (3, 561) and train.y.tolist() == [0, 5, 2]
+    assert train.x.min() == 0.0 and train.x.max() == 1.0 and train.classes[5] == "laying"
+    (root / "y_train.txt").write_text("1\n7\n3\n")
+    with pytest.raises(ValueError, match="HAR activities must be 1-6"):
+        load_dataset("har", "train", data_dir=tmp_path)
+
+
+def test_missing_text_dataset_message(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)har \(test\).*X_test\.txt.*archive\.ics\.uci\.edu"):
+        load_dataset("har", "test", data_dir=tmp_path)
+
+
+def separated_blobs(n=600, k=4, d=6, seed=0):
+    return make_blobs(n_samples=n, centers=k, n_features=d, cluster_std=0.3, random_state=seed)
+
+
+@pytest.mark.parametrize("method", ["isomap", "tsne", "none"])
+def test_manifold_embeddings(method):
+    x, y = separated_blobs()
+    points, backend = embed(x, 4, ManifoldConfig(method=method), seed=0)
+    expected_dims = {"isomap": 4, "tsne": 2, "none": 6}[method]
+    assert points.shape == (600, expected_dims) and points.dtype == np.float32
+    assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
+
+
+@pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
+def test_each_umap_backend_recovers_blobs():
+    # cuML's UMAP is tested the same way where it is installed (GPU machines).
+    x, y = separated_blobs()
+    for backend in ["umap-learn"]:
+        points, used = embed(x, 4, ManifoldConfig(umap_backend=backend), seed=0)
+        assert used == backend and points.shape == (600, 4)
+        assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
+
+
+def test_manifold_errors():
+    with pytest.raises(ValueError, match="manifold must be one of"):
+        ManifoldConfig(method="lle")
+    with pytest.raises(ValueError, match="at most 3 dimensions"):
+        embed(np.random.default_rng(0).normal(size=(50, 5)), 10, ManifoldConfig(method="tsne", n_components=10))
+    with pytest.raises(ImportError, match="cuML"):
+        embed(np.zeros((10, 2)), 2, ManifoldConfig(umap_backend="cuml"))
+
+
+def test_final_clustering_methods_agree_on_blobs():
+    x, y = separated_blobs(seed=3)
+    gmm, km = final_clustering(x, 4, "gmm", 0), final_clustering(x, 4, "kmeans", 0)
+    assert clustering_accuracy(gmm, km) >= 0.99 and clustering_accuracy(y, gmm) >= 0.99
+    with pytest.raises(ValueError, match="cluster must be one of"):
+        final_clustering(x, 4, "dbscan", 0)
+
+
+def n2d_config(**changes):
+    base = dict(dataset="digits", autoencoder=AUTOENCODER.replace(epochs=2, hidden=(64, 64, 128)),
+                manifold=ManifoldConfig(method="isomap"), projection="pca")
+    return N2DConfig(**{**base, **changes})
+
+
+def test_run_n2d_on_digits(tmp_path):
+    result = run_n2d(n2d_config(), tmp_path / "n2d", progress=False)
+    assert result.config.n_clusters == 10 and result.config.autoencoder.code_dim == 10
+    metrics = json.loads((tmp_path / "n2d" / "metrics.json").read_text())
+    assert metrics["config"]["method"] == "n2d" and metrics["config"]["autoencoder"]["output_activation"] == "linear"
+    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "manifold", "cluster", "metrics"}
+    arrays = np.load(tmp_path / "n2d" / "embeddings.npz")
+    assert arrays["codes"].shape == (1797, 10) and arrays["z"].shape == (1797, 10) and arrays["y"].shape == (1797,)
+    assert result.summary["mean"]["acc"] > 0.3
+
+
+def test_n2d_on_the_codes_of_an_snnl_run(tmp_path):
+    fast = preset("snnl-5", hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
+    run_experiment(ExperimentConfig(train=fast, kmeans_restarts=1, projection="none"), tmp_path / "snnl", progress=False)
+    result = run_n2d(n2d_config(codes_from=str(tmp_path / "snnl"), manifold=ManifoldConfig(method="none")),
+                     tmp_path / "after", progress=False)
+    assert result.config.label == "snnl codes + none + gmm"
+    assert set(json.loads((tmp_path / "after" / "metrics.json").read_text())["seeds"][0]["seconds"]) == {
+        "manifold", "cluster", "metrics"}
+    assert len(result.labels) == 450 and result.summary["mean"]["acc"] > 0.3
+    with pytest.raises(FileNotFoundError, match="finished `snnl run`"):
+        run_n2d(n2d_config(codes_from=str(tmp_path / "nothing")))
+
+
+def test_cli_n2d_and_backends(tmp_path, capsys):
+    assert main(["n2d", "--epochs", "1", "--manifold", "none", "--cluster", "kmeans", "--projection", "none",
+                 "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    assert "digits n2d (none + kmeans)" in capsys.readouterr().out
+    assert main(["backends"]) == 0
+    printed = capsys.readouterr().out
+    for step in ("SNNL loss", "k-means", "UMAP", "silhouette", "Gaussian mixture"):
+        assert step in printed
+
+
+def test_backend_report_explains_every_row():
+    rows = backend_report()
+    assert all(row["why"] for row in rows)
+    assert "cuML has no Gaussian mixture" in format_report(rows)
+
+
+def test_n2d_estimator_on_blobs():
+    x, y = separated_blobs(n=400)
+    model = N2D(n_clusters=4, epochs=5, batch_size=64, manifold="isomap", random_state=0)
+    labels = model.fit_predict(x)
+    assert labels.shape == (400,) and model.codes_.shape == (400, 4) and model.embedding_.shape == (400, 4)
+    assert clustering_accuracy(y, labels) >= 0.99
+    assert model.score_against(y)["acc"] == clustering_accuracy(y, labels)
+    with pytest.raises(ValueError, match="n_clusters must be an integer >= 2"):
+        N2D(n_clusters=1).fit(x)
+
+
+def test_early_stopping_and_resume_after_it(tmp_path):
+    x = np.random.default_rng(0).random((64, 8)).astype(np.float32)
+    config = AUTOENCODER.replace(epochs=50, hidden=(8,), code_dim=2, batch_size=16, learning_rate=1e-12, patience=2)
+    result = train_autoencoder(x, None, config, progress=False, checkpoint_path=tmp_path / "c.pt")
+    assert len(result.history) < 50
+    again = train_autoencoder(x, None, config, progress=False, checkpoint_path=tmp_path / "c.pt", resume=True)
+    assert len(again.history) == len(result.history)

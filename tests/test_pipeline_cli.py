@@ -1,0 +1,97 @@
+"""End to end on digits: the pipeline, its output directory, the CLI and the estimator."""
+
+import json
+
+import numpy as np
+import pytest
+
+from snnl import SNNLKMeans
+from snnl.cli import main
+from snnl.config import preset
+from snnl.data import load_dataset
+from snnl.pipeline import ExperimentConfig, run_experiment
+
+FAST = dict(hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
+
+
+def fast_config(name="snnl-5", seeds=(0,), **extra):
+    return ExperimentConfig(dataset="digits", train=preset(name, **FAST), seeds=seeds, kmeans_restarts=2,
+                            projection="pca", **extra)
+
+
+def test_run_experiment_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    result = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["train"]["name"] == "snnl-5" and metrics["config"]["seeds"] == [0, 1]
+    assert [s["seed"] for s in metrics["seeds"]] == [0, 1]
+    assert set(metrics["summary"]) == {"mean", "std", "best"}
+    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "cluster", "metrics"}
+    for key in ("torch", "device", "python", "command"):
+        assert key in metrics["environment"]
+    assert metrics["summary"]["best"]["acc"] == max(s["metrics"]["acc"] for s in metrics["seeds"])
+    embeddings = np.load(out / "embeddings.npz")
+    assert embeddings["z"].shape == (450, 10) and embeddings["y"].shape == (450,)
+    assert embeddings["clusters"].shape == (450,)
+    np.testing.assert_array_equal(embeddings["y"], load_dataset("digits", "test").y)
+    for figure in ("training.png", "projection.png", "confusion.png"):
+        assert (out / "figures" / figure).stat().st_size > 1000
+    assert (out / "checkpoints" / "seed0.pt").is_file() and (out / "seeds" / "seed1.json").is_file()
+    assert result.summary["mean"]["acc"] > 0.3  # far above chance (0.1) after two epochs
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
+
+
+def test_resume_skips_finished_seeds(tmp_path):
+    out = tmp_path / "run"
+    first = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
+    again = run_experiment(fast_config(seeds=(0, 1)), out, resume=True, progress=False)
+    assert again.summary == first.summary
+    with pytest.raises(ValueError, match="different configuration"):
+        run_experiment(fast_config(seeds=(0, 2)), out, resume=True, progress=False)
+
+
+def test_original_pca_baseline():
+    result = run_experiment(fast_config("original"), progress=False)
+    assert result.seeds[0].history == [] and result.summary["mean"]["acc"] > 0.5
+
+
+def test_cli_run_and_table(tmp_path, capsys):
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    common = ["--epochs", "1", "--kmeans-restarts", "2", "--projection", "none", "--quiet"]
+    assert main(["run", "--out", str(out_a), "--config", "baseline-ae", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "| run |" in printed and "ACC" in printed and "digits baseline-ae" in printed
+    assert main(["run", "--out", str(out_b), "--config", "original", *common]) == 0
+    capsys.readouterr()
+    assert main(["table", str(out_a), str(out_b), "--output", str(tmp_path / "t.md")]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| a |") == 2 and table.count("| b |") == 2
+    assert (tmp_path / "t.md").read_text().strip() == table.strip()
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    assert main(["run", "--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet"]) == 2
+    assert "mnist (train)" in capsys.readouterr().err
+    assert main(["table", str(tmp_path)]) == 2
+    assert "metrics.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--seeds", "a,b"])
+
+
+def test_estimator_fit_predict_transform():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    y = train.y.copy()
+    y[::2] = -1  # half the rows unlabelled
+    model = SNNLKMeans(epochs=2, code_dim=10, n_init=2, random_state=0)
+    model.set_params(batch_size=128)
+    clusters = model.fit_predict(train.x, y)
+    assert clusters.shape == (len(train),) and len(np.unique(clusters)) == 10
+    codes = model.transform(test.x)
+    assert codes.shape == (len(test), 10)
+    assert model.predict(test.x).shape == (len(test),)
+    np.testing.assert_array_equal(model.predict(train.x), model.labels_)
+    with pytest.raises(ValueError, match="supervised: pass labels"):
+        SNNLKMeans(epochs=1).fit(train.x)
+    unsupervised = SNNLKMeans(n_clusters=10, config="baseline-ae", epochs=1, code_dim=10, n_init=1, random_state=0)
+    assert unsupervised.fit_predict(train.x).shape == (len(train),)
