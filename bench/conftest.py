@@ -14,6 +14,12 @@ LOSS_SIZES = {
     "full": ([256, 1024, 4096, 16384, 65536, 131072], [16, 70, 128, 512]),
 }
 
+SCALING_SIZES = {
+    "smoke": [2_000, 10_000],
+    "cpu": [10_000, 100_000, 1_000_000, 3_000_000],
+    "gpu": [10_000, 100_000, 1_000_000, 3_000_000, 10_000_000],
+}
+
 NOT_RUN: list[dict] = []
 
 
@@ -24,6 +30,8 @@ def pytest_addoption(parser):
         "--loss-backends", default="reference,compiled,chunked,triton",
         help="comma-separated subset of reference,compiled,chunked,triton",
     )
+    group.addoption("--scaling-sizes", default="smoke", choices=sorted(SCALING_SIZES),
+                    help="numbers of points of the scaling benchmark")
     group.addoption("--device", default=None, help="cuda or cpu (default: cuda when available)")
 
 

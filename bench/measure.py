@@ -11,8 +11,9 @@ from contextlib import contextmanager
 import torch
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
+def _proc_kib(field: str, path: str = "/proc/self/status") -> int:
+    """A "Field:  123 kB" line of a /proc file, in KiB."""
+    with open(path) as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
@@ -59,26 +60,18 @@ class PeakMemory:
             libc = _libc()
             if libc is not None:
                 libc.malloc_trim(0)
-            base = _status_kib("VmRSS")
+            base = _proc_kib("VmRSS")
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current RSS
             yield self
-            self.bytes = max(0, _status_kib("VmHWM") - base) * 1024
+            self.bytes = max(0, _proc_kib("VmHWM") - base) * 1024
 
 
 def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    return _status_kib_meminfo("MemAvailable") * 1024
-
-
-def _status_kib_meminfo(field: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
+    return _proc_kib("MemAvailable", "/proc/meminfo") * 1024
 
 
 def device_name(device: torch.device) -> str:

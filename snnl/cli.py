@@ -79,68 +79,70 @@ def experiment_from_args(args):
         if value is not None
     }
     return ExperimentConfig(
-        dataset=args.dataset,
         train=preset(args.config, **overrides),
-        seeds=args.seeds,
         labelled=args.labelled,
-        kmeans_backend=args.kmeans_backend,
         kmeans_protocol=args.kmeans_protocol,
         kmeans_restarts=args.kmeans_restarts,
+        **_shared_fields(args),
+    )
+
+
+def _shared_fields(args) -> dict:
+    """Configuration fields `snnl run` and `snnl n2d` share."""
+    return dict(
+        dataset=args.dataset,
+        seeds=args.seeds,
+        kmeans_backend=args.kmeans_backend,
         device=args.device,
         data_dir=args.data_dir,
         download=args.download,
         dataset_options=args.blobs or {},
         projection=args.projection,
+        silhouette_sample=args.silhouette_sample,
     )
+
+
+def _print_result(result, out) -> int:
+    from .report import experiment_table
+
+    if not result.summary:  # a torchrun process other than the main one
+        return 0
+    metrics = {"summary": result.summary, "seeds": [s.metrics for s in result.seeds]}
+    print(experiment_table(metrics, f"{result.config.dataset} {result.config.label}"))
+    if out:
+        print(f"results, embeddings, checkpoints and figures in {out}", file=sys.stderr)
+    return 0
 
 
 def cmd_run(args) -> int:
     from .config import describe
     from .pipeline import run_experiment
-    from .report import experiment_table
 
     config = experiment_from_args(args)
     print(f"snnl run: {config.dataset}, {config.train.name} = {describe(config.train)}; seeds {list(config.seeds)}",
           file=sys.stderr)
-    result = run_experiment(config, args.out, resume=args.resume, progress=not args.quiet)
-    metrics = {"config": config.to_dict(), "summary": result.summary, "seeds": [s.metrics for s in result.seeds]}
-    print(experiment_table(metrics, f"{config.dataset} {config.label}"))
-    if args.out:
-        print(f"results, embeddings, checkpoints and figures in {args.out}", file=sys.stderr)
-    return 0
+    return _print_result(run_experiment(config, args.out, resume=args.resume, progress=not args.quiet), args.out)
 
 
 def cmd_n2d(args) -> int:
     from .manifold import ManifoldConfig
     from .n2d import AUTOENCODER, N2DConfig, run_n2d
-    from .report import experiment_table
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
                                    "patience": args.patience}.items() if v is not None}
     config = N2DConfig(
-        dataset=args.dataset,
         n_clusters=args.n_clusters,
         autoencoder=AUTOENCODER.replace(**overrides),
         manifold=ManifoldConfig(method=args.manifold, umap_neighbors=args.umap_neighbors,
-                                umap_min_dist=args.umap_min_dist, umap_backend=args.umap_backend),
+                                umap_min_dist=args.umap_min_dist, umap_backend=args.umap_backend,
+                                fit_sample=args.umap_fit_sample),
         cluster=args.cluster,
         codes_from=args.codes_from,
-        seeds=args.seeds,
-        kmeans_backend=args.kmeans_backend,
-        device=args.device,
-        data_dir=args.data_dir,
-        download=args.download,
-        dataset_options=args.blobs or {},
-        projection=args.projection,
+        **_shared_fields(args),
     )
     source = f"codes of {args.codes_from}" if args.codes_from else f"{config.dataset} (train + test)"
     print(f"snnl n2d: {source}: {config.label}; seeds {list(config.seeds)}", file=sys.stderr)
-    result = run_n2d(config, args.out, resume=args.resume, progress=not args.quiet)
-    metrics = {"summary": result.summary, "seeds": [s.metrics for s in result.seeds]}
-    print(experiment_table(metrics, f"{result.config.dataset} {result.config.label}"))
-    if args.out:
-        print(f"results, embeddings, checkpoints and figures in {args.out}", file=sys.stderr)
-    return 0
+    return _print_result(run_n2d(config, args.out, resume=args.resume, progress=not args.quiet), args.out)
 
 
 def cmd_backends(args) -> int:
@@ -172,55 +174,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def add_shared(parser):
+        """Options `snnl run` and `snnl n2d` share."""
+        parser.add_argument("--dataset", default="digits", choices=dataset_names())
+        parser.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated, e.g. 0,1,2,3")
+        parser.add_argument("--out", default=None, help="write metrics.json, embeddings.npz, checkpoints and figures here")
+        parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+        parser.add_argument("--epochs", type=int, default=None)
+        parser.add_argument("--batch-size", type=int, default=None, help="the global batch (split across torchrun processes)")
+        parser.add_argument("--lr", type=float, default=None)
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        parser.add_argument("--kmeans-backend", default="auto", choices=KMEANS_BACKENDS)
+        parser.add_argument("--projection", default="tsne", choices=["tsne", "pca", "none"],
+                            help="2-D projection in figures/projection.png")
+        parser.add_argument("--silhouette-sample", type=int, default=None,
+                            help="estimate the silhouette on this many points (default: exact, O(n^2))")
+        parser.add_argument("--data-dir", default=None, help="where the dataset files are (default: $SNNL_DATA, system dirs, cache)")
+        parser.add_argument("--download", action="store_true", help="download missing IDX files from the official sources")
+        parser.add_argument("--blobs", type=_options, default=None, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
     run = sub.add_parser("run", help="train, encode the test set, k-means, metrics (Agarap & Azcarraga)")
-    run.add_argument("--dataset", default="digits", choices=dataset_names())
+    add_shared(run)
     run.add_argument("--config", default="snnl-5", choices=list(PRESETS), help="a preset of the paper's Table I, or a baseline")
-    run.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated, e.g. 0,1,2,3")
-    run.add_argument("--out", default=None, help="write metrics.json, embeddings.npz, checkpoints and figures here")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     run.add_argument("--labelled", type=_labelled, default=None,
                      help="labelled training examples (default: the paper's subset, else all); 'all' for all")
-    run.add_argument("--epochs", type=int, default=None)
-    run.add_argument("--batch-size", type=int, default=None)
-    run.add_argument("--lr", type=float, default=None)
     run.add_argument("--alpha", type=float, default=None)
     run.add_argument("--code-dim", type=int, default=None)
     run.add_argument("--loss-backend", default=None, choices=["auto", "reference", "chunked", "triton"])
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    run.add_argument("--kmeans-backend", default="auto", choices=KMEANS_BACKENDS)
     run.add_argument("--kmeans-protocol", default="restarts", choices=PROTOCOLS)
     run.add_argument("--kmeans-restarts", type=int, default=10)
-    run.add_argument("--projection", default="tsne", choices=["tsne", "pca", "none"])
-    run.add_argument("--data-dir", default=None, help="where the IDX files are (default: $SNNL_DATA, system dirs, cache)")
-    run.add_argument("--download", action="store_true", help="download missing files from the official sources")
-    run.add_argument("--blobs", type=_options, default=None, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
     n2d = sub.add_parser("n2d", help="N2D: autoencoder -> UMAP -> Gaussian mixture (McConville et al.)")
-    n2d.add_argument("--dataset", default="digits", choices=dataset_names())
+    add_shared(n2d)
     n2d.add_argument("--codes-from", default=None, help="cluster the test codes of this `snnl run --out` directory instead")
     n2d.add_argument("--manifold", default="umap", choices=["umap", "isomap", "tsne", "none"])
     n2d.add_argument("--cluster", default="gmm", choices=["gmm", "kmeans"])
     n2d.add_argument("--n-clusters", type=int, default=None, help="default: the number of classes")
-    n2d.add_argument("--seeds", type=_seeds, default=(0,))
-    n2d.add_argument("--out", default=None)
-    n2d.add_argument("--resume", action="store_true")
-    n2d.add_argument("--epochs", type=int, default=None, help="autoencoder epochs (default 1000)")
-    n2d.add_argument("--batch-size", type=int, default=None)
-    n2d.add_argument("--lr", type=float, default=None)
     n2d.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
     n2d.add_argument("--umap-neighbors", type=int, default=20)
     n2d.add_argument("--umap-min-dist", type=float, default=0.0)
     n2d.add_argument("--umap-backend", default="auto", choices=["auto", "cuml", "umap-learn"])
-    n2d.add_argument("--kmeans-backend", default="auto", choices=KMEANS_BACKENDS)
-    n2d.add_argument("--device", default="auto")
-    n2d.add_argument("--projection", default="tsne", choices=["tsne", "pca", "none"])
-    n2d.add_argument("--data-dir", default=None)
-    n2d.add_argument("--download", action="store_true")
-    n2d.add_argument("--blobs", type=_options, default=None)
-    n2d.add_argument("--quiet", action="store_true")
+    n2d.add_argument("--umap-fit-sample", type=int, default=None, help="fit UMAP on this many points, transform the rest")
     n2d.set_defaults(func=cmd_n2d)
 
     backends = sub.add_parser("backends", help="which backend each step uses on this machine, and why")
@@ -245,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from . import distributed
+
+    if distributed.launched_by_torchrun() and hasattr(args, "device"):
+        # torchrun --nproc-per-node N ...: one process per GPU (NCCL) or CPU worker (gloo)
+        args.device = str(distributed.init_from_environment(args.device))
+        if not distributed.is_main_process():
+            args.quiet = True
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as error:
@@ -254,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"snnl {args.command}: interrupted (--resume continues from the last checkpoint)", file=sys.stderr)
         return 130
+    finally:
+        if distributed.is_initialized():
+            distributed.destroy()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """k-means with k-means++ initialisation, behind one interface for two backends.
 
 - ``sklearn``: ``sklearn.cluster.KMeans`` (always available).
-- ``faiss``: ``faiss.Kmeans``, on the GPU when faiss has GPU support and the
-  data lives on a CUDA device (a CUDA tensor), on the CPU otherwise.  Its
+- ``faiss``: ``faiss.Kmeans``, on all the machine's GPUs when faiss has GPU
+  support and the data lives on (or the run uses) a CUDA device, on the CPU
+  otherwise.  Its
   own k-means++ initialisation is used where the installed faiss has one
   (``ClusteringInitMethod_KMEANS_PLUS_PLUS``), scikit-learn's
   ``kmeans_plusplus`` otherwise; faiss's subsampling is switched off so both
@@ -114,14 +115,21 @@ def kmeans(
     n_init: int = 10,
     max_iter: int = 300,
     seed: int = 0,
+    device=None,
 ) -> KMeansResult:
-    """Cluster the rows of ``x`` (numpy array or tensor) into ``n_clusters``."""
+    """Cluster the rows of ``x`` (numpy array or tensor) into ``n_clusters``.
+
+    faiss runs on every GPU of the machine when it has GPU support and either
+    ``x`` is a CUDA tensor or ``device`` is a CUDA device; the points stay in
+    host memory and faiss streams them.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     x, on_cuda = _as_numpy(x)
     _check(x, n_clusters)
     backend = resolve_kmeans_backend(backend)
-    use_gpu = backend == "faiss" and on_cuda and faiss_status()[1]
+    wants_gpu = on_cuda or (device is not None and torch.device(device).type == "cuda")
+    use_gpu = backend == "faiss" and wants_gpu and faiss_status()[1]
 
     def run(n, iterations, run_seed):
         if backend == "sklearn":

@@ -26,6 +26,9 @@ class ManifoldConfig:
     umap_metric: str = "euclidean"
     umap_backend: str = "auto"
     isomap_neighbors: int = 5
+    # UMAP on large data: fit on a seeded sample of this many points, then
+    # transform the rest (UMAP's cost grows faster than linearly)
+    fit_sample: int | None = None
 
     def __post_init__(self):
         if self.method not in MANIFOLDS:
@@ -86,7 +89,12 @@ def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0)
             from umap import UMAP
 
             options["n_jobs"] = 1  # umap-learn is single-threaded anyway once random_state is set
-        return np.asarray(UMAP(**options).fit_transform(x), dtype=np.float32), backend
+        reducer = UMAP(**options)
+        if config.fit_sample is not None and config.fit_sample < len(x):
+            chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=int(config.fit_sample), replace=False))
+            reducer.fit(x[chosen])
+            return np.asarray(reducer.transform(x), dtype=np.float32), f"{backend} (fit on {config.fit_sample})"
+        return np.asarray(reducer.fit_transform(x), dtype=np.float32), backend
     if config.method == "isomap":
         from sklearn.manifold import Isomap
 

@@ -25,6 +25,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array
 
+from . import distributed
 from .cluster import kmeans
 from .config import TrainConfig
 from .data import Dataset, load_dataset, train_and_test
@@ -41,12 +42,13 @@ AUTOENCODER = TrainConfig(
 )
 
 
-def final_clustering(points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto") -> np.ndarray:
+def final_clustering(points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto",
+                     device=None) -> np.ndarray:
     if method == "gmm":
         gmm = GaussianMixture(n_components=n_clusters, covariance_type="full", random_state=seed)
         return gmm.fit_predict(points).astype(np.int64)
     if method == "kmeans":
-        return kmeans(points, n_clusters, backend=kmeans_backend, seed=seed).labels
+        return kmeans(points, n_clusters, backend=kmeans_backend, seed=seed, device=device).labels
     raise ValueError(f"cluster must be one of {CLUSTERERS}, got {method!r}")
 
 
@@ -65,6 +67,7 @@ class N2DConfig:
     download: bool = False
     dataset_options: dict = field(default_factory=dict)
     projection: str = "tsne"
+    silhouette_sample: int | None = None  # None: the exact O(n^2) silhouette
 
     def __post_init__(self):
         if self.cluster not in CLUSTERERS:
@@ -124,6 +127,8 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
                                         checkpoint_path=checkpoint, resume=resume, progress=progress)
             history = trained.history
             seconds["train"] = time.perf_counter() - started
+            if not distributed.is_main_process():  # only the main process evaluates
+                return SeedResult(seed, {}, seconds, history)
             started = time.perf_counter()
             codes = encode_in_batches(trained.model, data.x).numpy()
             seconds["encode"] = time.perf_counter() - started
@@ -133,10 +138,11 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         points, manifold_backend = embed(codes, k, config.manifold, seed=seed)
         seconds["manifold"] = time.perf_counter() - started
         started = time.perf_counter()
-        clusters = final_clustering(points, k, config.cluster, seed, config.kmeans_backend)
+        clusters = final_clustering(points, k, config.cluster, seed, config.kmeans_backend, device)
         seconds["cluster"] = time.perf_counter() - started
         started = time.perf_counter()
-        metrics = evaluate(points, data.y, clusters, device=device)
+        metrics = evaluate(points, data.y, clusters, device=device, silhouette_sample=config.silhouette_sample,
+                           seed=seed)
         seconds["metrics"] = time.perf_counter() - started
         metrics["manifold_backend"] = manifold_backend
         arrays = {"codes": codes} if keep else {}

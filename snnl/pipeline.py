@@ -8,7 +8,9 @@ output directory (see ``snnl.report``).  With ``resume=True`` finished seeds
 are read back and an interrupted seed continues from its last checkpoint.
 
 ``execute`` is the part every method shares (N2D uses it too): the loop
-over seeds, resuming, aggregation and the output directory.
+over seeds, resuming, aggregation and the output directory.  Under
+torch.distributed (``torchrun``) every process trains; the main process alone
+evaluates and writes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.decomposition import PCA
 
-from . import report
+from . import distributed, report
 from .cluster import kmeans
 from .config import TrainConfig, preset
 from .data import Dataset, labelled_subset, load_dataset
@@ -47,6 +49,7 @@ class ExperimentConfig:
     download: bool = False
     dataset_options: dict = field(default_factory=dict)  # blobs parameters
     projection: str = "tsne"  # 2-D projection in the figure: "tsne", "pca" or "none"
+    silhouette_sample: int | None = None  # None: the exact O(n^2) silhouette
 
     @property
     def label(self) -> str:
@@ -99,13 +102,16 @@ def aggregate(seed_metrics: list[dict]) -> dict:
 
 
 def cluster_and_score(points: np.ndarray, labels: np.ndarray, n_clusters: int, seconds: dict, device, *,
-                      backend="auto", protocol="restarts", restarts=10, seed=0) -> tuple[np.ndarray, dict]:
+                      backend="auto", protocol="restarts", restarts=10, seed=0,
+                      silhouette_sample=None) -> tuple[np.ndarray, dict]:
     """k-means on ``points`` and the six metrics, timing both stages into ``seconds``."""
     started = time.perf_counter()
-    clustering = kmeans(points, n_clusters, backend=backend, protocol=protocol, n_init=restarts, seed=seed)
+    clustering = kmeans(points, n_clusters, backend=backend, protocol=protocol, n_init=restarts, seed=seed,
+                        device=device)
     seconds["cluster"] = time.perf_counter() - started
     started = time.perf_counter()
-    metrics = evaluate(points, labels, clustering.labels, device=device)
+    metrics = evaluate(points, labels, clustering.labels, device=device, silhouette_sample=silhouette_sample,
+                       seed=seed)
     seconds["metrics"] = time.perf_counter() - started
     metrics["kmeans_backend"] = clustering.backend
     return clustering.labels, metrics
@@ -120,9 +126,11 @@ def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], 
     """
     if not config.seeds:
         raise ValueError("at least one seed is needed")
+    main = distributed.is_main_process()
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
-        report.prepare_output_dir(out_dir, config, resume)
+        report.prepare_output_dir(out_dir, config, resume, write=main)
+        distributed.barrier()
     results = []
     for position, seed in enumerate(config.seeds):
         first = position == 0  # its arrays and history feed embeddings.npz and the figures
@@ -131,9 +139,12 @@ def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], 
             results.append(report.read_seed(finished))
             continue
         result = run_seed(seed, first)
-        if finished is not None:
+        if finished is not None and main:
             report.write_seed(finished, result)
+        distributed.barrier()  # evaluation and writing happen on the main process
         results.append(result)
+    if not main:  # the other processes only trained
+        return ExperimentResult(config, results, data.y, {}, {})
     summary = aggregate([r.metrics for r in results])
     experiment = ExperimentResult(config, results, data.y, summary, report.environment(resolve_device(config.device)))
     if out_dir is not None:
@@ -168,12 +179,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                                        checkpoint_path=checkpoint, resume=resume, progress=progress)
             history = result.history
             seconds["train"] = time.perf_counter() - started
+            if not distributed.is_main_process():
+                return SeedResult(seed, {}, seconds, history)
             started = time.perf_counter()
             codes = encode_in_batches(result.model, test.x).numpy()
         seconds["encode"] = time.perf_counter() - started
         clusters, metrics = cluster_and_score(
             codes, test.y, test.n_classes, seconds, device, backend=config.kmeans_backend,
             protocol=config.kmeans_protocol, restarts=config.kmeans_restarts, seed=seed,
+            silhouette_sample=config.silhouette_sample,
         )
         return SeedResult(seed, metrics, seconds, history, codes if keep else None, clusters if keep else None)
 

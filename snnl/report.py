@@ -27,6 +27,7 @@ import numpy as np
 import sklearn
 import torch
 
+from . import distributed
 from .metrics import METRICS
 
 METRIC_TITLES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "sil": "SIL", "chs": "CHS", "dbi": "DBI"}
@@ -53,6 +54,7 @@ def environment(device: torch.device) -> dict:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "world_size": distributed.world_size(),
         "command": " ".join(["snnl" if Path(sys.argv[0]).name in ("snnl", "cli.py") else Path(sys.argv[0]).name, *sys.argv[1:]]),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -65,8 +67,9 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def prepare_output_dir(out_dir: Path, config, resume: bool) -> None:
-    """Refuse to overwrite a finished run unless resuming it; remember the configuration."""
+def prepare_output_dir(out_dir: Path, config, resume: bool, write: bool = True) -> None:
+    """Refuse to overwrite a finished run unless resuming it; remember the
+    configuration (``write``: the main process; the others only check)."""
     config_path = out_dir / "config.json"
     if config_path.is_file():
         previous = json.loads(config_path.read_text())
@@ -76,7 +79,8 @@ def prepare_output_dir(out_dir: Path, config, resume: bool) -> None:
             )
         if previous != config.to_dict():
             raise ValueError(f"{out_dir} holds a run with a different configuration; --resume needs the same options")
-    _atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
+    if write:
+        _atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
 
 
 def write_seed(path: Path, result) -> None:

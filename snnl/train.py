@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .loss import soft_nearest_neighbor_loss
+from . import distributed
 from .models import Autoencoder
 
 CHECKPOINT_VERSION = 1
@@ -77,24 +77,35 @@ def build_model(input_dim: int, config: TrainConfig) -> Autoencoder:
     return Autoencoder(input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation)
 
 
-def batch_loss(model, xb, yb, temperature: float, config: TrainConfig):
-    """(total, reconstruction, per-layer SNNL list) for one batch."""
+def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_rows: int | None = None):
+    """(loss, reconstruction, per-layer SNNL list) for one batch.
+
+    Under torch.distributed every term is this process's share (its rows'
+    sum over the global batch's count), so that the shares of all processes
+    add up to the single-process values of the global batch of
+    ``global_rows`` rows.  In a single process they are the batch means.
+    """
+    global_rows = len(xb) if global_rows is None else global_rows
     output, hidden = model(xb)
     if config.reconstruction_loss == "bce":
-        reconstruction = F.binary_cross_entropy_with_logits(output.float(), xb.float())
+        total = F.binary_cross_entropy_with_logits(output.float(), xb.float(), reduction="sum")
     else:
-        reconstruction = F.mse_loss(output.float(), xb.float())
-    if not config.snnl or len(xb) < 2:
+        total = F.mse_loss(output.float(), xb.float(), reduction="sum")
+    reconstruction = total / (global_rows * xb.shape[1])
+    if not config.snnl or global_rows < 2:
         return reconstruction, reconstruction, []
     labels = yb if config.supervised else torch.zeros_like(yb)
     per_layer = [
-        soft_nearest_neighbor_loss(
+        distributed.global_soft_nearest_neighbor_loss(
             h, labels, temperature, distance=config.distance, eps=config.eps, backend=config.loss_backend
         )
         for h in hidden
     ]
-    stacked = torch.stack(per_layer)
-    snnl = stacked.sum() if config.combine == "sum" else stacked.min()
+    if config.combine == "sum":
+        snnl = torch.stack(per_layer).sum()
+    else:  # every process must pick the same layer: the minimum of the global values
+        global_values = distributed.all_reduce_tensor(torch.stack([v.detach() for v in per_layer]))
+        snnl = per_layer[int(torch.argmin(global_values))]
     return reconstruction + config.alpha * snnl, reconstruction, per_layer
 
 
@@ -181,6 +192,14 @@ def train_autoencoder(
         history = checkpoint["history"]
         start_epoch = checkpoint["epoch"] + 1
 
+    # Under torch.distributed each global batch (drawn from the same shuffled
+    # order on every process) is split into contiguous slices, one per process:
+    # together they are exactly the single-process batch.
+    world, rank = distributed.world_size(), distributed.rank()
+    main = distributed.is_main_process()
+    network = model
+    if world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     x_all = torch.from_numpy(x)
     y_all = torch.from_numpy(y) if y is not None else torch.zeros(len(x), dtype=torch.int64)
     n_batches = -(-len(x) // config.batch_size)
@@ -188,7 +207,7 @@ def train_autoencoder(
     if plateaued(history, config.patience):
         last_epoch = start_epoch  # a resumed run that had already stopped early
     epochs = tqdm(
-        range(start_epoch, last_epoch), desc=config.name, unit="epoch", disable=not progress,
+        range(start_epoch, last_epoch), desc=config.name, unit="epoch", disable=not (progress and main),
         initial=start_epoch, total=config.epochs, dynamic_ncols=True,
     )
     started = time.perf_counter()
@@ -197,42 +216,50 @@ def train_autoencoder(
         temperature = schedule(epoch)
         epoch_started = time.perf_counter()
         order = torch.randperm(len(x), generator=shuffle)
-        totals = {"loss": 0.0, "reconstruction": 0.0, "snnl": 0.0}
-        layer_totals = None
+        totals, layer_totals, layer_batches = None, None, 0
         batches = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                       disable=not progress, dynamic_ncols=True)
+                       disable=not (progress and main), dynamic_ncols=True)
         for b in batches:
-            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            index = torch.tensor_split(global_index, world)[rank]
             xb = x_all[index].to(device, non_blocking=True)
             yb = y_all[index].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
-                loss, reconstruction, per_layer = batch_loss(model, xb, yb, temperature, config)
-            if not torch.isfinite(loss):
+                loss, reconstruction, per_layer = batch_loss(network, xb, yb, temperature, config, len(global_index))
+            # one collective for the logged values: the global batch's loss terms
+            values = distributed.all_reduce_tensor(torch.stack([loss.detach(), reconstruction.detach(),
+                                                                *(v.detach() for v in per_layer)]).double())
+            if not torch.isfinite(values[0]):
                 raise FloatingPointError(
-                    f"{config.name}: the training loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
-                    f"the last good checkpoint is {checkpoint_path}"
+                    f"{config.name}: the training loss became {values[0].item()} at epoch {epoch + 1}, "
+                    f"batch {b + 1}; the last good checkpoint is {checkpoint_path}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DistributedDataParallel averages gradients over processes: scale the
+            # shares so that the average is the gradient of the global batch.
+            (loss * world).backward()
             optimizer.step()
-            values = [v.item() for v in per_layer]
-            totals["loss"] += loss.item()
-            totals["reconstruction"] += reconstruction.item()
-            totals["snnl"] += float(sum(values)) if config.combine == "sum" else (min(values) if values else 0.0)
-            layer_totals = values if layer_totals is None else [a + v for a, v in zip(layer_totals, values)]
-            batches.set_postfix(rec=f"{reconstruction.item():.4f}", snnl=f"{totals['snnl'] / (b + 1):.4f}",
-                                T=f"{temperature:.3g}")
+            totals = values[:2] if totals is None else totals + values[:2]
+            if len(values) > 2:  # a batch of one row has no SNNL
+                layer_totals = values[2:] if layer_totals is None else layer_totals + values[2:]
+                layer_batches += 1
+            layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
+            snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
+            batches.set_postfix(rec=f"{values[1].item():.4f}", snnl=f"{snnl:.4f}", T=f"{temperature:.3g}")
+        means = (totals / n_batches).tolist()
         record = {
             "epoch": epoch,
             "temperature": temperature,
-            **{k: v / n_batches for k, v in totals.items()},
-            "snnl_per_layer": [v / n_batches for v in (layer_totals or [])],
+            "loss": means[0],
+            "reconstruction": means[1],
+            "snnl": (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0,
+            "snnl_per_layer": layers,
             "seconds": time.perf_counter() - epoch_started,
         }
         history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.4f}", rec=f"{record['reconstruction']:.4f}",
                            snnl=f"{record['snnl']:.4f}", T=f"{temperature:.3g}")
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and main:
             _write_atomic(
                 {
                     "version": CHECKPOINT_VERSION,
@@ -251,4 +278,5 @@ def train_autoencoder(
             epochs.write(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
             break
     epochs.close()
+    distributed.barrier()  # the last checkpoint is on disk before anyone reads it
     return TrainResult(model, history, time.perf_counter() - started)

@@ -48,6 +48,16 @@ def test_silhouette_with_duplicate_points_and_tensor_input():
     assert silhouette(torch.tensor(x), labels) == pytest.approx(silhouette_score(x, labels), rel=1e-10)
 
 
+def test_sampled_silhouette_estimates_the_exact_value():
+    x, y = make_blobs(n_samples=3000, centers=5, random_state=2)
+    exact = silhouette(x, y)
+    estimate = silhouette(x, y, sample_size=600, seed=1)
+    assert estimate == silhouette(x, y, sample_size=600, seed=1) and estimate != exact
+    assert estimate == pytest.approx(exact, abs=0.03)
+    assert silhouette(x, y, sample_size=5000) == exact  # a sample at least as large as the data is all of it
+    assert evaluate(x, y, y, silhouette_sample=600, seed=1)["sil"] == estimate
+
+
 def test_silhouette_undefined_is_none():
     x = np.random.default_rng(0).normal(size=(5, 2))
     assert silhouette(x, np.zeros(5, dtype=int)) is None

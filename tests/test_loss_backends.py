@@ -141,3 +141,43 @@ def test_chunked_default_block_covers_large_batch():
     ref = soft_nearest_neighbor_loss(z, labels, 0.2, backend="reference", reduction="none")
     out = soft_nearest_neighbor_loss(z, labels, 0.2, backend="chunked", reduction="none")
     assert_close_rows(out, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "triton"])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("eps", [1e-5, 0.0])
+def test_queries_against_keys_add_up_to_the_square_loss(backend, distance, eps):
+    # How torch.distributed uses the loss: each part of the batch (a process's
+    # rows) against the whole batch, with the parts' results summed.
+    from snnl.loss.functional import soft_nearest_neighbor_rows
+
+    g = torch.Generator().manual_seed(7)
+    z = make_points(70, 19, distance, torch.float64, g)
+    labels = make_labels("singletons", 70, g)
+    weights = torch.randn(70, generator=g, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    expected = rows_and_grads(backend_rows("reference", distance, eps), z, labels, t, weights)
+
+    zq = z.clone().requires_grad_(True)
+    tq = t.clone().requires_grad_(True)
+    parts = [(0, 23), (23, 24), (24, 70)]
+    rows = torch.cat([
+        soft_nearest_neighbor_rows(zq[a:b], labels[a:b], zq, labels, tq, offset=a, distance=distance, eps=eps,
+                                   backend=backend)
+        for a, b in parts
+    ])
+    objective = torch.where(torch.isfinite(rows), rows * weights, torch.zeros_like(rows)).sum()
+    grad_z, grad_t = torch.autograd.grad(objective, [zq, tq])
+    assert_close_rows(rows.detach(), expected[0], rtol=1e-10, atol=1e-12)
+    assert_close_scaled(grad_z, expected[1], 1e-9)
+    assert_close_scaled(grad_t, expected[2], 1e-9)
+
+
+def test_queries_offset_is_validated():
+    from snnl.loss.functional import soft_nearest_neighbor_rows
+
+    z, labels = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="offset must place the 4 queries inside the 10 keys"):
+        soft_nearest_neighbor_rows(z[:4], labels[:4], z, labels, offset=7)
+    with pytest.raises(ValueError, match="queries must be 2-D with 3 features"):
+        soft_nearest_neighbor_rows(z[:4, :2], labels[:4], z, labels, offset=0)

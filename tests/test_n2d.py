@@ -95,6 +95,10 @@ def test_each_umap_backend_recovers_blobs():
         points, used = embed(x, 4, ManifoldConfig(umap_backend=backend), seed=0)
         assert used == backend and points.shape == (600, 4)
         assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
+        # large data: fit on a sample, transform everything
+        points, used = embed(x, 4, ManifoldConfig(umap_backend=backend, fit_sample=200), seed=0)
+        assert used == f"{backend} (fit on 200)" and points.shape == (600, 4)
+        assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
 
 
 def test_manifold_errors():

@@ -1,16 +1,24 @@
 """Fused Triton kernels for the soft nearest neighbor loss (FlashAttention style).
 
-Forward: each program owns BLOCK_M rows and streams over column tiles, keeping
-an online maximum and running sum for two log-sum-exps per row (all pairs and
-same-class pairs, each with its own maximum so neither underflows at small
-temperatures).  Only those two numbers per row leave the kernel.
+The loss compares query rows with key rows; in the ordinary (square) case the
+queries are the keys, and under torch.distributed a process's own rows are the
+queries and the gathered global batch the keys.  Query i is key
+``offset + i``, and that self pair is excluded.
 
-Backward: each program again owns BLOCK_M rows and recomputes every tile from
-the saved log-sum-exps.  Because the logits are symmetric (s_ij = s_ji), row i
-receives both its own term dl_i/ds_ij and the transposed term dl_j/ds_ji; the
-program recomputes the latter from row j's saved values rather than adding into
-row j's gradient, so there are no atomics and the result is deterministic.  The
-price is two more exponentials per pair.
+Forward: each program owns BLOCK_M query rows and streams over key tiles,
+keeping an online maximum and running sum for two log-sum-exps per row (all
+pairs, same-class pairs; each with its own maximum so neither underflows at
+small temperatures).  Only those two numbers per row leave the kernel.
+
+Backward: one kernel, run in up to two passes, recomputes the tiles from the
+saved per-row values.  A program owns a block of "rows" and loops over
+"columns", accumulating sum_j H_ij c_j with H_ij = dL/ds for the pair, where
+the loss side of a pair may be the row (its own term) or the column (the
+transposed term).  Square case: one pass with both terms (the logits are
+symmetric).  Queries vs keys: a pass over query blocks with their own term
+(gradient of the queries) and a pass over key blocks with the transposed term
+(gradient of the keys).  Every program writes only its own rows: no atomics,
+deterministic results.
 
 Points are prepared by the caller: unit rows for the cosine distance, raw rows
 (and their squared norms) for the squared Euclidean distance.  Accumulation is
@@ -26,7 +34,7 @@ import triton.language as tl
 
 @triton.jit
 def _logits_tile(
-    X, SQ, rows, cols, row_ok, col_ok, temperature, dim, stride,
+    ROWS, COLS, ROW_SQ, COL_SQ, rows, cols, row_ok, col_ok, temperature, dim, row_stride, col_stride,
     EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -38,15 +46,15 @@ def _logits_tile(
     for k0 in range(0, dim, BLOCK_D):
         ks = k0 + tl.arange(0, BLOCK_D)
         k_ok = ks < dim
-        a = tl.load(X + rows[:, None] * stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(X + cols[:, None] * stride + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(ROWS + rows[:, None] * row_stride + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(COLS + cols[:, None] * col_stride + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         if IEEE:
             dots += tl.dot(a, tl.trans(b), input_precision="ieee")
         else:
             dots += tl.dot(a, tl.trans(b))
     if EUCLIDEAN:
-        sq_rows = tl.load(SQ + rows, mask=row_ok, other=0.0)
-        sq_cols = tl.load(SQ + cols, mask=col_ok, other=0.0)
+        sq_rows = tl.load(ROW_SQ + rows, mask=row_ok, other=0.0)
+        sq_cols = tl.load(COL_SQ + cols, mask=col_ok, other=0.0)
         raw = sq_rows[:, None] + sq_cols[None, :] - 2.0 * dots
         return -tl.maximum(raw, 0.0) / temperature, raw >= 0.0
     return -(1.0 - dots) / temperature, tl.full((BLOCK_M, BLOCK_N), 1, tl.int1)
@@ -64,14 +72,15 @@ def _online_logsumexp(running_max, running_sum, tile):
 
 @triton.jit
 def _forward_kernel(
-    X, LABELS, SQ, TEMPERATURE, LSE_ALL, LSE_SAME, n, dim, stride,
+    Q, K, Q_LABELS, K_LABELS, Q_SQ, K_SQ, TEMPERATURE, LSE_ALL, LSE_SAME,
+    n_queries, n_keys, offset, dim, q_stride, k_stride,
     EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n
+    row_ok = rows < n_queries
     temperature = tl.load(TEMPERATURE)
-    row_labels = tl.load(LABELS + rows, mask=row_ok, other=0)
+    row_labels = tl.load(Q_LABELS + rows, mask=row_ok, other=0)
     if FP64:
         max_all = tl.full((BLOCK_M,), float("-inf"), tl.float64)
         sum_all = tl.zeros((BLOCK_M,), tl.float64)
@@ -80,15 +89,15 @@ def _forward_kernel(
         sum_all = tl.zeros((BLOCK_M,), tl.float32)
     max_same = max_all
     sum_same = sum_all
-    for c0 in range(0, n, BLOCK_N):
+    for c0 in range(0, n_keys, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_ok = cols < n
+        col_ok = cols < n_keys
         logits, _ = _logits_tile(
-            X, SQ, rows, cols, row_ok, col_ok, temperature, dim, stride,
+            Q, K, Q_SQ, K_SQ, rows, cols, row_ok, col_ok, temperature, dim, q_stride, k_stride,
             EUCLIDEAN, FP64, IEEE, BLOCK_M, BLOCK_N, BLOCK_D,
         )
-        col_labels = tl.load(LABELS + cols, mask=col_ok, other=0)
-        pair_ok = col_ok[None, :] & (rows[:, None] != cols[None, :])
+        col_labels = tl.load(K_LABELS + cols, mask=col_ok, other=0)
+        pair_ok = col_ok[None, :] & ((rows + offset)[:, None] != cols[None, :])
         same = pair_ok & (row_labels[:, None] == col_labels[None, :])
         max_all, sum_all = _online_logsumexp(max_all, sum_all, tl.where(pair_ok, logits, float("-inf")))
         max_same, sum_same = _online_logsumexp(max_same, sum_same, tl.where(same, logits, float("-inf")))
@@ -101,7 +110,7 @@ def _forward_kernel(
 
 @triton.jit
 def _grad_logits(logits, lse_all, lse_same, g_all, g_same, pair_ok, same):
-    """d loss / d s for the pairs of a tile, given one side's per-row values
+    """d loss / d s for the pairs of a tile, given the loss side's per-row values
     (broadcast along rows or columns by the caller)."""
     # Mask before exp(): off-mask exponents may be huge and must not become inf.
     p_all = tl.exp(tl.where(pair_ok, logits - lse_all, float("-inf")))
@@ -111,26 +120,34 @@ def _grad_logits(logits, lse_all, lse_same, g_all, g_same, pair_ok, same):
 
 @triton.jit
 def _backward_kernel(
-    X, LABELS, SQ, TEMPERATURE, LSE_ALL, LSE_SAME, G_ALL, G_SAME,
-    GRAD_X, GRAD_S_ROW_SUM, WEIGHTED_LOGITS, n, dim, stride, stride_grad,
+    ROWS, COLS, ROW_LABELS, COL_LABELS, ROW_SQ, COL_SQ, TEMPERATURE,
+    ROW_LSE_ALL, ROW_LSE_SAME, ROW_G_ALL, ROW_G_SAME,
+    COL_LSE_ALL, COL_LSE_SAME, COL_G_ALL, COL_G_SAME,
+    GRAD, H_SUM, WEIGHTED_LOGITS,
+    n_rows, n_cols, row_offset, col_offset, dim, row_stride, col_stride, grad_stride,
+    OWN_TERM: tl.constexpr, THEIR_TERM: tl.constexpr,
     EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, IEEE: tl.constexpr, IEEE_GRAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     ACCUMULATE_IN_REGISTERS: tl.constexpr,
 ):
-    """Writes GRAD_X[i] = sum_j H_ij x_j with H = grad_s + grad_s^T, the row sums
-    of H (Euclidean distance) and sum_j grad_s_ij * s_ij (temperature gradient).
+    """Writes GRAD[i] = sum_j H_ij c_j, H_SUM[i] = sum_j H_ij (Euclidean distance)
+    and, with OWN_TERM, WEIGHTED_LOGITS[i] = sum_j dl_i/ds_ij * s_ij (temperature
+    gradient).  H_ij sums dl_i/ds_ij (OWN_TERM, from the row's values) and
+    dl_j/ds_ij (THEIR_TERM, from the column's values).  A pair is the self pair
+    when row_offset + i == col_offset + j.
 
-    ``LSE_SAME`` holds a finite stand-in where a row has no same-class
-    neighbour (its ``G_SAME`` is 0), so exp() never meets -inf - (-inf).
+    The LSE_SAME arrays hold a finite stand-in where a row has no same-class
+    neighbour (its G_SAME is 0), so exp() never meets -inf - (-inf).
     """
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n
+    row_ok = rows < n_rows
     temperature = tl.load(TEMPERATURE)
-    row_labels = tl.load(LABELS + rows, mask=row_ok, other=0)
-    row_lse_all = tl.load(LSE_ALL + rows, mask=row_ok, other=0.0)
-    row_lse_same = tl.load(LSE_SAME + rows, mask=row_ok, other=0.0)
-    row_g_all = tl.load(G_ALL + rows, mask=row_ok, other=0.0)
-    row_g_same = tl.load(G_SAME + rows, mask=row_ok, other=0.0)
+    row_labels = tl.load(ROW_LABELS + rows, mask=row_ok, other=0)
+    if OWN_TERM:
+        row_lse_all = tl.load(ROW_LSE_ALL + rows, mask=row_ok, other=0.0)
+        row_lse_same = tl.load(ROW_LSE_SAME + rows, mask=row_ok, other=0.0)
+        row_g_all = tl.load(ROW_G_ALL + rows, mask=row_ok, other=0.0)
+        row_g_same = tl.load(ROW_G_SAME + rows, mask=row_ok, other=0.0)
     ks = tl.arange(0, BLOCK_D)
     if FP64:
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float64)
@@ -140,55 +157,60 @@ def _backward_kernel(
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
         h_sum = tl.zeros((BLOCK_M,), tl.float32)
         weighted = tl.zeros((BLOCK_M,), tl.float32)
-    for c0 in range(0, n, BLOCK_N):
+    for c0 in range(0, n_cols, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_ok = cols < n
+        col_ok = cols < n_cols
         logits, unclamped = _logits_tile(
-            X, SQ, rows, cols, row_ok, col_ok, temperature, dim, stride,
+            ROWS, COLS, ROW_SQ, COL_SQ, rows, cols, row_ok, col_ok, temperature, dim, row_stride, col_stride,
             EUCLIDEAN, FP64, IEEE, BLOCK_M, BLOCK_N, BLOCK_D,
         )
-        col_labels = tl.load(LABELS + cols, mask=col_ok, other=0)
-        pair_ok = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
+        col_labels = tl.load(COL_LABELS + cols, mask=col_ok, other=0)
+        pair_ok = row_ok[:, None] & col_ok[None, :] & ((rows + row_offset)[:, None] != (cols + col_offset)[None, :])
         same = pair_ok & (row_labels[:, None] == col_labels[None, :])
-        grad_own = _grad_logits(
-            logits, row_lse_all[:, None], row_lse_same[:, None],
-            row_g_all[:, None], row_g_same[:, None], pair_ok, same,
-        )
-        col_lse_all = tl.load(LSE_ALL + cols, mask=col_ok, other=0.0)
-        col_lse_same = tl.load(LSE_SAME + cols, mask=col_ok, other=0.0)
-        col_g_all = tl.load(G_ALL + cols, mask=col_ok, other=0.0)
-        col_g_same = tl.load(G_SAME + cols, mask=col_ok, other=0.0)
-        grad_theirs = _grad_logits(
-            logits, col_lse_all[None, :], col_lse_same[None, :],
-            col_g_all[None, :], col_g_same[None, :], pair_ok, same,
-        )
-        weighted += tl.sum(grad_own * tl.where(pair_ok, logits, 0.0), axis=1)
-        h = tl.where(unclamped, grad_own + grad_theirs, 0.0)
+        h = tl.zeros_like(logits)
+        if OWN_TERM:
+            grad_own = _grad_logits(
+                logits, row_lse_all[:, None], row_lse_same[:, None],
+                row_g_all[:, None], row_g_same[:, None], pair_ok, same,
+            )
+            weighted += tl.sum(grad_own * tl.where(pair_ok, logits, 0.0), axis=1)
+            h += grad_own
+        if THEIR_TERM:
+            col_lse_all = tl.load(COL_LSE_ALL + cols, mask=col_ok, other=0.0)
+            col_lse_same = tl.load(COL_LSE_SAME + cols, mask=col_ok, other=0.0)
+            col_g_all = tl.load(COL_G_ALL + cols, mask=col_ok, other=0.0)
+            col_g_same = tl.load(COL_G_SAME + cols, mask=col_ok, other=0.0)
+            h += _grad_logits(
+                logits, col_lse_all[None, :], col_lse_same[None, :],
+                col_g_all[None, :], col_g_same[None, :], pair_ok, same,
+            )
+        h = tl.where(unclamped, h, 0.0)
         h_sum += tl.sum(h, axis=1)
         if ACCUMULATE_IN_REGISTERS:  # the whole feature dimension fits in one chunk
             k_ok = ks < dim
-            xc = tl.load(X + cols[:, None] * stride + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            c = tl.load(COLS + cols[:, None] * col_stride + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
             if IEEE_GRAD:
-                acc += tl.dot(h, xc.to(h.dtype), input_precision="ieee")
+                acc += tl.dot(h, c.to(h.dtype), input_precision="ieee")
             else:
-                acc += tl.dot(h, xc.to(h.dtype))
+                acc += tl.dot(h, c.to(h.dtype))
         else:  # wide features: read-modify-write this program's own rows, chunk by chunk
             for k0 in range(0, dim, BLOCK_D):
                 kk = k0 + ks
                 k_ok = kk < dim
-                xc = tl.load(X + cols[:, None] * stride + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+                c = tl.load(COLS + cols[:, None] * col_stride + kk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
                 if IEEE_GRAD:
-                    part = tl.dot(h, xc.to(h.dtype), input_precision="ieee")
+                    part = tl.dot(h, c.to(h.dtype), input_precision="ieee")
                 else:
-                    part = tl.dot(h, xc.to(h.dtype))
-                out = GRAD_X + rows[:, None] * stride_grad + kk[None, :]
+                    part = tl.dot(h, c.to(h.dtype))
+                out = GRAD + rows[:, None] * grad_stride + kk[None, :]
                 out_ok = row_ok[:, None] & k_ok[None, :]
                 tl.store(out, tl.load(out, mask=out_ok, other=0.0) + part, mask=out_ok)
     if ACCUMULATE_IN_REGISTERS:
         out_ok = row_ok[:, None] & (ks < dim)[None, :]
-        tl.store(GRAD_X + rows[:, None] * stride_grad + ks[None, :], acc, mask=out_ok)
-    tl.store(GRAD_S_ROW_SUM + rows, h_sum, mask=row_ok)
-    tl.store(WEIGHTED_LOGITS + rows, weighted, mask=row_ok)
+        tl.store(GRAD + rows[:, None] * grad_stride + ks[None, :], acc, mask=out_ok)
+    tl.store(H_SUM + rows, h_sum, mask=row_ok)
+    if OWN_TERM:
+        tl.store(WEIGHTED_LOGITS + rows, weighted, mask=row_ok)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -196,6 +218,10 @@ def _backward_kernel(
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _half(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.float16, torch.bfloat16)
 
 
 def choose_blocks(n: int, dim: int) -> tuple[int, int, int]:
@@ -207,46 +233,55 @@ def choose_blocks(n: int, dim: int) -> tuple[int, int, int]:
     return block_m, 64, block_d
 
 
-def forward(x, labels, squared_norms, temperature, *, blocks=None, num_warps=4):
-    """Per-row (lse_all, lse_same) of prepared points ``x`` (b x d, row-major).
+def forward(queries, keys, query_labels, key_labels, query_sq, key_sq, temperature, offset=0, *,
+            blocks=None, num_warps=4):
+    """Per-query (lse_all, lse_same) against all keys; query i is key offset + i.
 
-    ``squared_norms`` is None for the cosine distance (x has unit rows).
-    ``temperature`` is a 0-dim tensor in the accumulation dtype on x's device.
+    ``query_sq`` / ``key_sq`` are the squared norms for the Euclidean distance,
+    None for the cosine distance (unit rows).  ``temperature`` is a 0-dim tensor
+    in the accumulation dtype on the points' device.
     """
-    n, dim = x.shape
-    block_m, block_n, block_d = blocks or choose_blocks(n, dim)
-    acc_dtype = _accumulation_dtype(x)
-    lse_all = torch.empty(n, dtype=acc_dtype, device=x.device)
+    n_queries, dim = queries.shape
+    block_m, block_n, block_d = blocks or choose_blocks(max(n_queries, keys.shape[0]), dim)
+    acc_dtype = _accumulation_dtype(queries)
+    lse_all = torch.empty(n_queries, dtype=acc_dtype, device=queries.device)
     lse_same = torch.empty_like(lse_all)
-    euclidean = squared_norms is not None
-    _forward_kernel[(triton.cdiv(n, block_m),)](
-        x, labels, squared_norms if euclidean else lse_all, temperature, lse_all, lse_same,
-        n, dim, x.stride(0),
-        EUCLIDEAN=euclidean, FP64=acc_dtype == torch.float64, IEEE=x.dtype != torch.float16 and x.dtype != torch.bfloat16,
+    euclidean = query_sq is not None
+    _forward_kernel[(triton.cdiv(n_queries, block_m),)](
+        queries, keys, query_labels, key_labels,
+        query_sq if euclidean else lse_all, key_sq if euclidean else lse_all,
+        temperature, lse_all, lse_same, n_queries, keys.shape[0], offset, dim, queries.stride(0), keys.stride(0),
+        EUCLIDEAN=euclidean, FP64=acc_dtype == torch.float64, IEEE=not _half(queries),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )
     return lse_all, lse_same
 
 
-def backward(x, labels, squared_norms, temperature, lse_all, lse_same, g_all, g_same, *, blocks=None, num_warps=4):
-    """Returns (sum_j H_ij x_j, sum_j H_ij, sum_j grad_s_ij s_ij), all per row.
+def backward_pass(rows, cols, row_labels, col_labels, row_sq, col_sq, temperature, row_stats, col_stats,
+                  row_offset, col_offset, *, blocks=None, num_warps=4):
+    """One backward pass (see the module docstring).
 
-    ``lse_same`` must be finite (a stand-in where g_same is 0).
+    ``row_stats`` / ``col_stats``: (lse_all, lse_same with finite stand-ins,
+    g_all, g_same) for the side whose loss terms are wanted, or None.
+    Returns (sum_j H_ij c_j, sum_j H_ij, sum_j dl_i/ds_ij s_ij or None).
     """
-    n, dim = x.shape
-    block_m, block_n, block_d = blocks or choose_blocks(n, dim)
-    acc_dtype = _accumulation_dtype(x)
+    n_rows, dim = rows.shape
+    block_m, block_n, block_d = blocks or choose_blocks(max(n_rows, cols.shape[0]), dim)
+    acc_dtype = _accumulation_dtype(rows)
     in_registers = dim <= block_d
-    grad_x = (torch.empty if in_registers else torch.zeros)((n, dim), dtype=acc_dtype, device=x.device)
-    h_sum = torch.empty(n, dtype=acc_dtype, device=x.device)
-    weighted = torch.empty_like(h_sum)
-    euclidean = squared_norms is not None
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    _backward_kernel[(triton.cdiv(n, block_m),)](
-        x, labels, squared_norms if euclidean else lse_all, temperature, lse_all, lse_same, g_all, g_same,
-        grad_x, h_sum, weighted, n, dim, x.stride(0), grad_x.stride(0),
+    grad = (torch.empty if in_registers else torch.zeros)((n_rows, dim), dtype=acc_dtype, device=rows.device)
+    h_sum = torch.empty(n_rows, dtype=acc_dtype, device=rows.device)
+    weighted = torch.empty_like(h_sum) if row_stats is not None else h_sum
+    euclidean = row_sq is not None
+    dummy = (h_sum,) * 4
+    half = _half(rows)
+    _backward_kernel[(triton.cdiv(n_rows, block_m),)](
+        rows, cols, row_labels, col_labels, row_sq if euclidean else h_sum, col_sq if euclidean else h_sum,
+        temperature, *(row_stats or dummy), *(col_stats or dummy), grad, h_sum, weighted,
+        n_rows, cols.shape[0], row_offset, col_offset, dim, rows.stride(0), cols.stride(0), grad.stride(0),
+        OWN_TERM=row_stats is not None, THEIR_TERM=col_stats is not None,
         EUCLIDEAN=euclidean, FP64=acc_dtype == torch.float64, IEEE=not half, IEEE_GRAD=not half,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         ACCUMULATE_IN_REGISTERS=in_registers, num_warps=num_warps,
     )
-    return grad_x, h_sum, weighted
+    return grad, h_sum, weighted if row_stats is not None else None

@@ -66,22 +66,58 @@ def soft_nearest_neighbor_loss(
     """
     eps = validation.check_options(distance, eps, reduction, backend)
     validation.check_batch(z, labels)
-    dtype = compute_dtype(z.dtype)
-    temperature = validation.check_temperature(temperature, z.device, dtype)
+    temperature = validation.check_temperature(temperature, z.device, compute_dtype(z.dtype))
+    return reduce_rows(_dispatch(z, labels, temperature, distance, eps, backend), reduction)
+
+
+def soft_nearest_neighbor_rows(
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    keys: torch.Tensor,
+    key_labels: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    *,
+    offset: int,
+    distance: str = "cosine",
+    eps: float = 1e-5,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-row losses of ``queries`` against ``keys``; query i is key ``offset + i``.
+
+    The building block of the global-batch loss under torch.distributed
+    (``snnl.distributed``): a process's own rows against the gathered batch.
+    Gradients flow to both ``queries`` and ``keys``.  Same options and
+    conventions as ``soft_nearest_neighbor_loss`` (no reduction).
+    """
+    eps = validation.check_options(distance, eps, "none", backend)
+    validation.check_batch(keys, key_labels)
+    validation.check_queries(queries, query_labels, keys, offset)
+    temperature = validation.check_temperature(temperature, keys.device, compute_dtype(keys.dtype))
+    return _dispatch(queries, query_labels, temperature, distance, eps, backend,
+                     keys=keys, key_labels=key_labels, offset=offset)
+
+
+def _dispatch(z, labels, temperature, distance, eps, backend, *, keys=None, key_labels=None, offset=0):
+    """Per-row losses with the chosen backend (inputs already validated)."""
+    dtype = temperature.dtype
     backend = resolve_backend(backend, z)
     cosine = distance == "cosine"
-
+    rectangular = dict(keys=keys, key_labels=key_labels, offset=offset)
     if backend == "reference":
-        rows = reference_rows(z.to(dtype), labels, temperature, distance, eps)
-    elif backend == "chunked":
-        x = F.normalize(z.to(dtype), dim=1) if cosine else z.to(dtype)
-        rows = chunked_rows(x, labels, temperature, cosine, eps)
-    else:
-        validation.check_triton_usable(z)
-        from .fused import fused_rows
+        if keys is not None:
+            rectangular["keys"] = keys.to(dtype)
+        return reference_rows(z.to(dtype), labels, temperature, distance, eps, **rectangular)
+    if backend == "chunked":
+        prepare = (lambda x: F.normalize(x.to(dtype), dim=1)) if cosine else (lambda x: x.to(dtype))
+        if keys is not None:
+            rectangular["keys"] = prepare(keys)
+        return chunked_rows(prepare(z), labels, temperature, cosine, eps, **rectangular)
+    validation.check_triton_usable(z)
+    from .fused import fused_rows
 
-        # Half-precision inputs stay half for the tensor cores; the kernels
-        # accumulate in fp32.  Normalisation happens in fp32 first.
-        x = F.normalize(z.to(dtype), dim=1).to(z.dtype) if cosine else z
-        rows = fused_rows(x, labels, temperature, cosine, eps)
-    return reduce_rows(rows, reduction)
+    # Half-precision inputs stay half for the tensor cores; the kernels
+    # accumulate in fp32.  Normalisation happens in fp32 first.
+    prepare = (lambda x: F.normalize(x.to(dtype), dim=1).to(x.dtype)) if cosine else (lambda x: x)
+    if keys is not None:
+        rectangular["keys"] = prepare(keys)
+    return fused_rows(prepare(z), labels, temperature, cosine, eps, **rectangular)

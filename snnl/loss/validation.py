@@ -65,6 +65,26 @@ def check_batch(z, labels) -> None:
         )
 
 
+def check_queries(queries, query_labels, keys, offset) -> None:
+    """Queries compared with keys: same features, device and dtype; rows in range."""
+    if not isinstance(queries, torch.Tensor) or not isinstance(query_labels, torch.Tensor):
+        raise TypeError("queries and query_labels must be torch.Tensors")
+    if queries.dim() != 2 or queries.shape[1] != keys.shape[1]:
+        raise ValueError(f"queries must be 2-D with {keys.shape[1]} features like the keys, got shape {tuple(queries.shape)}")
+    if queries.dtype != keys.dtype or queries.device != keys.device:
+        raise ValueError("queries and keys must share dtype and device")
+    if query_labels.dtype == torch.bool or query_labels.is_floating_point() or tuple(query_labels.shape) != (queries.shape[0],):
+        raise ValueError(f"query_labels must be integer class ids of shape ({queries.shape[0]},)")
+    if query_labels.device != queries.device:
+        raise ValueError("queries and query_labels must be on the same device")
+    if isinstance(offset, bool) or int(offset) != offset or offset < 0 or offset + queries.shape[0] > keys.shape[0]:
+        raise ValueError(
+            f"offset must place the {queries.shape[0]} queries inside the {keys.shape[0]} keys, got offset={offset!r}"
+        )
+    if not bool(torch.isfinite(queries).all()):
+        raise ValueError("queries contain NaN or Inf")
+
+
 def check_temperature(temperature, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A 0-dim tensor on ``device`` in ``dtype``; a tensor input keeps its autograd graph."""
     if isinstance(temperature, torch.Tensor):

@@ -1,0 +1,145 @@
+"""torch.distributed with the gloo backend on CPU: two processes on loopback.
+
+The global-batch loss (values and gradients) must equal the single-process
+loss of the concatenated batch, for every backend; DDP training must follow
+single-process training; and a `snnl run` under torchrun must leave the same
+output layout as a single-process run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from snnl import distributed, soft_nearest_neighbor_loss
+from snnl.config import preset
+from snnl.train import train_autoencoder
+
+WORLD = 2
+SIZES = (7, 12)  # uneven on purpose
+
+
+def _init(rank: int, rendezvous: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
+
+
+def _batch(distance: str):
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(sum(SIZES), 6, generator=g, dtype=torch.float64)
+    if distance == "euclidean":
+        z = z / 3
+    labels = torch.randint(0, 3, (sum(SIZES),), generator=g)
+    labels[0] = 42  # a singleton
+    return z, labels
+
+
+def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: str, eps: float) -> None:
+    _init(rank, rendezvous)
+    z, labels = _batch(distance)
+    start = sum(SIZES[:rank])
+    local = z[start : start + SIZES[rank]].clone().requires_grad_(True)
+    t = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    share = distributed.global_soft_nearest_neighbor_loss(local, labels[start : start + SIZES[rank]], t,
+                                                          distance=distance, eps=eps, backend=backend)
+    share.backward()
+    torch.save({"share": share.detach(), "grad": local.grad, "grad_t": t.grad}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "triton"])
+@pytest.mark.parametrize("distance,eps", [("cosine", 1e-5), ("euclidean", 0.0)])
+def test_global_loss_equals_single_process(tmp_path, backend, distance, eps):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    mp.spawn(_loss_worker, args=(str(tmp_path / "rdv"), str(tmp_path), backend, distance, eps), nprocs=WORLD)
+    parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    z, labels = _batch(distance)
+    z.requires_grad_(True)
+    t = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
+    loss = soft_nearest_neighbor_loss(z, labels, t, distance=distance, eps=eps, backend="reference")
+    loss.backward()
+    total = sum(p["share"] for p in parts)
+    torch.testing.assert_close(total, loss.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.cat([p["grad"] for p in parts]), z.grad, rtol=1e-10, atol=1e-13)
+    # Each process holds the gradient of its own share for T; they add up.
+    torch.testing.assert_close(sum(p["grad_t"] for p in parts), t.grad, rtol=1e-10, atol=1e-13)
+
+
+def test_without_process_group_it_is_the_ordinary_loss():
+    z, labels = _batch("cosine")
+    torch.testing.assert_close(distributed.global_soft_nearest_neighbor_loss(z, labels, 0.5),
+                               soft_nearest_neighbor_loss(z, labels, 0.5))
+
+
+TRAIN = dict(hidden=(16, 16, 32), code_dim=4, epochs=2, batch_size=33)
+
+
+def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
+    _init(rank, rendezvous)
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 12), dtype=np.float32)
+    y = rng.integers(0, 4, 100)
+    config = preset("snnl-5", combine=combine, **TRAIN)
+    result = train_autoencoder(x, y, config, seed=5, device="cpu", progress=False,
+                               checkpoint_path=f"{out}/checkpoint.pt")
+    if rank == 0:
+        torch.save({"state": result.model.state_dict(), "history": result.history}, f"{out}/trained.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("combine", ["sum", "min"])
+def test_ddp_training_follows_single_process_training(tmp_path, combine):
+    mp.spawn(_train_worker, args=(str(tmp_path / "rdv"), str(tmp_path), combine), nprocs=WORLD)
+    trained = torch.load(tmp_path / "trained.pt")
+    rng = np.random.default_rng(0)
+    x = rng.random((100, 12), dtype=np.float32)
+    y = rng.integers(0, 4, 100)
+    single = train_autoencoder(x, y, preset("snnl-5", combine=combine, **TRAIN), seed=5, device="cpu", progress=False)
+    for name, value in single.model.state_dict().items():
+        torch.testing.assert_close(trained["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(trained["history"], single.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def _structure(value):
+    if isinstance(value, dict):
+        return {k: _structure(v) for k, v in value.items() if k not in ("environment",)}
+    if isinstance(value, list):
+        return [_structure(v) for v in value[:1]]
+    return type(value).__name__
+
+
+def test_torchrun_snnl_run_writes_the_same_layout(tmp_path):
+    common = ["run", "--epochs", "1", "--batch-size", "128", "--code-dim", "8", "--kmeans-restarts", "1",
+              "--projection", "none", "--quiet", "--seeds", "0,1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "snnl.cli"]
+    done = subprocess.run([*launcher, *common, "--out", str(tmp_path / "ddp")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "snnl.cli", *common, "--out", str(tmp_path / "single")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert _structure(a) == _structure(b)
+    assert a["environment"]["world_size"] == 2 and b["environment"]["world_size"] == 1
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    # Same seed, same global batches: the distributed run trains the same model.
+    assert a["summary"]["mean"]["acc"] == pytest.approx(b["summary"]["mean"]["acc"], abs=0.02)
+    # Resuming the finished distributed run reads it back.
+    again = subprocess.run([*launcher, *common, "--out", str(tmp_path / "ddp"), "--resume"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["summary"] == a["summary"]
+    assert Path(tmp_path / "ddp" / "checkpoints" / "seed1.pt").is_file()
