@@ -4,12 +4,14 @@ The loss per batch is
 
     BCE(reconstruction, x) + alpha * combine_l SNNL(h_l, y, T(epoch))
 
-(the mean squared error instead of BCE for a linear output, as in N2D)
 over the activations h_l of the seven hidden layers (500, 500, 2000, the
-code, 2000, 500, 500), combined by sum (Eq. 5) or minimum (Eq. 4).  A
-checkpoint (model, optimizer, random states, history) is written atomically
-after every epoch; resuming from it gives the same result as an uninterrupted
-run with the same seed.
+code, 2000, 500, 500), combined by sum (Eq. 5) or minimum (Eq. 4); a linear
+output (N2D) is scored with the mean squared error instead, and alpha = 0 or
+``snnl=False`` leaves the reconstruction alone.  A checkpoint (model,
+optimizer, random states, history) is written atomically after every epoch;
+resuming from it gives the same result as an uninterrupted run with the same
+seed.  Under torch.distributed the same loop trains with DDP on slices of
+each global batch (see ``train_autoencoder``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
 from . import distributed
+from .config import TrainConfig
 from .models import Autoencoder
 
 CHECKPOINT_VERSION = 1
