@@ -129,7 +129,10 @@ def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], 
     main = distributed.is_main_process()
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
-        report.prepare_output_dir(out_dir, config, resume, write=main)
+        report.check_output_dir(out_dir, config, resume)
+        distributed.barrier()  # every process checks before the main one writes
+        if main:
+            report.write_config(out_dir, config)
         distributed.barrier()
     results = []
     for position, seed in enumerate(config.seeds):

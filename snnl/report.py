@@ -67,9 +67,8 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def prepare_output_dir(out_dir: Path, config, resume: bool, write: bool = True) -> None:
-    """Refuse to overwrite a finished run unless resuming it; remember the
-    configuration (``write``: the main process; the others only check)."""
+def check_output_dir(out_dir: Path, config, resume: bool) -> None:
+    """Refuse to overwrite a finished run unless resuming it with the same configuration."""
     config_path = out_dir / "config.json"
     if config_path.is_file():
         previous = json.loads(config_path.read_text())
@@ -79,8 +78,10 @@ def prepare_output_dir(out_dir: Path, config, resume: bool, write: bool = True) 
             )
         if previous != config.to_dict():
             raise ValueError(f"{out_dir} holds a run with a different configuration; --resume needs the same options")
-    if write:
-        _atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
+
+
+def write_config(out_dir: Path, config) -> None:
+    _atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2))
 
 
 def write_seed(path: Path, result) -> None:
