@@ -10,6 +10,8 @@ from contextlib import contextmanager
 
 import torch
 
+from snnl.report import device_name
+
 
 def _proc_kib(field: str, path: str = "/proc/self/status") -> int:
     """A "Field:  123 kB" line of a /proc file, in KiB."""
@@ -72,19 +74,6 @@ def available_bytes(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return free
     return _proc_kib("MemAvailable", "/proc/meminfo") * 1024
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def provenance(device: torch.device) -> dict:
