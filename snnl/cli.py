@@ -138,6 +138,7 @@ def cmd_n2d(args) -> int:
                                 fit_sample=args.umap_fit_sample),
         cluster=args.cluster,
         codes_from=args.codes_from,
+        raw=args.raw,
         **_shared_fields(args),
     )
     source = f"codes of {args.codes_from}" if args.codes_from else f"{config.dataset} (train + test)"
@@ -210,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     n2d = sub.add_parser("n2d", help="N2D: autoencoder -> UMAP -> Gaussian mixture (McConville et al.)")
     add_shared(n2d)
     n2d.add_argument("--codes-from", default=None, help="cluster the test codes of this `snnl run --out` directory instead")
+    n2d.add_argument("--raw", action="store_true",
+                     help="no autoencoder: the manifold learner and clustering on the inputs (N2D's Table 1 baseline)")
     n2d.add_argument("--manifold", default="umap", choices=["umap", "isomap", "tsne", "none"])
     n2d.add_argument("--cluster", default="gmm", choices=["gmm", "kmeans"])
     n2d.add_argument("--n-clusters", type=int, default=None, help="default: the number of classes")

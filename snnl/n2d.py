@@ -7,8 +7,9 @@ Local Manifold of an Autoencoded Embedding"):
     components
 
 Also the pieces of its study: Isomap or t-SNE instead of UMAP, k-means
-instead of the mixture, and, which neither paper did, the manifold and
-mixture steps on the codes of an SNNL run (``codes_from``).
+instead of the mixture, the manifold and mixture steps on the raw inputs
+(``raw``, its Table 1 baseline), and, which neither paper did, on the codes
+of an SNNL run (``codes_from``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class N2DConfig:
     manifold: ManifoldConfig = field(default_factory=ManifoldConfig)
     cluster: str = "gmm"
     codes_from: str | None = None  # an `snnl run` output directory whose test codes to cluster
+    raw: bool = False  # no autoencoder: the manifold learner and clustering on the inputs themselves
     seeds: tuple[int, ...] = (0,)
     kmeans_backend: str = "auto"
     device: str = "auto"
@@ -72,12 +74,16 @@ class N2DConfig:
     def __post_init__(self):
         if self.cluster not in CLUSTERERS:
             raise ValueError(f"cluster must be one of {CLUSTERERS}, got {self.cluster!r}")
+        if self.raw and self.codes_from is not None:
+            raise ValueError("raw and codes_from exclude each other: cluster either the inputs or an SNNL run's codes")
 
     @property
     def label(self) -> str:
         steps = f"{self.manifold.method} + {self.cluster}"
         if self.codes_from is not None:
             return f"{Path(self.codes_from).name} codes + {steps}"
+        if self.raw:
+            return f"raw inputs + {steps}"
         return f"n2d ({steps})"
 
     def to_dict(self) -> dict:
@@ -120,7 +126,9 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
 
     def run_seed(seed: int, keep: bool) -> SeedResult:
         seconds, history = {}, []
-        if source_codes is None:
+        if config.raw:
+            codes = data.x
+        elif source_codes is None:
             started = time.perf_counter()
             checkpoint = Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
             trained = train_autoencoder(data.x, None, config.autoencoder, seed=seed, device=device,
@@ -145,7 +153,7 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
                            seed=seed)
         seconds["metrics"] = time.perf_counter() - started
         metrics["manifold_backend"] = manifold_backend
-        arrays = {"codes": codes} if keep else {}
+        arrays = {"codes": codes} if keep and not config.raw else {}  # raw: the codes are the inputs
         return SeedResult(seed, metrics, seconds, history, points if keep else None, clusters if keep else None, arrays)
 
     return execute(config, data, run_seed, out_dir, resume=resume)

@@ -148,6 +148,19 @@ def test_n2d_on_the_codes_of_an_snnl_run(tmp_path):
         run_n2d(n2d_config(codes_from=str(tmp_path / "nothing")))
 
 
+def test_n2d_on_raw_inputs(tmp_path):
+    result = run_n2d(n2d_config(raw=True), tmp_path / "raw", progress=False)
+    assert result.config.label == "raw inputs + isomap + gmm"
+    metrics = json.loads((tmp_path / "raw" / "metrics.json").read_text())
+    assert set(metrics["seeds"][0]["seconds"]) == {"manifold", "cluster", "metrics"} and metrics["config"]["raw"]
+    assert not (tmp_path / "raw" / "checkpoints").exists()
+    arrays = np.load(tmp_path / "raw" / "embeddings.npz")
+    assert "codes" not in arrays and arrays["z"].shape == (1797, 10)
+    assert result.summary["mean"]["acc"] > 0.5
+    with pytest.raises(ValueError, match="raw and codes_from exclude each other"):
+        n2d_config(raw=True, codes_from=str(tmp_path / "raw"))
+
+
 def test_cli_n2d_and_backends(tmp_path, capsys):
     assert main(["n2d", "--epochs", "1", "--manifold", "none", "--cluster", "kmeans", "--projection", "none",
                  "--quiet", "--out", str(tmp_path / "cli")]) == 0
