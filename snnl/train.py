@@ -79,6 +79,14 @@ def build_model(input_dim: int, config: TrainConfig) -> Autoencoder:
     return Autoencoder(input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation)
 
 
+def _progress_fields(config: TrainConfig, reconstruction: float, snnl: float, temperature: float) -> dict:
+    """Progress-bar fields; the SNNL term and its temperature only where the loss has them."""
+    fields = {"rec": f"{reconstruction:.4f}"}
+    if config.snnl:
+        fields.update(snnl=f"{snnl:.4f}", T=f"{temperature:.3g}")
+    return fields
+
+
 def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_rows: int | None = None):
     """(loss, reconstruction, per-layer SNNL list) for one batch.
 
@@ -247,11 +255,11 @@ def train_autoencoder(
                 layer_batches += 1
             layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
             snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
-            batches.set_postfix(rec=f"{values[1].item():.4f}", snnl=f"{snnl:.4f}", T=f"{temperature:.3g}")
+            batches.set_postfix(_progress_fields(config, values[1].item(), snnl, temperature))
         means = (totals / n_batches).tolist()
         record = {
             "epoch": epoch,
-            "temperature": temperature,
+            "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
             "loss": means[0],
             "reconstruction": means[1],
             "snnl": (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0,
@@ -259,8 +267,8 @@ def train_autoencoder(
             "seconds": time.perf_counter() - epoch_started,
         }
         history.append(record)
-        epochs.set_postfix(loss=f"{record['loss']:.4f}", rec=f"{record['reconstruction']:.4f}",
-                           snnl=f"{record['snnl']:.4f}", T=f"{temperature:.3g}")
+        epochs.set_postfix(loss=f"{record['loss']:.4f}",
+                           **_progress_fields(config, record["reconstruction"], record["snnl"], temperature))
         if checkpoint_path is not None and main:
             _write_atomic(
                 {

@@ -86,6 +86,15 @@ def test_training_reduces_the_loss_and_records_history():
     assert len(history[0]["snnl_per_layer"]) == 7
 
 
+def test_plain_autoencoder_reports_no_temperature_or_snnl(capsys):
+    data = digits_subset()
+    result = train_autoencoder(data.x, data.y, preset("baseline-ae", **{**SMALL, "epochs": 2}), seed=0, progress=True)
+    assert [h["temperature"] for h in result.history] == [None, None]
+    assert all(h["snnl_per_layer"] == [] for h in result.history)
+    shown = capsys.readouterr().err
+    assert "rec=" in shown and "snnl=" not in shown and "T=" not in shown
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     data = digits_subset()
     config = preset("snnl-5", **SMALL)
