@@ -44,6 +44,16 @@ def rows_and_grads(fn, z, labels, temperature, weights):
     return rows.detach(), grad_z, grad_t
 
 
+def temperature_gradient_scale(fn, z, labels, temperature, weights) -> float:
+    """sum_i |w_i * d l_i / dT| in float64: the size of the terms whose sum is the
+    T-gradient.  The sum can cancel to far less than its terms, and rounding
+    errors scale with the terms, so this is the yardstick for its error."""
+    t = temperature.detach().double()
+    _, per_row = torch.func.jvp(lambda s: fn(z.detach().double(), labels, s), (t,), (torch.ones_like(t),))
+    finite = torch.isfinite(per_row)
+    return float((weights.abs() * torch.where(finite, per_row, torch.zeros_like(per_row)).abs()).sum())
+
+
 def assert_close_rows(actual, expected, rtol, atol):
     assert torch.equal(torch.isfinite(actual), torch.isfinite(expected)), "inf pattern differs"
     finite = torch.isfinite(expected)
