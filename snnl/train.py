@@ -262,7 +262,7 @@ def train_autoencoder(
             "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
             "loss": means[0],
             "reconstruction": means[1],
-            "snnl": (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0,
+            "snnl": snnl,  # after the last batch: the layers' epoch means, combined
             "snnl_per_layer": layers,
             "seconds": time.perf_counter() - epoch_started,
         }
