@@ -75,6 +75,8 @@ def experiment_from_args(args):
             "code_dim": args.code_dim,
             "loss_backend": args.loss_backend,
             "amp": args.amp or None,
+            "init": args.init,
+            "adam_eps": args.adam_eps,
         }.items()
         if value is not None
     }
@@ -129,7 +131,8 @@ def cmd_n2d(args) -> int:
     from .n2d import AUTOENCODER, N2DConfig, run_n2d
 
     overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-                                   "patience": args.patience}.items() if v is not None}
+                                   "patience": args.patience, "init": args.init, "adam_eps": args.adam_eps}.items()
+                 if v is not None}
     config = N2DConfig(
         n_clusters=args.n_clusters,
         autoencoder=AUTOENCODER.replace(**overrides),
@@ -139,6 +142,7 @@ def cmd_n2d(args) -> int:
         cluster=args.cluster,
         codes_from=args.codes_from,
         raw=args.raw,
+        snapshot_every=args.snapshot_every,
         **_shared_fields(args),
     )
     source = f"codes of {args.codes_from}" if args.codes_from else f"{config.dataset} (train + test)"
@@ -184,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--epochs", type=int, default=None)
         parser.add_argument("--batch-size", type=int, default=None, help="the global batch (split across torchrun processes)")
         parser.add_argument("--lr", type=float, default=None)
+        parser.add_argument("--init", default=None, choices=["he", "glorot"],
+                            help="weight initialisation (default: the preset's; N2D: glorot, as Keras)")
+        parser.add_argument("--adam-eps", type=float, default=None, help="Adam's epsilon (default 1e-8; N2D: 1e-7, as Keras)")
         parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         parser.add_argument("--kmeans-backend", default="auto", choices=KMEANS_BACKENDS)
         parser.add_argument("--projection", default="tsne", choices=["tsne", "pca", "none"],
@@ -220,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     n2d.add_argument("--umap-neighbors", type=int, default=20)
     n2d.add_argument("--umap-min-dist", type=float, default=0.0)
     n2d.add_argument("--umap-backend", default="auto", choices=["auto", "cuml", "umap-learn"])
+    n2d.add_argument("--snapshot-every", type=int, default=None,
+                     help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)")
     n2d.add_argument("--umap-fit-sample", type=int, default=None, help="fit UMAP on this many points, transform the rest")
     n2d.set_defaults(func=cmd_n2d)
 

@@ -48,9 +48,11 @@ class TrainConfig:
     # linear ones and the mean squared error
     code_activation: str = "sigmoid"
     output_activation: str = "sigmoid"
+    init: str = "he"  # "he" (He on ReLU layers) or "glorot" (Keras' default, N2D's code); see snnl.models
     epochs: int = 50
     batch_size: int = 256
     learning_rate: float = 1e-3
+    adam_eps: float = 1e-8  # torch's default; Keras (N2D's code) uses 1e-7
     patience: int | None = None  # stop when the epoch loss has not improved for this many epochs
     amp: bool = False  # bfloat16 autocast, CUDA only
 
@@ -63,6 +65,7 @@ class TrainConfig:
             "loss_backend": ("auto", "reference", "chunked", "triton"),
             "code_activation": ("sigmoid", "linear"),
             "output_activation": ("sigmoid", "linear"),
+            "init": ("he", "glorot"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -71,7 +74,7 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        for key in ("learning_rate", "fixed_temperature", "anneal_eta"):
+        for key in ("learning_rate", "fixed_temperature", "anneal_eta", "adam_eps"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)!r}")
         if self.patience is not None and (int(self.patience) != self.patience or self.patience < 1):

@@ -3,7 +3,12 @@
 d - 500 - 500 - 2000 - c - 2000 - 500 - 500 - d, ReLU hidden layers.  The
 code and output layers are logistic for the SNNL autoencoder (reconstruction
 scored with binary cross-entropy on [0, 1] pixels) and linear for N2D (MSE).
-ReLU layers get He initialisation, the others Xavier; biases start at zero.
+
+Initialisation (``init``), biases always at zero:
+- ``"he"``: He (Kaiming normal) on the ReLU layers, Xavier uniform on the
+  others; the SNNL autoencoder's default.
+- ``"glorot"``: Xavier (Glorot) uniform on every layer, the default of
+  Keras' ``Dense`` and so of N2D's own code (rymc/n2d).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = ("sigmoid", "linear")
+INITS = ("he", "glorot")
 
 
 class Autoencoder(nn.Module):
@@ -22,8 +28,11 @@ class Autoencoder(nn.Module):
         hidden: tuple[int, ...] = (500, 500, 2000),
         code_activation: str = "sigmoid",
         output_activation: str = "sigmoid",
+        init: str = "he",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         for name, value in (("code_activation", code_activation), ("output_activation", output_activation)):
             if value not in ACTIVATIONS:
                 raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {value!r}")
@@ -32,12 +41,12 @@ class Autoencoder(nn.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.input_dim, self.code_dim = int(input_dim), int(code_dim)
         self.hidden = tuple(int(h) for h in hidden)
-        self.code_activation, self.output_activation = code_activation, output_activation
+        self.code_activation, self.output_activation, self.init = code_activation, output_activation, init
         widths = [self.input_dim, *self.hidden, self.code_dim, *reversed(self.hidden), self.input_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.code_index = len(self.hidden)  # the layer whose output is the code
         for index, layer in enumerate(self.layers):
-            if self._activation(index) == "relu":
+            if init == "he" and self._activation(index) == "relu":
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(layer.weight)
@@ -87,6 +96,7 @@ class Autoencoder(nn.Module):
             "hidden": list(self.hidden),
             "code_activation": self.code_activation,
             "output_activation": self.output_activation,
+            "init": self.init,
         }
 
 

@@ -72,12 +72,12 @@ def environment(device: torch.device) -> dict:
         "command": " ".join(["snnl" if Path(sys.argv[0]).name in ("snnl", "cli.py") else Path(sys.argv[0]).name, *sys.argv[1:]]),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        pass
+    for module, key in (("faiss", "faiss"), ("umap", "umap-learn"), ("cuml", "cuml")):
+        # UMAP's output, and N2D's accuracy with it, moves between versions
+        try:
+            info[key] = __import__(module).__version__
+        except Exception:  # absent, or present but unusable (cuML without a GPU)
+            pass
     return info
 
 
@@ -130,7 +130,10 @@ def write_experiment(out_dir: Path, experiment, data) -> None:
     }
     if first.codes is not None:
         _write_npz(out_dir / "embeddings.npz", z=first.codes, y=data.y, clusters=first.clusters, **first.arrays)
+        started = time.perf_counter()
         figures.write_all(out_dir / "figures", experiment, data)
+        metrics["seeds"][0]["seconds"]["figures"] = time.perf_counter() - started
+        metrics["environment"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # after the last stage
     _atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 

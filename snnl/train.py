@@ -76,7 +76,8 @@ def _write_atomic(obj, path: Path) -> None:
 
 
 def build_model(input_dim: int, config: TrainConfig) -> Autoencoder:
-    return Autoencoder(input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation)
+    return Autoencoder(input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation,
+                       config.init)
 
 
 def _progress_fields(config: TrainConfig, reconstruction: float, snnl: float, temperature: float) -> dict:
@@ -141,6 +142,10 @@ def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def snapshot_path(checkpoint_path: Path, epochs_done: int) -> Path:
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}-epoch{epochs_done:04d}.pt")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     if checkpoint.get("version") != CHECKPOINT_VERSION:
@@ -166,13 +171,16 @@ def train_autoencoder(
     resume: bool = False,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    snapshot_every: int | None = None,
 ) -> TrainResult:
     """Train an autoencoder on ``x`` (labels ``y`` for the supervised SNNL).
 
     ``checkpoint_path``: written after every epoch.  ``resume``: continue from
     it when it exists (it must come from the same configuration and seed).
     ``stop_after_epochs`` stops early after that many epochs in total, as an
-    interruption would (used to test resuming).
+    interruption would (used to test resuming).  ``snapshot_every``: also keep
+    the model (weights only) after every that many epochs beside the
+    checkpoint, as ``<name>-epochNNNN.pt``, to evaluate training on the way.
     """
     x = np.asarray(x, dtype=np.float32)
     y = None if y is None else np.asarray(y, dtype=np.int64)
@@ -184,7 +192,7 @@ def train_autoencoder(
 
     torch.manual_seed(seed)
     model = build_model(x.shape[1], config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0
@@ -284,6 +292,12 @@ def train_autoencoder(
                 },
                 checkpoint_path,
             )
+            if snapshot_every and (epoch + 1) % snapshot_every == 0:
+                _write_atomic(
+                    {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
+                     "model_config": model.config(), "model": model.state_dict()},
+                    snapshot_path(checkpoint_path, epoch + 1),
+                )
         if plateaued(history, config.patience):
             epochs.write(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
             break

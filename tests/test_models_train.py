@@ -131,3 +131,34 @@ def test_training_input_errors():
         train_autoencoder(np.zeros((10, 4)), None, config, progress=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         train_autoencoder(np.zeros((10, 4)), np.zeros(10, dtype=int), config.replace(amp=True), device="cpu", progress=False)
+
+
+def test_glorot_init_is_keras_dense_default():
+    # N2D's code builds Keras Dense layers: Glorot-uniform kernels, zero biases, on every layer
+    torch.manual_seed(0)
+    model = Autoencoder(784, 10, init="glorot")
+    for layer in model.layers:
+        limit = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
+        assert layer.weight.abs().max() <= limit and layer.weight.abs().max() > 0.9 * limit
+        assert torch.count_nonzero(layer.bias) == 0
+    he = Autoencoder(784, 10, init="he")
+    # He-normal on the first ReLU layer has std sqrt(2 / 784), wider than Glorot's uniform bound allows
+    assert he.layers[0].weight.abs().max() > (6.0 / (784 + 500)) ** 0.5
+    with pytest.raises(ValueError, match="init must be one of"):
+        Autoencoder(10, init="orthogonal")
+
+
+def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
+    from snnl.train import snapshot_path
+
+    data = digits_subset(128)
+    config = preset("baseline-ae", **{**SMALL, "epochs": 4}, adam_eps=1e-3, init="glorot")
+    checkpoint = tmp_path / "seed0.pt"
+    result = train_autoencoder(data.x, data.y, config, seed=0, device="cpu", checkpoint_path=checkpoint,
+                               progress=False, snapshot_every=2)
+    state = load_checkpoint(checkpoint)
+    assert state["optimizer"]["param_groups"][0]["eps"] == 1e-3 and state["model_config"]["init"] == "glorot"
+    assert sorted(p.name for p in tmp_path.glob("seed0-epoch*.pt")) == ["seed0-epoch0002.pt", "seed0-epoch0004.pt"]
+    last = model_from_checkpoint(snapshot_path(checkpoint, 4))
+    for a, b in zip(last.state_dict().values(), result.model.state_dict().values()):
+        assert torch.equal(a, b)

@@ -129,7 +129,8 @@ def test_run_n2d_on_digits(tmp_path):
     assert result.config.n_clusters == 10 and result.config.autoencoder.code_dim == 10
     metrics = json.loads((tmp_path / "n2d" / "metrics.json").read_text())
     assert metrics["config"]["method"] == "n2d" and metrics["config"]["autoencoder"]["output_activation"] == "linear"
-    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "manifold", "cluster", "metrics"}
+    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "manifold", "cluster", "metrics",
+                                                         "figures"}
     arrays = np.load(tmp_path / "n2d" / "embeddings.npz")
     assert arrays["codes"].shape == (1797, 10) and arrays["z"].shape == (1797, 10) and arrays["y"].shape == (1797,)
     assert result.summary["mean"]["acc"] > 0.3
@@ -142,7 +143,7 @@ def test_n2d_on_the_codes_of_an_snnl_run(tmp_path):
                      tmp_path / "after", progress=False)
     assert result.config.label == "snnl codes + none + gmm"
     assert set(json.loads((tmp_path / "after" / "metrics.json").read_text())["seeds"][0]["seconds"]) == {
-        "manifold", "cluster", "metrics"}
+        "manifold", "cluster", "metrics", "figures"}
     assert len(result.labels) == 450 and result.summary["mean"]["acc"] > 0.3
     with pytest.raises(FileNotFoundError, match="finished `snnl run`"):
         run_n2d(n2d_config(codes_from=str(tmp_path / "nothing")))
@@ -152,7 +153,7 @@ def test_n2d_on_raw_inputs(tmp_path):
     result = run_n2d(n2d_config(raw=True), tmp_path / "raw", progress=False)
     assert result.config.label == "raw inputs + isomap + gmm"
     metrics = json.loads((tmp_path / "raw" / "metrics.json").read_text())
-    assert set(metrics["seeds"][0]["seconds"]) == {"manifold", "cluster", "metrics"} and metrics["config"]["raw"]
+    assert set(metrics["seeds"][0]["seconds"]) == {"manifold", "cluster", "metrics", "figures"} and metrics["config"]["raw"]
     assert not (tmp_path / "raw" / "checkpoints").exists()
     arrays = np.load(tmp_path / "raw" / "embeddings.npz")
     assert "codes" not in arrays and arrays["z"].shape == (1797, 10)
