@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .measure import pin_malloc_to_mmap, provenance
+from .measure import machine_rates, pin_malloc_to_mmap, provenance
 
 LOSS_SIZES = {
     # batch sizes x latent dimensions
     "smoke": ([256, 1024], [16, 70]),
-    "cpu": ([256, 1024, 4096, 16384], [16, 70, 128]),
+    # the SNNL autoencoder's widths: the 70-d code, 128, and the hidden layers (500, 2000)
+    "cpu": ([256, 1024, 4096, 16384], [70, 128, 500, 2000]),
     "full": ([256, 1024, 4096, 16384, 65536, 131072], [16, 70, 128, 512]),
 }
 
@@ -27,12 +28,13 @@ def pytest_addoption(parser):
     group = parser.getgroup("snnl benchmarks")
     group.addoption("--loss-sizes", default="smoke", choices=sorted(LOSS_SIZES), help="size grid of the loss benchmark")
     group.addoption(
-        "--loss-backends", default="reference,compiled,chunked,triton",
-        help="comma-separated subset of reference,compiled,chunked,triton",
+        "--loss-backends", default="reference,compiled,chunked,blocked,triton",
+        help="comma-separated subset of reference,compiled,chunked,blocked,triton",
     )
     group.addoption("--scaling-sizes", default="smoke", choices=sorted(SCALING_SIZES),
                     help="numbers of points of the scaling benchmark")
     group.addoption("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    group.addoption("--epoch-rounds", type=int, default=1, help="rounds of the training-epoch comparison")
 
 
 def pytest_configure(config):
@@ -56,7 +58,22 @@ def not_run(request):
     return record
 
 
+MACHINE: dict = {}  # the CPU's measured GEMM and exp rates, when a loss case ran on the CPU
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     device = torch.device(config.getoption("--device") or ("cuda" if torch.cuda.is_available() else "cpu"))
     output_json["snnl"] = provenance(device)
     output_json["not_run"] = list(NOT_RUN)
+    if MACHINE:
+        output_json["snnl"]["machine"] = dict(MACHINE)
+
+
+@pytest.fixture(scope="session")
+def cpu_rates(device) -> dict:
+    """The machine's fp32 GEMM FLOP/s and exp/s, measured once per run (so the
+    bound that each case is compared with comes from the same conditions)."""
+    if device.type != "cpu" or MACHINE:
+        return MACHINE
+    MACHINE.update(machine_rates())
+    return MACHINE

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import statistics
 import sys
+import time
 from contextlib import contextmanager
 
 import torch
@@ -67,6 +69,44 @@ class PeakMemory:
                 f.write("5")  # reset VmHWM to the current RSS
             yield self
             self.bytes = max(0, _proc_kib("VmHWM") - base) * 1024
+
+
+def _median_seconds(fn, repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine_rates() -> dict:
+    """fp32 GEMM FLOP/s (a 2048 x 2048 x 2048 product, the best case) and
+    exponentials per second (4M elements) with torch's threads: the two rates
+    a CPU bound on the loss is built from."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    gemm = 2 * 2048**3 / _median_seconds(lambda: a @ b)
+    x = torch.randn(4 << 20)
+    out = torch.empty_like(x)
+    exps = x.numel() / _median_seconds(lambda: torch.exp(x, out=out))
+    return {"gemm_flops": gemm, "exp_per_s": exps, "threads": torch.get_num_threads(),
+            "how": "median of 15: fp32 2048^3 matmul; torch.exp over 4M floats"}
+
+
+def loss_bounds(batch: int, dim: int, rates: dict) -> dict:
+    """Lower bounds in seconds for forward + backward of the loss on this CPU.
+
+    ``naive``: three b x d x b products and 3.5 exps per ordered pair (the
+    count of a row-block pass, forward and backward: logits, recomputed
+    logits, gradient product; the yardstick of issue 12).  ``symmetric``:
+    what the symmetric scheme must still do: two product equivalents (one
+    forward, one recomputation, two gradient products, each over half the
+    pairs) and one exp per ordered pair.
+    """
+    product = 2.0 * batch * batch * dim / rates["gemm_flops"]
+    pair_exp = batch * batch / rates["exp_per_s"]
+    return {"naive": 3 * product + 3.5 * pair_exp, "symmetric": 2 * product + pair_exp}
 
 
 def available_bytes(device: torch.device) -> int:

@@ -1,17 +1,22 @@
 """Soft nearest neighbor loss, forward + backward, side by side in one run.
 
 Backends: the eager b x b reference, ``torch.compile`` of that reference, the
-chunked PyTorch path and the fused Triton kernels.  All four are called
-without the public function's input validation, so only the computation is
-timed; the cosine distance, fp32, mean reduction and T = 0.5.
+chunked PyTorch path (row blocks against the batch), the blocked CPU path
+(symmetric block pairs, compiled tiles) and the fused Triton kernels.  All are
+called without the public function's input validation, so only the
+computation is timed; the cosine distance, fp32, mean reduction and T = 0.5.
 
     python -m pytest bench/test_loss_throughput.py --loss-sizes smoke
+    python -m pytest bench/test_loss_throughput.py --loss-sizes cpu --benchmark-json bench/results/loss-cpu-<machine>.json
     python -m pytest bench/test_loss_throughput.py --loss-sizes full --benchmark-json bench/results/loss-<device>.json
 
 Each case records samples/s, the mean time and the extra peak memory of one
-step in ``extra_info``.  Cases that cannot fit the device's free memory, or
-backends this machine cannot run, are listed under ``not_run`` in the JSON
-with the reason instead of crashing the run.
+step in ``extra_info``.  On the CPU the run also measures the machine's GEMM
+and exp rates (``snnl.machine`` in the JSON) and each case records its time
+as a multiple of two bounds built from them (``bench.measure.loss_bounds``).
+Cases that cannot fit the device's free memory, or backends this machine
+cannot run, are listed under ``not_run`` in the JSON with the reason instead
+of crashing the run.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from snnl.loss.blocked import blocked_rows
 from snnl.loss.chunked import chunked_rows
 from snnl.loss.reference import reference_rows
 from snnl.loss.rowwise import reduce_rows
 from snnl.loss.validation import triton_available
 
 from .conftest import LOSS_SIZES
-from .measure import PeakMemory, available_bytes
+from .measure import PeakMemory, available_bytes, loss_bounds
 
 TEMPERATURE = 0.5
 EPS = 1e-5
@@ -51,6 +57,10 @@ def chunked_loss(z, labels, t):
     return reduce_rows(chunked_rows(F.normalize(z, dim=1), labels, t, True, EPS), "mean")
 
 
+def blocked_loss(z, labels, t):
+    return reduce_rows(blocked_rows(z, labels, t, False, EPS), "mean")  # normalises z itself
+
+
 def triton_loss(z, labels, t):
     from snnl.loss.fused import fused_rows
 
@@ -61,6 +71,7 @@ BACKENDS = {
     "reference": lambda: reference_loss,
     "compiled": compiled_reference,
     "chunked": lambda: chunked_loss,
+    "blocked": lambda: blocked_loss,
     "triton": lambda: triton_loss,
 }
 
@@ -78,7 +89,7 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("backend", backends)
 
 
-def test_loss_forward_backward(benchmark, device, not_run, backend, batch, dim):
+def test_loss_forward_backward(benchmark, device, not_run, cpu_rates, backend, batch, dim):
     params = {"backend": backend, "batch": batch, "dim": dim, "device": device.type}
     if backend == "triton" and (device.type != "cuda" or not triton_available()):
         not_run("triton needs a CUDA device (the CPU interpreter is a test tool, not a performance path)", **params)
@@ -122,3 +133,7 @@ def test_loss_forward_backward(benchmark, device, not_run, backend, batch, dim):
     benchmark.extra_info["samples_per_s"] = batch / mean
     benchmark.extra_info["mean_ms"] = mean * 1e3
     benchmark.extra_info["peak_extra_bytes"] = peak.bytes
+    if cpu_rates:
+        for name, seconds in loss_bounds(batch, dim, cpu_rates).items():
+            benchmark.extra_info[f"bound_{name}_ms"] = seconds * 1e3
+            benchmark.extra_info[f"x_bound_{name}"] = mean / seconds

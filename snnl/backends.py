@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .cluster import faiss_status
+from .loss.blocked import compile_enabled
 from .loss.validation import triton_available
 from .manifold import cuml_status, umap_learn_status
 
@@ -18,8 +19,11 @@ def backend_report() -> list[dict]:
     if cuda and triton_available():
         loss = ("triton", "CUDA tensors and Triton importable: the fused kernels")
     else:
-        loss = ("chunked", "no CUDA device" if not cuda else "Triton is not importable")
-        loss = (loss[0], loss[1] + ": PyTorch row blocks, O(b * block) memory")
+        compiled = ("elementwise work compiled by torch.compile" if compile_enabled()
+                    else "elementwise work eager (SNNL_COMPILE=0)")
+        loss = ("blocked", f"{'no CUDA device' if not cuda else 'Triton is not importable'}: symmetric block "
+                f"pairs, one exp per pair, {compiled}, O(b * block) memory; the fastest CPU path at every "
+                "batch size measured")
     rows.append({"step": "SNNL loss (backend='auto')", "backend": loss[0], "why": loss[1]})
 
     has_faiss, faiss_gpu, faiss_why = faiss_status()

@@ -174,6 +174,7 @@ def cmd_table(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .cluster import KMEANS_BACKENDS, PROTOCOLS
     from .config import PRESETS
+    from .loss.validation import BACKENDS
     from .data import dataset_names
 
     parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="labelled training examples (default: the paper's subset, else all); 'all' for all")
     run.add_argument("--alpha", type=float, default=None)
     run.add_argument("--code-dim", type=int, default=None)
-    run.add_argument("--loss-backend", default=None, choices=["auto", "reference", "chunked", "triton"])
+    run.add_argument("--loss-backend", default=None, choices=list(BACKENDS))
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     run.add_argument("--kmeans-protocol", default="restarts", choices=PROTOCOLS)
     run.add_argument("--kmeans-restarts", type=int, default=10)

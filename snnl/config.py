@@ -62,7 +62,7 @@ class TrainConfig:
             "temperature": ("annealing", "fixed"),
             "combine": ("sum", "min"),
             "distance": ("cosine", "euclidean"),
-            "loss_backend": ("auto", "reference", "chunked", "triton"),
+            "loss_backend": ("auto", "reference", "chunked", "blocked", "triton"),
             "code_activation": ("sigmoid", "linear"),
             "output_activation": ("sigmoid", "linear"),
             "init": ("he", "glorot"),

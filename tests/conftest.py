@@ -10,6 +10,12 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# The blocked backend's elementwise work runs eagerly in the tests: the same
+# functions, without a torch.compile per shape and dtype (minutes on a cold
+# machine).  tests/test_loss_blocked.py switches compilation on where it
+# checks the compiled code against the reference.
+os.environ.setdefault("SNNL_COMPILE", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

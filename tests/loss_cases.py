@@ -61,11 +61,36 @@ def assert_close_rows(actual, expected, rtol, atol):
     assert torch.equal(actual[~finite], expected[~finite])
 
 
-def assert_close_scaled(actual, expected, rtol):
+def assert_close_scaled(actual, expected, rtol, row_floor=None):
     """Elementwise closeness relative to the largest entry (gradients mix large and
     tiny entries; the tiny ones are sums of cancelling terms).  Gradients that are
     zero in exact arithmetic (e.g. through the normalisation of 1-d points) come
-    out as rounding noise, hence the floor on the scale."""
+    out as rounding noise, hence the floor on the scale; ``row_floor`` raises it
+    per row to the size of the terms that cancel there (``normalisation_terms``)."""
     expected = expected.double()
     scale = expected.abs().max().clamp_min(1e-6)
-    torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=rtol * float(scale))
+    if row_floor is None:
+        torch.testing.assert_close(actual.double(), expected, rtol=rtol, atol=rtol * float(scale))
+        return
+    tolerance = rtol * (expected.abs() + torch.maximum(scale, row_floor.double())[:, None])
+    error = (actual.double() - expected).abs()
+    worst = int(torch.argmax(error - tolerance))
+    assert bool((error <= tolerance).all()), (
+        f"gradient differs at {divmod(worst, expected.shape[1])}: {actual.flatten()[worst]} vs "
+        f"{expected.flatten()[worst]} (tolerance {tolerance.flatten()[worst]:.3g})")
+
+
+def normalisation_terms(z, labels, temperature, weights, eps):
+    """Per row, |d objective / d x_i| / |z_i| for the unit rows x = z / |z| of
+    the cosine distance: the size of the terms that the normalisation's
+    Jacobian (I - x x^T) / |z| cancels.  Rounding errors, the reference's
+    included, scale with this, not with the result (for 1-d points the exact
+    gradient is 0 and the reference returns noise).  d objective / d x comes
+    from ``chunked``, which takes the unit rows as they are."""
+    from snnl.loss.chunked import chunked_rows
+
+    x = torch.nn.functional.normalize(z.detach().double(), dim=1).requires_grad_(True)
+    rows = chunked_rows(x, labels, temperature.detach().double(), True, eps)
+    objective = torch.where(torch.isfinite(rows), rows * weights, torch.zeros_like(rows)).sum()
+    (grad_x,) = torch.autograd.grad(objective, [x])
+    return grad_x.abs().amax(dim=1) / z.detach().double().norm(dim=1)

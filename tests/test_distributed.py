@@ -54,7 +54,7 @@ def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: s
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "blocked", "triton"])
 @pytest.mark.parametrize("distance,eps", [("cosine", 1e-5), ("euclidean", 0.0)])
 def test_global_loss_equals_single_process(tmp_path, backend, distance, eps):
     if backend == "triton":

@@ -8,7 +8,7 @@ import torch
 
 from snnl import SNNLoss, soft_nearest_neighbor_loss
 
-BACKENDS = ["reference", "chunked", "triton", "auto"]
+BACKENDS = ["reference", "chunked", "blocked", "triton", "auto"]
 
 
 def batch(b=8, d=3):

@@ -26,7 +26,7 @@ def test_run_experiment_writes_everything(tmp_path):
     assert metrics["config"]["train"]["name"] == "snnl-5" and metrics["config"]["seeds"] == [0, 1]
     assert [s["seed"] for s in metrics["seeds"]] == [0, 1]
     assert set(metrics["summary"]) == {"mean", "std", "best"}
-    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "cluster", "metrics"}
+    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "cluster", "metrics", "figures"}
     for key in ("torch", "device", "python", "command"):
         assert key in metrics["environment"]
     assert metrics["summary"]["best"]["acc"] == max(s["metrics"]["acc"] for s in metrics["seeds"])

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from . import validation
+from .blocked import blocked_rows
 from .chunked import chunked_rows
 from .reference import reference_rows
 from .rowwise import reduce_rows
@@ -17,12 +18,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def resolve_backend(backend: str, z: torch.Tensor) -> str:
-    """``auto``: the fused kernel for CUDA tensors when Triton imports, else ``chunked``."""
+    """``auto``: the fused kernels for CUDA tensors when Triton imports, else
+    ``blocked`` (symmetric block pairs, compiled tiles: the fastest path on
+    CPUs at every batch size measured, bench/results/loss-cpu-*.json)."""
     if backend != "auto":
         return backend
     if z.device.type == "cuda" and validation.triton_available():
         return "triton"
-    return "chunked"
+    return "blocked"
 
 
 def soft_nearest_neighbor_loss(
@@ -107,6 +110,10 @@ def _dispatch(z, labels, temperature, distance, eps, backend, *, keys=None, key_
         if keys is not None:
             rectangular["keys"] = keys.to(dtype)
         return reference_rows(z.to(dtype), labels, temperature, distance, eps, **rectangular)
+    if backend == "blocked":  # takes the raw points: it normalises them itself, fused
+        if keys is not None:
+            rectangular["keys"] = keys.to(dtype)
+        return blocked_rows(z.to(dtype), labels, temperature, not cosine, eps, **rectangular)
     if backend == "chunked":
         prepare = (lambda x: F.normalize(x.to(dtype), dim=1)) if cosine else (lambda x: x.to(dtype))
         if keys is not None:

@@ -15,7 +15,7 @@ import torch
 
 DISTANCES = ("cosine", "euclidean")
 REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "reference", "chunked", "triton")
+BACKENDS = ("auto", "reference", "chunked", "blocked", "triton")
 
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
@@ -56,11 +56,22 @@ def check_batch(z, labels) -> None:
         raise ValueError(f"labels must have shape ({b},) to match z's {b} rows, got {tuple(labels.shape)}")
     if labels.device != z.device:
         raise ValueError(f"z is on {z.device} but labels are on {labels.device}; put them on the same device")
-    finite = torch.isfinite(z).all(dim=1)
+    _check_finite(z, "z")
+
+
+def _check_finite(x, name: str) -> None:
+    """NaN or Inf anywhere in ``x`` is an error naming the first bad row.
+
+    One pass: the sum of a tensor with a NaN or an Inf is NaN or infinite.
+    Only when it is (or when finite values overflow it) are the rows checked
+    one by one."""
+    if bool(torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
+        return
+    finite = torch.isfinite(x).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()
         raise ValueError(
-            f"z contains NaN or Inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+            f"{name} contains NaN or Inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
             "the loss of such a batch is undefined"
         )
 
@@ -81,8 +92,7 @@ def check_queries(queries, query_labels, keys, offset) -> None:
         raise ValueError(
             f"offset must place the {queries.shape[0]} queries inside the {keys.shape[0]} keys, got offset={offset!r}"
         )
-    if not bool(torch.isfinite(queries).all()):
-        raise ValueError("queries contain NaN or Inf")
+    _check_finite(queries, "queries")
 
 
 def check_temperature(temperature, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
