@@ -9,12 +9,10 @@ import torch
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("snnl: --device cuda was asked for, but torch sees no CUDA device")
-    return device
+    from .config import check_device
+    from .train import resolve_device
+
+    return resolve_device(check_device(name))
 
 
 def cmd_loss(args) -> int:
@@ -42,9 +40,9 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def _labelled(text: str) -> int | None:
+def _labelled(text: str) -> int | str:
     if text == "all":
-        return None
+        return "all"
     try:
         return int(text)
     except ValueError:
@@ -52,56 +50,84 @@ def _labelled(text: str) -> int | None:
 
 
 def _options(text: str) -> dict:
+    """--blobs n_samples=5000,centers=10: names and values are checked by
+    snnl.data.builtin.blobs_options, which says what is allowed."""
     options = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
-        options[key.strip()] = float(value) if key.strip() == "cluster_std" else int(value)
+            raise argparse.ArgumentTypeError(f"--blobs takes name=value pairs separated by commas, got {item!r}")
+        try:
+            options[key.strip()] = float(value) if key.strip() in ("cluster_std", "test_fraction") else int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--blobs {key.strip()}: {value!r} is not a number") from None
     return options
 
 
+def _given(args, mapping: dict) -> dict:
+    """{field: value} of the options given on the command line (options left
+    out are None, or False for flags: they keep the stored or default value)."""
+    return {field: getattr(args, name) for name, field in mapping.items()
+            if getattr(args, name) is not None and getattr(args, name) is not False}
+
+
+def _stored(args, method: str) -> dict | None:
+    """The configuration stored in --out when resuming (its options are the
+    defaults of a resumed run: only what is given on the command line changes)."""
+    from .outdir import stored_config
+
+    if not (args.resume and args.out):
+        return None
+    stored = stored_config(args.out)
+    if stored is not None and stored["method"] != method:
+        other = "snnl run" if stored["method"] == "snnl" else "snnl n2d"
+        raise ValueError(f"{args.out} holds an `{other}` run: resume it with `{other} --resume`")
+    return stored
+
+
+# command-line option -> configuration field
+SHARED_OPTIONS = {"dataset": "dataset", "seeds": "seeds", "kmeans_backend": "kmeans_backend", "device": "device",
+                  "data_dir": "data_dir", "download": "download", "blobs": "dataset_options",
+                  "projection": "projection", "silhouette_sample": "silhouette_sample"}
+TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "init": "init",
+                 "adam_eps": "adam_eps"}
+
+
 def experiment_from_args(args):
+    import dataclasses
+
     from .config import preset
     from .pipeline import ExperimentConfig
 
-    overrides = {
-        key: value
-        for key, value in {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "learning_rate": args.lr,
-            "alpha": args.alpha,
-            "code_dim": args.code_dim,
-            "loss_backend": args.loss_backend,
-            "amp": args.amp or None,
-            "init": args.init,
-            "adam_eps": args.adam_eps,
-        }.items()
-        if value is not None
-    }
-    return ExperimentConfig(
-        train=preset(args.config, **overrides),
-        labelled=args.labelled,
-        kmeans_protocol=args.kmeans_protocol,
-        kmeans_restarts=args.kmeans_restarts,
-        **_shared_fields(args),
-    )
+    stored = _stored(args, "snnl")
+    base = ExperimentConfig.from_dict(stored) if stored else ExperimentConfig()
+    # a preset's name starts from the preset, unless it is the stored run's own
+    train = base.train if args.config in (None, base.train.name) else preset(args.config)
+    train = train.replace(**_given(args, {**TRAIN_OPTIONS, "alpha": "alpha", "code_dim": "code_dim",
+                                          "loss_backend": "loss_backend", "amp": "amp"}))
+    fields = _given(args, {**SHARED_OPTIONS, "labelled": "labelled", "kmeans_protocol": "kmeans_protocol",
+                           "kmeans_restarts": "kmeans_restarts"})
+    return dataclasses.replace(base, train=train, **fields)
 
 
-def _shared_fields(args) -> dict:
-    """Configuration fields `snnl run` and `snnl n2d` share."""
-    return dict(
-        dataset=args.dataset,
-        seeds=args.seeds,
-        kmeans_backend=args.kmeans_backend,
-        device=args.device,
-        data_dir=args.data_dir,
-        download=args.download,
-        dataset_options=args.blobs or {},
-        projection=args.projection,
-        silhouette_sample=args.silhouette_sample,
-    )
+def n2d_from_args(args):
+    import dataclasses
+
+    from .n2d import N2DConfig
+
+    stored = _stored(args, "n2d")
+    base = N2DConfig.from_dict(stored) if stored else N2DConfig()
+    autoencoder = base.autoencoder.replace(**_given(args, {**TRAIN_OPTIONS, "patience": "patience"}))
+    manifold = dataclasses.replace(base.manifold, **_given(args, {
+        "manifold": "method", "umap_neighbors": "umap_neighbors", "umap_min_dist": "umap_min_dist",
+        "umap_backend": "umap_backend", "umap_fit_sample": "fit_sample"}))
+    fields = _given(args, {**SHARED_OPTIONS, "n_clusters": "n_clusters", "cluster": "cluster",
+                           "codes_from": "codes_from", "raw": "raw", "snapshot_every": "snapshot_every"})
+    return dataclasses.replace(base, autoencoder=autoencoder, manifold=manifold, **fields)
+
+
+def _progress(args):
+    return "lines" if args.quiet else True
 
 
 def _print_result(result, out) -> int:
@@ -123,31 +149,16 @@ def cmd_run(args) -> int:
     config = experiment_from_args(args)
     print(f"snnl run: {config.dataset}, {config.train.name} = {describe(config.train)}; seeds {list(config.seeds)}",
           file=sys.stderr)
-    return _print_result(run_experiment(config, args.out, resume=args.resume, progress=not args.quiet), args.out)
+    return _print_result(run_experiment(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 
 def cmd_n2d(args) -> int:
-    from .manifold import ManifoldConfig
-    from .n2d import AUTOENCODER, N2DConfig, run_n2d
+    from .n2d import run_n2d
 
-    overrides = {k: v for k, v in {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-                                   "patience": args.patience, "init": args.init, "adam_eps": args.adam_eps}.items()
-                 if v is not None}
-    config = N2DConfig(
-        n_clusters=args.n_clusters,
-        autoencoder=AUTOENCODER.replace(**overrides),
-        manifold=ManifoldConfig(method=args.manifold, umap_neighbors=args.umap_neighbors,
-                                umap_min_dist=args.umap_min_dist, umap_backend=args.umap_backend,
-                                fit_sample=args.umap_fit_sample),
-        cluster=args.cluster,
-        codes_from=args.codes_from,
-        raw=args.raw,
-        snapshot_every=args.snapshot_every,
-        **_shared_fields(args),
-    )
-    source = f"codes of {args.codes_from}" if args.codes_from else f"{config.dataset} (train + test)"
+    config = n2d_from_args(args)
+    source = f"codes of {config.codes_from}" if config.codes_from else f"{config.dataset} (train + test)"
     print(f"snnl n2d: {source}: {config.label}; seeds {list(config.seeds)}", file=sys.stderr)
-    return _print_result(run_n2d(config, args.out, resume=args.resume, progress=not args.quiet), args.out)
+    return _print_result(run_n2d(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 
 def cmd_backends(args) -> int:
@@ -160,85 +171,113 @@ def cmd_backends(args) -> int:
 def cmd_table(args) -> int:
     from pathlib import Path
 
-    from .pipeline import read_metrics
-    from .report import runs_table
+    from .report import collect_runs, runs_table
 
-    runs = [(Path(d).name, read_metrics(d)) for d in args.runs]
+    runs, skipped = collect_runs(args.runs)
+    for run_dir, reason in skipped:
+        print(f"snnl table: left out {run_dir}: {reason}", file=sys.stderr)
+    if not runs:
+        raise ValueError("none of the directories holds a finished run")
     table = runs_table(runs)
     if args.output:
-        Path(args.output).write_text(table + "\n")
+        output = Path(args.output)
+        if output.exists() and not args.force:
+            raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
+        output.write_text(table + "\n")
     print(table)
     return 0
 
 
+def _default(cls, name: str):
+    """A configuration field's default, for the help texts (one source of defaults)."""
+    import dataclasses
+
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Every option defaults to "not given" (None): a new run takes the
+    configuration classes' defaults, a resumed one its stored configuration."""
     from .cluster import KMEANS_BACKENDS, PROTOCOLS
     from .config import PRESETS
-    from .loss.validation import BACKENDS
     from .data import dataset_names
+    from .loss.validation import BACKENDS
+    from .manifold import MANIFOLDS, UMAP_BACKENDS, ManifoldConfig
+    from .n2d import CLUSTERERS, N2DConfig
+    from .pipeline import PROJECTIONS, ExperimentConfig
 
     parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_shared(parser):
+    def add_shared(parser, cls):
         """Options `snnl run` and `snnl n2d` share."""
-        parser.add_argument("--dataset", default="digits", choices=dataset_names())
-        parser.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated, e.g. 0,1,2,3")
-        parser.add_argument("--out", default=None, help="write metrics.json, embeddings.npz, checkpoints and figures here")
-        parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-        parser.add_argument("--epochs", type=int, default=None)
-        parser.add_argument("--batch-size", type=int, default=None, help="the global batch (split across torchrun processes)")
-        parser.add_argument("--lr", type=float, default=None)
-        parser.add_argument("--init", default=None, choices=["he", "glorot"],
-                            help="weight initialisation (default: the preset's; N2D: glorot, as Keras)")
-        parser.add_argument("--adam-eps", type=float, default=None, help="Adam's epsilon (default 1e-8; N2D: 1e-7, as Keras)")
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        parser.add_argument("--kmeans-backend", default="auto", choices=KMEANS_BACKENDS)
-        parser.add_argument("--projection", default="tsne", choices=["tsne", "pca", "none"],
-                            help="2-D projection in figures/projection.png")
-        parser.add_argument("--silhouette-sample", type=int, default=None,
-                            help="estimate the silhouette on this many points (default: exact, O(n^2))")
-        parser.add_argument("--data-dir", default=None, help="where the dataset files are (default: $SNNL_DATA, system dirs, cache)")
+        parser.add_argument("--dataset", choices=dataset_names(), help=f"(default: {_default(cls, 'dataset')})")
+        parser.add_argument("--seeds", type=_seeds, help="comma-separated, distinct, e.g. 0,1,2,3 (default: 0)")
+        parser.add_argument("--out", help="write metrics.json, embeddings.npz, checkpoints and figures here: a new or "
+                                          "empty directory, or this run's own with --resume")
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in --out where it stopped; options left out keep their stored "
+                                 "values; only options of the stages after training, --epochs (more) and the seeds "
+                                 "may change")
+        parser.add_argument("--epochs", type=int)
+        parser.add_argument("--batch-size", type=int, help="the global batch (split across torchrun processes)")
+        parser.add_argument("--lr", type=float)
+        parser.add_argument("--init", choices=["he", "glorot"],
+                            help="weight initialisation (default: he; N2D: glorot, as Keras)")
+        parser.add_argument("--adam-eps", type=float, help="Adam's epsilon (default 1e-8; N2D: 1e-7, as Keras)")
+        parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+        parser.add_argument("--kmeans-backend", choices=KMEANS_BACKENDS, help="(default: auto)")
+        parser.add_argument("--projection", choices=PROJECTIONS,
+                            help=f"2-D projection in figures/projection.png (default: {_default(cls, 'projection')})")
+        parser.add_argument("--silhouette-sample", type=int,
+                            help="estimate the silhouette on this many points, >= 2 (default: exact, O(n^2))")
+        parser.add_argument("--data-dir", help="where the dataset files are; used alone and whole when given "
+                                               "(default: $SNNL_DATA, system dirs, cache)")
         parser.add_argument("--download", action="store_true", help="download missing IDX files from the official sources")
-        parser.add_argument("--blobs", type=_options, default=None, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10")
-        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.add_argument("--blobs", type=_options, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch")
 
     run = sub.add_parser("run", help="train, encode the test set, k-means, metrics (Agarap & Azcarraga)")
-    add_shared(run)
-    run.add_argument("--config", default="snnl-5", choices=list(PRESETS), help="a preset of the paper's Table I, or a baseline")
-    run.add_argument("--labelled", type=_labelled, default=None,
-                     help="labelled training examples (default: the paper's subset, else all); 'all' for all")
-    run.add_argument("--alpha", type=float, default=None)
-    run.add_argument("--code-dim", type=int, default=None)
-    run.add_argument("--loss-backend", default=None, choices=list(BACKENDS))
+    add_shared(run, ExperimentConfig)
+    run.add_argument("--config", choices=list(PRESETS),
+                     help="a preset of the paper's Table I, or a baseline (default: snnl-5)")
+    run.add_argument("--labelled", type=_labelled,
+                     help="labelled training examples, or 'all' (default: the paper's: 10,000 for MNIST and "
+                          "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)")
+    run.add_argument("--alpha", type=float)
+    run.add_argument("--code-dim", type=int)
+    run.add_argument("--loss-backend", choices=list(BACKENDS), help="(default: auto)")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    run.add_argument("--kmeans-protocol", default="restarts", choices=PROTOCOLS)
-    run.add_argument("--kmeans-restarts", type=int, default=10)
+    run.add_argument("--kmeans-protocol", choices=PROTOCOLS, help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})")
+    run.add_argument("--kmeans-restarts", type=int, help=f"(default: {_default(ExperimentConfig, 'kmeans_restarts')})")
     run.set_defaults(func=cmd_run)
 
-    n2d = sub.add_parser("n2d", help="N2D: autoencoder -> UMAP -> Gaussian mixture (McConville et al.)")
-    add_shared(n2d)
-    n2d.add_argument("--codes-from", default=None, help="cluster the test codes of this `snnl run --out` directory instead")
+    n2d = sub.add_parser("n2d", help="N2D: autoencoder -> UMAP -> Gaussian mixture (McConville et al.); "
+                                     "needs umap-learn (pip install 'snnl[umap]') or cuML")
+    add_shared(n2d, N2DConfig)
+    n2d.add_argument("--codes-from", help="cluster the test codes of this `snnl run --out` directory instead")
     n2d.add_argument("--raw", action="store_true",
                      help="no autoencoder: the manifold learner and clustering on the inputs (N2D's Table 1 baseline)")
-    n2d.add_argument("--manifold", default="umap", choices=["umap", "isomap", "tsne", "none"])
-    n2d.add_argument("--cluster", default="gmm", choices=["gmm", "kmeans"])
-    n2d.add_argument("--n-clusters", type=int, default=None, help="default: the number of classes")
-    n2d.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
-    n2d.add_argument("--umap-neighbors", type=int, default=20)
-    n2d.add_argument("--umap-min-dist", type=float, default=0.0)
-    n2d.add_argument("--umap-backend", default="auto", choices=["auto", "cuml", "umap-learn"])
-    n2d.add_argument("--snapshot-every", type=int, default=None,
+    n2d.add_argument("--manifold", choices=MANIFOLDS, help=f"(default: {ManifoldConfig.method})")
+    n2d.add_argument("--cluster", choices=CLUSTERERS, help=f"(default: {_default(N2DConfig, 'cluster')})")
+    n2d.add_argument("--n-clusters", type=int, help="at least 2 (default: the number of classes)")
+    n2d.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
+    n2d.add_argument("--umap-neighbors", type=int, help=f"at least 2 (default: {ManifoldConfig.umap_neighbors})")
+    n2d.add_argument("--umap-min-dist", type=float, help=f"(default: {ManifoldConfig.umap_min_dist})")
+    n2d.add_argument("--umap-backend", choices=UMAP_BACKENDS, help="(default: auto)")
+    n2d.add_argument("--umap-fit-sample", type=int, help="fit UMAP on this many points, transform the rest")
+    n2d.add_argument("--snapshot-every", type=int,
                      help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)")
-    n2d.add_argument("--umap-fit-sample", type=int, default=None, help="fit UMAP on this many points, transform the rest")
     n2d.set_defaults(func=cmd_n2d)
 
     backends = sub.add_parser("backends", help="which backend each step uses on this machine, and why")
     backends.set_defaults(func=cmd_backends)
 
     table = sub.add_parser("table", help="collect runs into one Markdown table (the paper's Tables III-V)")
-    table.add_argument("runs", nargs="+", help="--out directories of finished runs")
-    table.add_argument("--output", default=None, help="also write the table to this file")
+    table.add_argument("runs", nargs="+", help="--out directories of runs (unfinished ones are left out, with a note)")
+    table.add_argument("--output", help="also write the table to this file (a new file, unless --force)")
+    table.add_argument("--force", action="store_true", help="replace an existing --output file")
     table.set_defaults(func=cmd_table)
 
     loss = sub.add_parser("loss", help="compute the loss with every available backend on a random batch")
@@ -259,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if distributed.launched_by_torchrun() and hasattr(args, "device"):
         # torchrun --nproc-per-node N ...: one process per GPU (NCCL) or CPU worker (gloo)
-        args.device = str(distributed.init_from_environment(args.device))
+        args.device = str(distributed.init_from_environment(args.device or "auto"))
         if not distributed.is_main_process():
             args.quiet = True
     try:

@@ -13,7 +13,9 @@ a fixed temperature; SNNL-7 the same with the minimum.
 class, so N_i = S_i and each row's loss is -log(eps + S_i / (eps + S_i)) ~ 0.
 Its gradient (about eps / S_i^2 in magnitude) only nudges points closer
 together, so the unsupervised presets train essentially like ``baseline-ae``;
-they are kept to reproduce the paper's table.
+they are kept to reproduce the paper's table.  Needing no labels, they train
+on the whole training set, as the paper's unsupervised rows do; the
+supervised ones on the labelled subset (``ExperimentConfig.labelled_count``).
 
 The fixed temperature is T = 100, the value the authors' code and Frosst et
 al.'s reference implementation (cleverhans) start from.
@@ -130,6 +132,60 @@ def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(PRESETS)}")
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
+
+
+# --------------------------------------------------------------------------- checks shared by the run configurations
+
+
+def check_positive_int(name: str, value, minimum: int = 1, *, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() \
+            or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_seeds(seeds) -> tuple[int, ...]:
+    """Seeds: at least one, each an integer in [0, 2**32) (what numpy and
+    scikit-learn accept), no repeats (a repeated seed would count twice in
+    the mean and standard deviation)."""
+    seeds = tuple(seeds)
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seeds must be integers in [0, 2**32), got {seed!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds must not repeat; {', '.join(map(str, repeated))} appear more than once")
+    return seeds
+
+
+def check_device(device) -> str:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (any device torch knows, checked
+    against what this machine has before any work starts)."""
+    import torch
+
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return str(device)
+
+
+def check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def describe(config: TrainConfig) -> str:

@@ -1,31 +1,76 @@
 """``SNNLKMeans``: the pipeline as a scikit-learn estimator.
 
     model = SNNLKMeans(config="snnl-5", epochs=20, random_state=0)
-    clusters = model.fit_predict(X, y)   # y: labels, -1 where a row is unlabelled
+    clusters = model.fit_predict(X, y)   # y: labels >= 0, -1 where a row is unlabelled
     codes = model.transform(X_new)
     new_clusters = model.predict(X_new)
 
 As in the paper, the autoencoder is trained on the labelled rows (every row
 for the unsupervised presets and ``baseline-ae``), then k-means runs on the
-codes of all rows of ``X``.  Inputs must lie in [0, 1] (logistic
-reconstruction).
+codes of all rows of ``X``.
+
+Inputs: the logistic reconstruction (binary cross-entropy) needs values in
+[0, 1].  Data already in [0, 1] (pixels) is used as it is; other data is
+mapped to [0, 1] by one affine map fitted on the training data (its global
+minimum and maximum, the same for every feature, so the features keep their
+relative scales).  ``transform`` and ``predict`` accept data in the range the
+model was fitted on and refuse anything outside it.
+
+It behaves as scikit-learn's estimators do (``check_estimator`` passes):
+parameters are checked when fitting, before any training; ``n_features_in_``
+and ``feature_names_in_`` are kept and checked on new data; ``random_state``
+seeds everything without touching the global random state.  The supervised
+presets declare that they need ``y`` (estimator tags).
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .cluster import kmeans
-from .config import preset
+from .cluster import KMEANS_BACKENDS, kmeans, resolve_kmeans_backend
+from .config import PRESETS, check_device, preset
 from .models import encode_in_batches
 from .train import train_autoencoder
 
 UNLABELLED = -1
+
+
+def check_int_param(name: str, value, minimum: int, *, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class InputRange:
+    """The affine map of inputs to [0, 1]: identity for data already in [0, 1],
+    else (x - low) / (high - low) with the training data's global extremes."""
+
+    def __init__(self, x: np.ndarray):
+        low, high = float(x.min()), float(x.max())
+        self.identity = low >= 0.0 and high <= 1.0
+        self.low, self.high = (0.0, 1.0) if self.identity else (low, high)
+
+    def __call__(self, x: np.ndarray, what: str = "X") -> np.ndarray:
+        span = self.high - self.low
+        tolerance = 1e-6 * max(span, 1.0)
+        low, high = float(x.min()), float(x.max())
+        if low < self.low - tolerance or high > self.high + tolerance:
+            raise ValueError(
+                f"{what} holds values in [{low:.4g}, {high:.4g}], outside the range the model was fitted on "
+                f"[{self.low:.4g}, {self.high:.4g}]; scale new data like the training data"
+            )
+        if self.identity:
+            return x
+        return ((x - self.low) / (span if span > 0 else 1.0)).astype(np.float32)
 
 
 class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
@@ -54,23 +99,50 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
 
     def _train_config(self):
+        if self.config not in PRESETS:
+            raise ValueError(f"config must be one of {', '.join(PRESETS)}; got {self.config!r}")
         overrides = {k: v for k, v in {"epochs": self.epochs, "code_dim": self.code_dim, "alpha": self.alpha,
                                        "batch_size": self.batch_size, "learning_rate": self.learning_rate}.items()
                      if v is not None}
         return preset(self.config, **overrides)
 
-    def fit(self, X, y=None):
-        X = check_array(X, dtype=np.float32)
+    def _needs_labels(self) -> bool:
+        config = PRESETS.get(self.config)
+        return config is not None and config.method == "autoencoder" and config.snnl and config.supervised
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = self._needs_labels()  # the supervised SNNL uses the labels
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def _check_params(self):
+        """Every parameter, before any work (scikit-learn checks them in fit)."""
         config = self._train_config()
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        check_int_param("n_clusters", self.n_clusters, 1, allow_none=True)
+        check_int_param("n_init", self.n_init, 1)
+        if self.kmeans_backend not in KMEANS_BACKENDS:
+            raise ValueError(f"kmeans_backend must be one of {KMEANS_BACKENDS}; got {self.kmeans_backend!r}")
+        resolve_kmeans_backend(self.kmeans_backend)
+        check_device(self.device)
+        return config
+
+    def fit(self, X, y=None):
+        config = self._check_params()
+        needs_labels = config.method == "autoencoder" and config.snnl and config.supervised
+        if needs_labels and y is None:
+            raise ValueError(f"{type(self).__name__} with config={config.name!r} requires y to be passed, but the "
+                             "target y is None (labels >= 0, -1 for unlabelled rows)")
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         if y is not None:
             y = np.asarray(y)
             if y.shape != (len(X),):
                 raise ValueError(f"y must have shape ({len(X)},), got {y.shape}")
             if not np.issubdtype(y.dtype, np.integer):
-                raise TypeError(f"y must hold integer labels (-1 for unlabelled), got dtype {y.dtype}")
+                raise TypeError(f"y must hold integer labels (-1 for unlabelled rows), got dtype {y.dtype}")
+            if (y < UNLABELLED).any():
+                raise ValueError(f"y holds {int(y.min())}: labels are class ids >= 0, or -1 for an unlabelled row")
         labelled = y is not None and (y != UNLABELLED).any()
-        needs_labels = config.method == "autoencoder" and config.snnl and config.supervised
         if needs_labels and not labelled:
             raise ValueError(f"{config.name} is supervised: pass labels y (-1 for unlabelled rows)")
         n_clusters = self.n_clusters
@@ -78,34 +150,42 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             if not labelled:
                 raise ValueError("n_clusters is needed when y gives no labels")
             n_clusters = len(np.unique(y[y != UNLABELLED]))
+        if n_clusters > len(X):
+            raise ValueError(f"n_clusters={n_clusters} is more than the {len(X)} samples")
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
 
+        self.input_range_ = InputRange(X)
+        X01 = self.input_range_(X)
         rows = (y != UNLABELLED) if needs_labels else np.ones(len(X), dtype=bool)
         if config.method == "pca":
-            self.model_ = PCA(n_components=min(config.code_dim, *X.shape), random_state=seed).fit(X[rows])
+            self.model_ = PCA(n_components=min(config.code_dim, *X.shape), random_state=seed).fit(X01[rows])
             self.history_ = []
         else:
-            result = train_autoencoder(X[rows], y[rows] if needs_labels else None, config, seed=seed,
+            result = train_autoencoder(X01[rows], y[rows] if needs_labels else None, config, seed=seed,
                                        device=self.device, progress=self.verbose)
             self.model_, self.history_ = result.model, result.history
-        codes = self.transform(X)
+        codes = self._encode(X01)
         clustering = kmeans(codes, n_clusters, backend=self.kmeans_backend, n_init=self.n_init, seed=seed)
         self.labels_ = clustering.labels
         self.cluster_centers_ = clustering.centers
         self.inertia_ = clustering.inertia
-        self.n_features_in_ = X.shape[1]
         return self
+
+    def _encode(self, X01):
+        if isinstance(self.model_, PCA):
+            return self.model_.transform(X01).astype(np.float32)
+        return encode_in_batches(self.model_, X01).numpy()
 
     def transform(self, X):
         check_is_fitted(self, "model_")
-        X = check_array(X, dtype=np.float32)
-        if isinstance(self.model_, PCA):
-            return self.model_.transform(X).astype(np.float32)
-        return encode_in_batches(self.model_, X).numpy()
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        return self._encode(self.input_range_(X))
 
     def predict(self, X):
         check_is_fitted(self, "cluster_centers_")
         codes = torch.from_numpy(self.transform(X))
-        return torch.cdist(codes, torch.from_numpy(self.cluster_centers_)).argmin(dim=1).numpy()
+        return torch.cdist(codes, torch.from_numpy(np.asarray(self.cluster_centers_, dtype=np.float32))).argmin(
+            dim=1).numpy()
 
     def fit_predict(self, X, y=None):
         return self.fit(X, y).labels_

@@ -3,10 +3,12 @@
 - ``training.png``: reconstruction loss, SNNL per hidden layer and T per epoch
   (first seed).
 - ``projection.png``: a 2-D projection of the raw test inputs next to the same
-  projection of the test codes, coloured by true label (the paper's Fig. 2).
+  projection of what was clustered (the test codes; for N2D the manifold
+  embedding), coloured by true label (the paper's Fig. 2).
   t-SNE by default, on a seeded sample of at most 3,000 points (t-SNE is
   O(n log n) and slow beyond that on a CPU); PCA is the fast alternative.
-- ``confusion.png``: clusters (ordered by their matched label) against labels.
+- ``confusion.png``: clusters (ordered by their matched label) against
+  labels, with the clustering accuracy in the title.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from .metrics import cluster_to_label, contingency  # noqa: E402
+from .metrics import cluster_to_label, clustering_accuracy, contingency  # noqa: E402
 
 PROJECTION_SAMPLE = 3000
 LAYER_NAMES = ("h1 (500)", "h2 (500)", "h3 (2000)", "code", "h5 (2000)", "h6 (500)", "h7 (500)")
@@ -41,18 +44,22 @@ def training_curves(history: list[dict], path: Path, title: str) -> None:
         return
     epochs = [h["epoch"] + 1 for h in history]
     with_snnl = bool(history[0]["snnl_per_layer"])
-    fig, axes = plt.subplots(1, 3 if with_snnl else 1, figsize=(14 if with_snnl else 5, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 3 if with_snnl else 1, figsize=(14 if with_snnl else 5, 4.2), squeeze=False,
+                             layout="constrained")  # keeps the figure title clear of the panel titles
     axes = axes[0]
-    axes[0].plot(epochs, [h["reconstruction"] for h in history])
-    axes[0].set(title="reconstruction loss", xlabel="epoch")
+    axes[0].plot(epochs, [h["reconstruction"] for h in history], marker="o" if len(epochs) < 20 else None)
+    axes[0].set(title="reconstruction loss", xlabel="epoch", ylabel="mean per input value (BCE or MSE)")
     if with_snnl:
         per_layer = np.array([h["snnl_per_layer"] for h in history])
         for i in range(per_layer.shape[1]):
             axes[1].plot(epochs, per_layer[:, i], label=LAYER_NAMES[i] if i < len(LAYER_NAMES) else f"layer {i + 1}")
         axes[1].legend(fontsize=7)
-        axes[1].set(title="SNNL per hidden layer", xlabel="epoch")
+        axes[1].set(title="SNNL per hidden layer (epoch mean)", xlabel="epoch", ylabel="soft nearest neighbor loss")
         axes[2].plot(epochs, [h["temperature"] for h in history])
-        axes[2].set(title="temperature T", xlabel="epoch")
+        axes[2].set(title="temperature T", xlabel="epoch", ylabel="T")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, also for short runs
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     _save(fig, path)
 
@@ -64,14 +71,14 @@ def _project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
 
 
 def projections(raw: np.ndarray, codes: np.ndarray, labels: np.ndarray, classes, path: Path, method: str,
-                title: str, seed: int = 0) -> None:
+                title: str, seed: int = 0, points_name: str = "codes") -> None:
     if method == "none":
         return
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(len(labels), size=min(PROJECTION_SAMPLE, len(labels)), replace=False))
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "nipy_spectral")
-    for ax, data, name in ((axes[0], raw, "raw inputs"), (axes[1], codes, "codes")):
+    for ax, data, name in ((axes[0], raw, "raw inputs"), (axes[1], codes, points_name)):
         points = _project(np.asarray(data[index], dtype=np.float32), method, seed)
         ax.scatter(points[:, 0], points[:, 1], c=labels[index], cmap=cmap, s=4, vmin=0, vmax=max(len(classes) - 1, 1))
         ax.set(title=f"{name} ({method}, {len(index)} points)", xticks=[], yticks=[])
@@ -85,6 +92,7 @@ def projections(raw: np.ndarray, codes: np.ndarray, labels: np.ndarray, classes,
 
 def confusion(labels: np.ndarray, clusters: np.ndarray, classes, path: Path, title: str) -> None:
     counts, cluster_ids, class_ids = contingency(labels, clusters)
+    title = f"{title}\nACC {clustering_accuracy(labels, clusters):.3f}"
     mapping = cluster_to_label(labels, clusters)
     # clusters matched to a label first, in label order; unmatched ones last
     order = sorted(range(len(cluster_ids)), key=lambda r: (mapping.get(int(cluster_ids[r]), 1 << 30), r))
@@ -103,11 +111,21 @@ def confusion(labels: np.ndarray, clusters: np.ndarray, classes, path: Path, tit
     _save(fig, path)
 
 
+def points_name(config) -> str:
+    """What a run clustered (the right panel of projection.png): the codes, or
+    N2D's manifold embedding of the codes or of the inputs."""
+    manifold = getattr(config, "manifold", None)
+    if manifold is None or manifold.method == "none":
+        return "raw inputs" if getattr(config, "raw", False) else "codes"
+    source = "inputs" if config.raw else "codes"
+    return f"{manifold.method} embedding of the {source}"
+
+
 def write_all(directory: Path, experiment, data) -> None:
     first = experiment.seeds[0]
     config = experiment.config
     title = f"{config.dataset}, {config.label}, seed {first.seed}"
     training_curves(first.history, directory / "training.png", title)
     projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
-                seed=first.seed)
+                seed=first.seed, points_name=points_name(config))
     confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)

@@ -33,16 +33,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import distributed
-from .cluster import kmeans
-from .config import TrainConfig
+from .cluster import KMEANS_BACKENDS, kmeans, resolve_kmeans_backend
+from .config import TrainConfig, check_choice, check_device, check_positive_int, check_seeds
 from .data import Dataset, load_dataset, train_and_test
 from .manifold import ManifoldConfig, embed
 from .metrics import evaluate
 from .models import encode_in_batches
-from .pipeline import SeedResult, execute
+from .pipeline import PROJECTIONS, SeedResult, checkpoint_path, execute
 from .train import resolve_device, train_autoencoder
 
 CLUSTERERS = ("gmm", "kmeans")
@@ -82,11 +82,52 @@ class N2DConfig:
     silhouette_sample: int | None = None  # None: the exact O(n^2) silhouette
     snapshot_every: int | None = None  # keep the autoencoder every N epochs (to score training on the way)
 
+    # What a resumed run may change (see snnl.pipeline.ExperimentConfig).
+    EVALUATION_FIELDS = ("manifold", "cluster", "kmeans_backend", "projection", "silhouette_sample")
+    PLACEMENT_FIELDS = ("device", "data_dir", "download", "seeds", "snapshot_every")
+
     def __post_init__(self):
-        if self.cluster not in CLUSTERERS:
-            raise ValueError(f"cluster must be one of {CLUSTERERS}, got {self.cluster!r}")
+        """Every option checked before any data is read or any model trained."""
+        from .data import dataset_names
+        from .data.builtin import blobs_options
+
+        check_choice("dataset", self.dataset, dataset_names())
+        check_choice("cluster", self.cluster, CLUSTERERS)
         if self.raw and self.codes_from is not None:
             raise ValueError("raw and codes_from exclude each other: cluster either the inputs or an SNNL run's codes")
+        # one cluster is no clustering: every metric but ACC is undefined
+        self.n_clusters = check_positive_int("n_clusters", self.n_clusters, 2, allow_none=True)
+        if not isinstance(self.manifold, ManifoldConfig):
+            raise TypeError(f"manifold must be a ManifoldConfig, got {type(self.manifold).__name__}")
+        self.seeds = check_seeds(self.seeds)
+        check_choice("kmeans_backend", self.kmeans_backend, KMEANS_BACKENDS)
+        self.device = check_device(self.device)
+        check_choice("projection", self.projection, PROJECTIONS)
+        self.silhouette_sample = check_positive_int("silhouette_sample", self.silhouette_sample, 2, allow_none=True)
+        self.snapshot_every = check_positive_int("snapshot_every", self.snapshot_every, allow_none=True)
+        if self.dataset_options and self.dataset != "blobs":
+            raise ValueError(f"dataset options are blobs parameters; {self.dataset} takes none")
+        if self.dataset == "blobs":
+            blobs_options(**self.dataset_options)
+
+    def check_dependencies(self) -> None:
+        """Optional packages the run will need, before the first epoch."""
+        self.manifold.check_dependencies()
+        if self.cluster == "kmeans":
+            resolve_kmeans_backend(self.kmeans_backend)
+
+    @property
+    def trained_epochs(self) -> int | None:
+        return None if self.raw or self.codes_from is not None else self.autoencoder.epochs
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.autoencoder
+
+    def evaluation(self) -> dict:
+        """The options of the stages after training (see ``ExperimentConfig.evaluation``)."""
+        return {name: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                for name, v in ((n, getattr(self, n)) for n in self.EVALUATION_FIELDS)}
 
     @property
     def label(self) -> str:
@@ -103,6 +144,19 @@ class N2DConfig:
         data["autoencoder"] = self.autoencoder.to_dict()
         data["seeds"] = list(self.seeds)
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "N2DConfig":
+        """The inverse of ``to_dict`` (as stored in config.json)."""
+        data = {key: value for key, value in data.items() if key != "method"}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown N2D options {sorted(unknown)}")
+        # fields a stored configuration lacks (written by an older snnl) take the
+        # TrainConfig defaults, which are what applied then
+        autoencoder = TrainConfig.from_dict({**TrainConfig().to_dict(), **data.pop("autoencoder", {})})
+        manifold = ManifoldConfig(**data.pop("manifold", {}))
+        return cls(autoencoder=autoencoder, manifold=manifold, **{**data, "seeds": tuple(data.get("seeds", (0,)))})
 
 
 def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:
@@ -124,6 +178,7 @@ def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:
 
 def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: bool = True):
     """N2D (or its manifold + clustering steps on an SNNL run's codes), over seeds."""
+    config.check_dependencies()
     device = resolve_device(config.device)
     if config.codes_from is not None:
         source_codes, data, run_config = _codes_of_run(Path(config.codes_from))
@@ -133,6 +188,9 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         data = train_and_test(config.dataset, data_dir=config.data_dir, download=config.download,
                               **config.dataset_options)
     k = config.n_clusters or data.n_classes
+    if k > len(data):
+        raise ValueError(f"n_clusters={k} is more than the {len(data)} points to cluster")
+    config.manifold.check_data(len(data))
     config = dataclasses.replace(config, n_clusters=k, autoencoder=config.autoencoder.replace(code_dim=k))
 
     def run_seed(seed: int, keep: bool) -> SeedResult:
@@ -141,7 +199,7 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
             codes = data.x
         elif source_codes is None:
             started = time.perf_counter()
-            checkpoint = Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
+            checkpoint = checkpoint_path(out_dir, seed)
             trained = train_autoencoder(data.x, None, config.autoencoder, seed=seed, device=device,
                                         checkpoint_path=checkpoint, resume=resume, progress=progress,
                                         snapshot_every=config.snapshot_every)
@@ -174,8 +232,13 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
 class N2D(ClusterMixin, BaseEstimator):
     """N2D as a scikit-learn estimator: ``N2D(n_clusters=10).fit_predict(X)``.
 
-    After fitting: ``labels_``, ``embedding_`` (the manifold embedding that was
-    clustered), ``codes_`` (autoencoder codes) and ``model_`` (the autoencoder).
+    Parameters are checked in ``fit`` before any training, optional packages
+    too (UMAP).  After fitting: ``labels_``, ``embedding_`` (the manifold
+    embedding that was clustered), ``codes_`` (autoencoder codes), ``model_``
+    (the autoencoder), ``n_features_in_`` and, for DataFrames,
+    ``feature_names_in_``.  The reconstruction is linear (MSE): any finite
+    inputs.  ``random_state`` seeds everything without touching the global
+    random state.
     """
 
     def __init__(self, n_clusters=10, *, epochs=1000, batch_size=256, learning_rate=1e-3, patience=None,
@@ -195,21 +258,32 @@ class N2D(ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y=None):
-        X = check_array(X, dtype=np.float32)
-        if isinstance(self.n_clusters, bool) or int(self.n_clusters) != self.n_clusters or self.n_clusters < 2:
-            raise ValueError(f"n_clusters must be an integer >= 2, got {self.n_clusters!r}")
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+    def _check_params(self):
+        """The autoencoder and manifold configurations, checked (before any work)."""
+        from .estimator import check_int_param
+
+        check_int_param("n_clusters", self.n_clusters, 2)
+        check_choice("cluster", self.cluster, CLUSTERERS)
+        check_device(self.device)
         config = AUTOENCODER.replace(code_dim=int(self.n_clusters), epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience)
+        manifold = ManifoldConfig(method=self.manifold, umap_neighbors=self.n_neighbors, umap_min_dist=self.min_dist,
+                                  umap_backend=self.umap_backend)
+        manifold.check_dependencies()
+        return config, manifold
+
+    def fit(self, X, y=None):
+        config, manifold = self._check_params()
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        if self.n_clusters > len(X):
+            raise ValueError(f"n_clusters={self.n_clusters} is more than the {len(X)} samples")
+        manifold.check_data(len(X))
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         trained = train_autoencoder(X, None, config, seed=seed, device=self.device, progress=self.verbose)
         self.model_ = trained.model
         self.codes_ = encode_in_batches(trained.model, X).numpy()
-        manifold = ManifoldConfig(method=self.manifold, umap_neighbors=self.n_neighbors, umap_min_dist=self.min_dist,
-                                  umap_backend=self.umap_backend)
         self.embedding_, _ = embed(self.codes_, int(self.n_clusters), manifold, seed=seed)
         self.labels_ = final_clustering(self.embedding_, int(self.n_clusters), self.cluster, seed)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def fit_predict(self, X, y=None):
@@ -217,4 +291,5 @@ class N2D(ClusterMixin, BaseEstimator):
 
     def score_against(self, y_true) -> dict:
         """The six metrics of the last fit against true labels."""
+        check_is_fitted(self, "labels_")
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)

@@ -15,24 +15,31 @@ evaluates and writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.decomposition import PCA
 
-from . import distributed, report
-from .cluster import kmeans
-from .config import TrainConfig, preset
-from .data import Dataset, labelled_subset, load_dataset
+from . import distributed, outdir, report
+from .checkpoints import previous_path
+from .cluster import KMEANS_BACKENDS, PROTOCOLS, kmeans, resolve_kmeans_backend
+from .config import TrainConfig, check_choice, check_device, check_positive_int, check_seeds, preset
+from .data import Dataset, labelled_subset, load_splits
 from .data.catalog import IDX_DATASETS
 from .metrics import METRICS, evaluate
 from .models import encode_in_batches
-from .train import resolve_device, train_autoencoder
+from .train import describe_changes, resolve_device, train_autoencoder
+
+
+PROJECTIONS = ("tsne", "pca", "none")
 
 
 @dataclass
@@ -40,7 +47,10 @@ class ExperimentConfig:
     dataset: str = "digits"
     train: TrainConfig = field(default_factory=lambda: preset("snnl-5"))
     seeds: tuple[int, ...] = (0,)
-    labelled: int | None = None  # None: the paper's subset for the dataset, else all training data
+    # None: the paper's choice: the unsupervised SNNL presets train on the whole
+    # training set, the others on the dataset's labelled subset (10,000 images
+    # for MNIST and Fashion-MNIST); all training data where it names none
+    labelled: int | None = None
     kmeans_backend: str = "auto"
     kmeans_protocol: str = "restarts"
     kmeans_restarts: int = 10
@@ -51,13 +61,56 @@ class ExperimentConfig:
     projection: str = "tsne"  # 2-D projection in the figure: "tsne", "pca" or "none"
     silhouette_sample: int | None = None  # None: the exact O(n^2) silhouette
 
+    # What a resumed run may change (snnl.resume): the options of the stages
+    # after training (those stages are then redone), where the data and the
+    # computation live, and the seeds.  Everything else defines the trained
+    # models; of the training options only those in train.RESUMABLE_CHANGES.
+    EVALUATION_FIELDS = ("kmeans_backend", "kmeans_protocol", "kmeans_restarts", "projection", "silhouette_sample")
+    PLACEMENT_FIELDS = ("device", "data_dir", "download", "seeds")
+
+    def __post_init__(self):
+        """Every option checked before any data is read or any model trained."""
+        from .data import dataset_names
+        from .data.builtin import blobs_options
+
+        check_choice("dataset", self.dataset, dataset_names())
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        self.seeds = check_seeds(self.seeds)
+        self.labelled = check_positive_int("labelled", self.labelled, allow_none=True)
+        check_choice("kmeans_backend", self.kmeans_backend, KMEANS_BACKENDS)
+        check_choice("kmeans_protocol", self.kmeans_protocol, PROTOCOLS)
+        self.kmeans_restarts = check_positive_int("kmeans_restarts", self.kmeans_restarts)
+        self.device = check_device(self.device)
+        check_choice("projection", self.projection, PROJECTIONS)
+        self.silhouette_sample = check_positive_int("silhouette_sample", self.silhouette_sample, 2, allow_none=True)
+        if self.dataset_options and self.dataset != "blobs":
+            raise ValueError(f"dataset options are blobs parameters; {self.dataset} takes none")
+        if self.dataset == "blobs":
+            blobs_options(**self.dataset_options)
+
+    def check_dependencies(self) -> None:
+        """Optional packages the run will need, before the first epoch."""
+        resolve_kmeans_backend(self.kmeans_backend)
+
     @property
     def label(self) -> str:
         return self.train.name
 
+    @property
+    def trained_epochs(self) -> int | None:
+        return self.train.epochs if self.train.method == "autoencoder" else None
+
+    def evaluation(self) -> dict:
+        """The options of the stages after training (a finished seed is reused
+        on resume only if they are unchanged)."""
+        return {name: getattr(self, name) for name in self.EVALUATION_FIELDS}
+
     def labelled_count(self) -> int | None:
         if self.labelled is not None:
             return self.labelled
+        if self.train.snnl and not self.train.supervised:
+            return None  # needs no labels: the paper trains these rows on the full training set
         spec = IDX_DATASETS.get(self.dataset)
         return spec.labelled_default if spec is not None else None
 
@@ -68,6 +121,16 @@ class ExperimentConfig:
         data["seeds"] = list(self.seeds)
         data["labelled"] = self.labelled_count()
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExperimentConfig":
+        """The inverse of ``to_dict`` (as stored in config.json)."""
+        data = {key: value for key, value in data.items() if key != "method"}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown experiment options {sorted(unknown)}")
+        train = TrainConfig.from_dict({**TrainConfig().to_dict(), **data.pop("train", {})})
+        return cls(train=train, **{**data, "seeds": tuple(data.get("seeds", (0,)))})
 
 
 @dataclass
@@ -88,6 +151,7 @@ class ExperimentResult:
     labels: np.ndarray
     summary: dict
     environment: dict
+    data_files: tuple = ()  # what was read, with SHA-256 digests (snnl.data.sources.check_file)
 
 
 def aggregate(seed_metrics: list[dict]) -> dict:
@@ -117,53 +181,111 @@ def cluster_and_score(points: np.ndarray, labels: np.ndarray, n_clusters: int, s
     return clustering.labels, metrics
 
 
+def checkpoint_path(out_dir, seed: int) -> Path | None:
+    return Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
+
+
+def _claim_output(out_dir: Path, config, resume: bool) -> None:
+    """The main process checks that the run may write into ``out_dir`` (and,
+    resuming, what changes; see ``snnl.outdir``); every process learns the
+    outcome, so that none trains for a run that will not be written."""
+    error = None
+    if distributed.is_main_process():
+        try:
+            stored = outdir.claim(out_dir, resume)
+            if stored is not None:
+                changes = outdir.resume_changes(stored, config)
+                if changes:
+                    print(f"resuming {out_dir} with {describe_changes(changes)}", file=sys.stderr)
+        except (OSError, ValueError) as caught:
+            error = caught
+    failed = distributed.all_reduce_tensor(torch.tensor([0.0 if error is None else 1.0]))
+    if error is not None:
+        raise error
+    if float(failed[0]) > 0:
+        raise RuntimeError(f"the main process refused the output directory {out_dir} (see its message)")
+
+
+def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
+    """A finished seed is reused when its evaluation options and trained epochs
+    are the current ones; otherwise its stages after training are redone from
+    its last checkpoint, which must then exist."""
+    stored = report.read_seed_record(finished)
+    if stored.get("evaluation") == config.evaluation() and stored.get("trained_epochs") == config.trained_epochs:
+        return True
+    checkpoint = checkpoint_path(out_dir, seed)
+    if config.trained_epochs is not None and not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
+        raise FileNotFoundError(
+            f"seed {seed} must be evaluated again (its options changed) but its checkpoint {checkpoint} is gone; "
+            "resume with the stored options, or start a new --out"
+        )
+    return False
+
+
 def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], out_dir=None, *,
-            resume: bool = False) -> ExperimentResult:
+            resume: bool = False, data_files: tuple = ()) -> ExperimentResult:
     """Run ``run_seed(seed, keep_arrays)`` for every seed of ``config`` and collect the results.
 
     ``data`` is what was clustered (its labels score the clustering; its raw
-    inputs appear in the projection figure).
+    inputs appear in the projection figure); ``data_files`` every file read.
+    With ``out_dir``, the run holds the directory's lock throughout (main process).
     """
-    if not config.seeds:
-        raise ValueError("at least one seed is needed")
     main = distributed.is_main_process()
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None:
-        report.check_output_dir(out_dir, config, resume)
-        distributed.barrier()  # every process checks before the main one writes
+    if out_dir is None:
+        return _execute(config, data, run_seed, None, resume, data_files)
+    _claim_output(out_dir, config, resume)  # before the lock: never create a lock file in a refused directory
+    with outdir.locked(out_dir) if main else contextlib.nullcontext():
+        _claim_output(out_dir, config, resume)  # again, under the lock: two runs cannot both pass it
         if main:
             report.write_config(out_dir, config)
         distributed.barrier()
+        return _execute(config, data, run_seed, out_dir, resume, data_files)
+
+
+def _execute(config, data, run_seed, out_dir, resume, data_files) -> ExperimentResult:
+    main = distributed.is_main_process()
     results = []
     for position, seed in enumerate(config.seeds):
         first = position == 0  # its arrays and history feed embeddings.npz and the figures
         finished = out_dir / "seeds" / f"seed{seed}.json" if out_dir is not None else None
-        if resume and not first and finished.is_file():
+        if resume and not first and finished.is_file() and _reusable(finished, config, out_dir, seed):
             results.append(report.read_seed(finished))
             continue
         result = run_seed(seed, first)
         if finished is not None and main:
-            report.write_seed(finished, result)
+            report.write_seed(finished, result, config)
         distributed.barrier()  # evaluation and writing happen on the main process
         results.append(result)
     if not main:  # the other processes only trained
         return ExperimentResult(config, results, data.y, {}, {})
     summary = aggregate([r.metrics for r in results])
-    experiment = ExperimentResult(config, results, data.y, summary, report.environment(resolve_device(config.device)))
+    experiment = ExperimentResult(config, results, data.y, summary, report.environment(resolve_device(config.device)),
+                                  tuple(data_files or data.files))
     if out_dir is not None:
         report.write_experiment(out_dir, experiment, data)
     return experiment
 
 
-def load_split(config, split: str) -> Dataset:
-    return load_dataset(config.dataset, split, data_dir=config.data_dir, download=config.download,
-                        **config.dataset_options)
+def load_train_and_test(config) -> tuple[Dataset, Dataset]:
+    """Both splits, from one directory (``snnl.data.load_splits``)."""
+    train, test = load_splits(config.dataset, ("train", "test"), data_dir=config.data_dir, download=config.download,
+                              **config.dataset_options)
+    return train, test
 
 
 def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume: bool = False,
                    progress: bool = True) -> ExperimentResult:
     """Agarap & Azcarraga's experiment for ``config`` (see the module docstring)."""
-    train, test = load_split(config, "train"), load_split(config, "test")
+    config.check_dependencies()
+    train, test = load_train_and_test(config)
+    labelled = config.labelled_count()
+    if labelled is not None and labelled > len(train):
+        raise ValueError(f"labelled: {labelled} labelled examples asked for, but the {config.dataset} training set "
+                         f"has {len(train)}")
+    if test.n_classes > len(test):
+        raise ValueError(f"k-means with {test.n_classes} clusters needs at least as many test points; there are "
+                         f"{len(test)}")
     device = resolve_device(config.device)
 
     def run_seed(seed: int, keep: bool) -> SeedResult:
@@ -177,7 +299,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             started = time.perf_counter()
             codes = pca.transform(test.x).astype(np.float32)
         else:
-            checkpoint = Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
+            checkpoint = checkpoint_path(out_dir, seed)
             result = train_autoencoder(subset.x, subset.y, config.train, seed=seed, device=device,
                                        checkpoint_path=checkpoint, resume=resume, progress=progress)
             history = result.history
@@ -194,7 +316,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
         )
         return SeedResult(seed, metrics, seconds, history, codes if keep else None, clusters if keep else None)
 
-    return execute(config, test, run_seed, out_dir, resume=resume)
+    return execute(config, test, run_seed, out_dir, resume=resume, data_files=train.files + test.files)
 
 
 def read_metrics(run_dir: str | Path) -> dict:

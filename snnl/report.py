@@ -81,34 +81,32 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def check_output_dir(out_dir: Path, config, resume: bool) -> None:
-    """Refuse to overwrite a finished run unless resuming it with the same configuration."""
-    config_path = out_dir / "config.json"
-    if config_path.is_file():
-        previous = json.loads(config_path.read_text())
-        if not resume:
-            raise FileExistsError(
-                f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        if previous != config.to_dict():
-            raise ValueError(f"{out_dir} holds a run with a different configuration; --resume needs the same options")
-
-
 def write_config(out_dir: Path, config) -> None:
     _atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2))
 
 
-def write_seed(path: Path, result) -> None:
+def write_seed(path: Path, result, config) -> None:
+    """A finished seed, with what it depends on: the evaluation options and the
+    epochs trained (``--resume`` reuses it only while both are unchanged)."""
     _atomic_write_text(
         path,
-        json.dumps({"seed": result.seed, "metrics": result.metrics, "seconds": result.seconds, "history": result.history}, indent=2),
+        json.dumps({"seed": result.seed, "metrics": result.metrics, "seconds": result.seconds,
+                    "evaluation": config.evaluation(), "trained_epochs": config.trained_epochs,
+                    "history": result.history}, indent=2),
     )
+
+
+def read_seed_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): delete it to evaluate that seed again") from None
 
 
 def read_seed(path: Path):
     from .pipeline import SeedResult
 
-    data = json.loads(path.read_text())
+    data = read_seed_record(path)
     return SeedResult(data["seed"], data["metrics"], data["seconds"], data["history"])
 
 
@@ -127,6 +125,7 @@ def write_experiment(out_dir: Path, experiment, data) -> None:
         "seeds": [{"seed": s.seed, "metrics": s.metrics, "seconds": s.seconds} for s in experiment.seeds],
         "summary": experiment.summary,
         "environment": experiment.environment,
+        "data_files": list(experiment.data_files),
     }
     if first.codes is not None:
         _write_npz(out_dir / "embeddings.npz", z=first.codes, y=data.y, clusters=first.clusters, **first.arrays)
@@ -143,26 +142,64 @@ def _fmt(value, name: str) -> str:
     return f"{value:.1f}" if name == "chs" else f"{value:.3f}"
 
 
-def summary_rows(label: str, summary: dict, n_seeds: int) -> list[list[str]]:
+def summary_rows(label: list[str], summary: dict, n_seeds: int) -> list[list[str]]:
     mean = [_fmt(summary["mean"][m], m) + (f" ± {_fmt(summary['std'][m], m)}" if n_seeds > 1 and summary["std"][m] is not None else "") for m in METRICS]
     best = [_fmt(summary["best"][m], m) for m in METRICS]
-    return [[label, f"average ({n_seeds} seed{'s' if n_seeds > 1 else ''})", *mean], [label, "best", *best]]
+    return [[*label, f"average ({n_seeds} seed{'s' if n_seeds > 1 else ''})", *mean], [*label, "best", *best]]
 
 
-def markdown_table(rows: list[list[str]]) -> str:
-    header = ["run", "", *(METRIC_TITLES[m] for m in METRICS)]
+def markdown_table(rows: list[list[str]], label_columns=("run",)) -> str:
+    header = [*label_columns, "", *(METRIC_TITLES[m] for m in METRICS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def experiment_table(metrics: dict, label: str) -> str:
-    return markdown_table(summary_rows(label, metrics["summary"], len(metrics["seeds"])))
+    return markdown_table(summary_rows([label], metrics["summary"], len(metrics["seeds"])))
+
+
+def method_of(config: dict) -> str:
+    """What produced a run, from its stored configuration: the preset (with the
+    number of labels when it is not the default) or the N2D pipeline."""
+    if config.get("method") == "n2d":
+        steps = f"{config.get('manifold', {}).get('method', 'umap')} + {config.get('cluster', 'gmm')}"
+        if config.get("codes_from"):
+            return f"{Path(config['codes_from']).name} codes + {steps}"
+        return f"raw inputs + {steps}" if config.get("raw") else f"n2d ({steps})"
+    train = config.get("train", {})
+    labelled = config.get("labelled")
+    return f"{train.get('name', '?')}" + (f", {labelled} labels" if labelled not in (None, "all") else "")
+
+
+def collect_runs(run_dirs) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
+    """(directory, metrics) of each finished run, and (directory, reason) of
+    each one left out (unfinished: no metrics.json yet).  A metrics.json that
+    cannot be read is an error naming the file."""
+    runs, skipped = [], []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        if not path.is_file():
+            skipped.append((str(run_dir), "no metrics.json (not a run directory, or the run has not finished)"))
+            continue
+        try:
+            metrics = json.loads(path.read_text())
+            readable = isinstance(metrics.get("seeds"), list) and all(
+                isinstance(metrics.get("summary", {}).get(key), dict) for key in ("mean", "std", "best"))
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"{path} is not a readable snnl metrics file ({error})") from None
+        if not readable:
+            raise ValueError(f"{path} is not a readable snnl metrics file (no per-seed metrics or summary)")
+        runs.append((str(run_dir), metrics))
+    return runs, skipped
 
 
 def runs_table(run_metrics: list[tuple[str, dict]]) -> str:
-    """One table, two rows (average, best) per run: the layout of the paper's Tables III-V."""
+    """One table, two rows (average, best) per run: the layout of the paper's
+    Tables III-V, with the dataset and the method beside each run's directory."""
     rows = []
-    for label, metrics in run_metrics:
+    for run_dir, metrics in run_metrics:
+        config = metrics.get("config", {})
+        label = [Path(run_dir).name, str(config.get("dataset", "?")), method_of(config)]
         rows += summary_rows(label, metrics["summary"], len(metrics["seeds"]))
-    return markdown_table(rows)
+    return markdown_table(rows, ("run", "dataset", "method"))

@@ -24,13 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from . import distributed
+from . import checkpoints, distributed
 from .config import TrainConfig
 from .models import Autoencoder
+from .progress import Progress
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.checkpoints wraps it)
+
+# TrainConfig fields a resumed run may change: they do not change the model
+# trained so far (a larger ``epochs`` extends training; the loss backend
+# computes the same loss).
+RESUMABLE_CHANGES = ("epochs", "loss_backend")
 
 
 @dataclass
@@ -64,15 +69,6 @@ def _check_training_data(x: np.ndarray, y: np.ndarray | None, config: TrainConfi
             raise ValueError(f"{config.name} is supervised: it needs labels for the training data")
         if len(y) != len(x):
             raise ValueError(f"{len(x)} training rows but {len(y)} labels")
-
-
-def _write_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a
-    half-written checkpoint in place of the last good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def build_model(input_dim: int, config: TrainConfig) -> Autoencoder:
@@ -128,18 +124,44 @@ def plateaued(history: list[dict], patience: int | None) -> bool:
     return min(h["loss"] for h in history[-patience:]) >= min(h["loss"] for h in history[:-patience])
 
 
-def _rng_state(shuffle: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _seeded_model(input_dim: int, config: TrainConfig, seed: int, device: torch.device) -> Autoencoder:
+    """The model's initial weights from ``seed``, drawn from a forked RNG: the
+    caller's global random state is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return build_model(input_dim, config).to(device)
 
 
-def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def config_changes(stored: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(field, stored value, current value) for every field that differs,
+    nested dictionaries flattened to dotted names."""
+    changes = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append((f"{prefix}{key}", old, new))
+    return changes
+
+
+def describe_changes(changes) -> str:
+    return "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changes)
+
+
+def _check_resumable(checkpoint: dict, config: TrainConfig, seed: int, path: Path) -> None:
+    """A checkpoint continues only the configuration and seed that wrote it."""
+    if checkpoint["seed"] != seed:
+        raise ValueError(f"{path} belongs to seed {checkpoint['seed']}, not {seed}")
+    # Fields added to TrainConfig since the checkpoint was written take their defaults.
+    stored = {**TrainConfig().to_dict(), **checkpoint["config"]}
+    refused = [c for c in config_changes(stored, config.to_dict()) if c[0] not in RESUMABLE_CHANGES]
+    if refused:
+        raise ValueError(f"{path} was trained with other options ({describe_changes(refused)}); resume with the "
+                         "stored options (leave them out) or start a new output directory")
+    if config.epochs < checkpoint["epoch"] + 1:
+        raise ValueError(f"{path} has already trained {checkpoint['epoch'] + 1} epochs; --epochs {config.epochs} "
+                         "cannot undo that (use a larger value, or a new output directory)")
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Adam:
@@ -157,9 +179,10 @@ def snapshot_path(checkpoint_path: Path, epochs_done: int) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    """A training checkpoint, verified (``snnl.checkpoints.load``)."""
+    checkpoint = checkpoints.load(path, map_location)
     if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: not an snnl training checkpoint (version {checkpoint.get('version')!r})")
+        raise checkpoints.CheckpointError(f"{path}: not an snnl training checkpoint (version {checkpoint.get('version')!r})")
     return checkpoint
 
 
@@ -179,14 +202,18 @@ def train_autoencoder(
     device: str | torch.device | None = "auto",
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     stop_after_epochs: int | None = None,
     snapshot_every: int | None = None,
 ) -> TrainResult:
     """Train an autoencoder on ``x`` (labels ``y`` for the supervised SNNL).
 
-    ``checkpoint_path``: written after every epoch.  ``resume``: continue from
-    it when it exists (it must come from the same configuration and seed).
+    ``checkpoint_path``: written after every epoch (the one before is kept,
+    see ``snnl.checkpoints``).  ``resume``: continue from it when it exists
+    (it must come from the same configuration and seed, but for a larger
+    ``epochs`` or another loss backend; a damaged checkpoint falls back to the
+    one before it).  ``progress``: see ``snnl.progress.Progress`` (True:
+    bars on a terminal, a line per epoch otherwise; ``"lines"``; False: none).
     ``stop_after_epochs`` stops early after that many epochs in total, as an
     interruption would (used to test resuming).  ``snapshot_every``: also keep
     the model (weights only) after every that many epochs beside the
@@ -200,23 +227,22 @@ def train_autoencoder(
         raise ValueError("amp (bfloat16 autocast) needs a CUDA device")
     schedule = config.temperature_schedule()
 
-    torch.manual_seed(seed)
-    model = build_model(x.shape[1], config).to(device)
+    model = _seeded_model(x.shape[1], config, seed, device)
     optimizer = make_optimizer(model, config)
     shuffle = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    if resume and checkpoint_path is not None and checkpoint_path.is_file():
-        checkpoint = load_checkpoint(checkpoint_path, map_location=device)
-        if checkpoint["config"] != config.to_dict() or checkpoint["seed"] != seed:
-            raise ValueError(
-                f"{checkpoint_path} was written by a different configuration or seed; "
-                "resume with the same options or start a new output directory"
-            )
+    checkpoint = None
+    if resume and checkpoint_path is not None:
+        checkpoint, source = checkpoints.load_for_resume(checkpoint_path, map_location=device)
+    if checkpoint is not None:
+        if checkpoint.get("version") != CHECKPOINT_VERSION:
+            raise checkpoints.CheckpointError(f"{source}: not an snnl training checkpoint")
+        _check_resumable(checkpoint, config, seed, source)
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        _restore_rng(checkpoint["rng"], shuffle)
+        optimizer.load_state_dict(checkpoint["optimizer"])  # and its implementation (fused or not) with it
+        shuffle.set_state(checkpoint["rng"]["shuffle"])
         history = checkpoint["history"]
         start_epoch = checkpoint["epoch"] + 1
 
@@ -234,20 +260,15 @@ def train_autoencoder(
     last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
     if plateaued(history, config.patience):
         last_epoch = start_epoch  # a resumed run that had already stopped early
-    epochs = tqdm(
-        range(start_epoch, last_epoch), desc=config.name, unit="epoch", disable=not (progress and main),
-        initial=start_epoch, total=config.epochs, dynamic_ncols=True,
-    )
+    report = Progress(progress if main else False, config.name, start_epoch, config.epochs)
     started = time.perf_counter()
     model.train()
-    for epoch in epochs:
+    for epoch in range(start_epoch, last_epoch):
         temperature = schedule(epoch)
         epoch_started = time.perf_counter()
         order = torch.randperm(len(x), generator=shuffle)
         totals, layer_totals, layer_batches = None, None, 0
-        batches = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                       disable=not (progress and main), dynamic_ncols=True)
-        for b in batches:
+        for b in report.batches(epoch, n_batches):
             global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
             index = torch.tensor_split(global_index, world)[rank]
             xb = x_all[index].to(device, non_blocking=True)
@@ -273,7 +294,7 @@ def train_autoencoder(
                 layer_batches += 1
             layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
             snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
-            batches.set_postfix(_progress_fields(config, values[1].item(), snnl, temperature))
+            report.batch_done(_progress_fields(config, values[1].item(), snnl, temperature))
         means = (totals / n_batches).tolist()
         record = {
             "epoch": epoch,
@@ -285,10 +306,11 @@ def train_autoencoder(
             "seconds": time.perf_counter() - epoch_started,
         }
         history.append(record)
-        epochs.set_postfix(loss=f"{record['loss']:.4f}",
-                           **_progress_fields(config, record["reconstruction"], record["snnl"], temperature))
+        report.epoch_done(epoch, {"loss": f"{record['loss']:.4f}",
+                                  **_progress_fields(config, record["reconstruction"], record["snnl"], temperature)},
+                          record["seconds"])
         if checkpoint_path is not None and main:
-            _write_atomic(
+            checkpoints.save(
                 {
                     "version": CHECKPOINT_VERSION,
                     "epoch": epoch,
@@ -297,20 +319,20 @@ def train_autoencoder(
                     "model_config": model.config(),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(shuffle),
+                    "rng": {"shuffle": shuffle.get_state()},  # the only random state training draws on
                     "history": history,
                 },
                 checkpoint_path,
             )
             if snapshot_every and (epoch + 1) % snapshot_every == 0:
-                _write_atomic(
+                checkpoints.save(
                     {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
                      "model_config": model.config(), "model": model.state_dict()},
-                    snapshot_path(checkpoint_path, epoch + 1),
+                    snapshot_path(checkpoint_path, epoch + 1), keep_previous=False,
                 )
         if plateaued(history, config.patience):
-            epochs.write(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
+            report.note(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
             break
-    epochs.close()
+    report.close()
     distributed.barrier()  # the last checkpoint is on disk before anyone reads it
     return TrainResult(model, history, time.perf_counter() - started)

@@ -12,10 +12,12 @@ import pytest
 
 from snnl.data import (
     ChecksumError,
+    DataMismatchError,
     DatasetNotFoundError,
     IdxFormatError,
     labelled_subset,
     load_dataset,
+    load_splits,
 )
 from snnl.data import catalog, sources
 from snnl.data.idx import read_idx, write_idx
@@ -264,3 +266,99 @@ def test_real_fashion_mnist_first_images(monkeypatch):
     subset = test.subset(np.arange(3000))
     assert 0.0 <= subset.x.min() and subset.x.max() == 1.0
     assert test.classes[test.y[0]] == "Ankle boot"  # the first test image of Fashion-MNIST
+
+
+# --------------------------------------------------------------------------- where files come from, and which
+
+
+def test_explicit_data_dir_must_exist(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"data directory .*nowhere does not exist"):
+        load_dataset("mnist", "test", data_dir=tmp_path / "nowhere")
+
+
+def test_explicit_data_dir_is_used_alone_and_whole(tmp_path, monkeypatch):
+    spec = catalog.IDX_DATASETS["mnist"]
+    # a complete copy in the cache must not fill in for what the data dir lacks
+    for split in ("train", "test"):
+        write_split(tmp_path / "cache" / "mnist", spec, split, tiny_images(), np.arange(6, dtype=np.uint8))
+    only_train = tmp_path / "mine"
+    write_split(only_train, spec, "train", tiny_images(seed=1), np.arange(6, dtype=np.uint8))
+    assert len(load_dataset("mnist", "train", data_dir=only_train)) == 6
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)missing t10k-images.*used alone"):
+        load_splits("mnist", ("train", "test"), data_dir=only_train)
+    train, test = load_splits("mnist", ("train", "test"))  # no data dir: the complete cache copy
+    assert str(tmp_path / "cache") in train.files[0]["file"] and str(tmp_path / "cache") in test.files[0]["file"]
+
+
+def test_splits_never_mix_directories(tmp_path, monkeypatch):
+    spec = catalog.IDX_DATASETS["mnist"]
+    monkeypatch.setenv("SNNL_DATA", str(tmp_path / "data"))
+    write_split(tmp_path / "data" / "mnist", spec, "train", tiny_images(), np.arange(6, dtype=np.uint8))
+    write_split(tmp_path / "cache" / "mnist", spec, "test", tiny_images(), np.arange(6, dtype=np.uint8))
+    with pytest.raises(DatasetNotFoundError, match="are not all in one of"):
+        load_splits("mnist", ("train", "test"))
+
+
+def _fake_published(monkeypatch, dataset: str, directory: Path):
+    """Pretend the files in ``directory`` are ``dataset``'s published ones."""
+    spec = catalog.IDX_DATASETS[dataset]
+    digests = {name: hashlib.sha256(gzip.decompress((directory / name).read_bytes())).hexdigest()
+               for name in spec.files.values() if (directory / name).is_file()}
+    monkeypatch.setitem(catalog.IDX_DATASETS, dataset,
+                        catalog.IdxDataset(**{**spec.__dict__, "content_sha256": digests}))
+
+
+def test_another_datasets_files_are_refused(tmp_path, monkeypatch):
+    fashion = catalog.IDX_DATASETS["fashion-mnist"]
+    write_split(tmp_path, fashion, "test", tiny_images(), np.arange(6, dtype=np.uint8))
+    _fake_published(monkeypatch, "fashion-mnist", tmp_path)
+    assert load_dataset("fashion-mnist", "test", data_dir=tmp_path).files[0]["check"] == \
+        "matches the published checksum"
+    with pytest.raises(DataMismatchError, match=r"t10k-images-idx3-ubyte.gz is fashion-mnist's .*not mnist's"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_a_file_in_the_wrong_place_is_refused(tmp_path, monkeypatch):
+    spec = catalog.IDX_DATASETS["mnist"]
+    write_split(tmp_path, spec, "train", tiny_images(seed=2), np.arange(6, dtype=np.uint8))
+    write_split(tmp_path, spec, "test", tiny_images(seed=3), np.arange(6, dtype=np.uint8))
+    _fake_published(monkeypatch, "mnist", tmp_path)
+    images = tmp_path / spec.files[("train", "images")]
+    (tmp_path / spec.files[("test", "images")]).write_bytes(images.read_bytes())  # train images as test images
+    with pytest.raises(DataMismatchError, match="is mnist's train-images-idx3-ubyte.gz, not mnist's t10k-images"):
+        load_dataset("mnist", "test", data_dir=tmp_path)
+
+
+def test_unknown_copies_warn_and_are_recorded(tmp_path, monkeypatch):
+    spec = catalog.IDX_DATASETS["mnist"]
+    write_split(tmp_path, spec, "test", tiny_images(), np.arange(6, dtype=np.uint8))  # not the published MNIST
+    with pytest.warns(UserWarning, match="does not match the published checksum of mnist's t10k-images"):
+        data = load_dataset("mnist", "test", data_dir=tmp_path)
+    record = data.files[0]
+    assert record["check"].startswith("MISMATCH") and len(record["sha256"]) == 64
+    assert record["content_sha256"] == hashlib.sha256(
+        gzip.decompress((tmp_path / spec.files[("test", "images")]).read_bytes())).hexdigest()
+    emnist = catalog.IDX_DATASETS["emnist-letters"]  # nothing published per file: recorded, not judged
+    write_split(tmp_path / "e", emnist, "train", tiny_images(2), np.array([1, 2], dtype=np.uint8))
+    assert load_dataset("emnist-letters", "train", data_dir=tmp_path / "e").files[0]["check"] == \
+        "no published checksum to compare with"
+
+
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_matches_and_is_not_mnist(tmp_path, monkeypatch):
+    # Debian's gzip files differ from the published ones (no file name in the
+    # header) but their content is the published content.
+    train, test = load_splits("fashion-mnist", ("train", "test"), data_dir=FASHION_DIR)
+    assert {r["check"] for r in train.files + test.files} == {"matches the published checksum"}
+    with pytest.raises(DataMismatchError, match="is fashion-mnist's t10k-images-idx3-ubyte.gz, not mnist's"):
+        load_dataset("mnist", "test", data_dir=FASHION_DIR)
+
+
+def test_builtin_and_blobs_provenance_and_option_errors():
+    assert load_dataset("digits", "test").files[0]["file"] == "sklearn.datasets.load_digits"
+    blobs = load_dataset("blobs", "train", n_samples=400, centers=4)
+    assert blobs.files[0]["options"]["centers"] == 4 and blobs.files[0]["options"]["n_features"] == 32
+    with pytest.raises(ValueError, match=r"blobs: unknown option\(s\) n_sample; the options are n_samples"):
+        load_dataset("blobs", "train", n_sample=400)
+    with pytest.raises(ValueError, match="blobs: cluster_std must be a finite number > 0"):
+        load_dataset("blobs", "train", cluster_std=-1.0)

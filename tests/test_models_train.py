@@ -112,13 +112,82 @@ def test_resume_equals_uninterrupted(tmp_path):
     torch.testing.assert_close(reloaded.encode(torch.from_numpy(data.x)), full.model.encode(torch.from_numpy(data.x)))
 
 
-def test_resume_refuses_a_different_configuration(tmp_path):
+def test_resume_refuses_a_different_configuration_naming_each_field(tmp_path):
     data = digits_subset(128)
     train_autoencoder(data.x, data.y, preset("snnl-5", **SMALL), seed=0, progress=False,
                       checkpoint_path=tmp_path / "c.pt", stop_after_epochs=1)
-    with pytest.raises(ValueError, match="different configuration or seed"):
+    with pytest.raises(ValueError, match=r"trained with other options \(name: 'snnl-5' -> 'snnl-1'; "
+                                         r"temperature: 'annealing' -> 'fixed'\)"):
         train_autoencoder(data.x, data.y, preset("snnl-1", **SMALL), seed=0, progress=False,
                           checkpoint_path=tmp_path / "c.pt", resume=True)
+    with pytest.raises(ValueError, match="belongs to seed 0, not 1"):
+        train_autoencoder(data.x, data.y, preset("snnl-5", **SMALL), seed=1, progress=False,
+                          checkpoint_path=tmp_path / "c.pt", resume=True)
+    with pytest.raises(ValueError, match=r"has already trained 1 epochs; --epochs 0|epochs must be a positive"):
+        train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 0}), seed=0, progress=False,
+                          checkpoint_path=tmp_path / "c.pt", resume=True)
+
+
+def test_resume_extends_training_to_more_epochs(tmp_path):
+    # 2 epochs, then resumed to 3, equals 3 epochs at once (the schedule goes on)
+    data = digits_subset(128)
+    config = preset("snnl-5", **SMALL)
+    full = train_autoencoder(data.x, data.y, config, seed=1, progress=False)
+    train_autoencoder(data.x, data.y, config.replace(epochs=2), seed=1, progress=False,
+                      checkpoint_path=tmp_path / "c.pt")
+    longer = train_autoencoder(data.x, data.y, config.replace(loss_backend="chunked"), seed=1, progress=False,
+                               checkpoint_path=tmp_path / "c.pt", resume=True)
+    assert [h["epoch"] for h in longer.history] == [0, 1, 2]
+    assert longer.history[2]["loss"] == pytest.approx(full.history[2]["loss"], rel=1e-4)
+
+
+def test_damaged_checkpoints_are_named_and_the_previous_one_is_used(tmp_path):
+    from snnl.checkpoints import CheckpointError, previous_path
+
+    data = digits_subset(128)
+    config = preset("snnl-5", **SMALL)
+    path = tmp_path / "seed0.pt"
+    train_autoencoder(data.x, data.y, config, seed=0, progress=False, checkpoint_path=path, stop_after_epochs=2)
+    assert load_checkpoint(previous_path(path))["epoch"] == 0 and load_checkpoint(path)["epoch"] == 1
+    intact = path.read_bytes()
+    for damage in (b"", intact[: len(intact) // 2], intact[:-5000] + bytes(5000)):  # empty, cut off, flipped bytes
+        path.write_bytes(damage)
+        with pytest.raises(CheckpointError, match=f"{path.name} (cannot be read|is damaged)"):
+            load_checkpoint(path)
+    # flip bits inside the stored tensors: the file still unpickles, the checksum catches it
+    flipped = bytearray(intact)
+    flipped[len(flipped) // 3] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="is damaged: its contents do not match the checksum"):
+        load_checkpoint(path)
+    with pytest.warns(UserWarning, match=r"is damaged.*resuming from the checkpoint before it, .*seed0.prev.pt"):
+        resumed = train_autoencoder(data.x, data.y, config, seed=0, progress=False, checkpoint_path=path,
+                                    resume=True)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    path.write_bytes(b"junk")
+    previous_path(path).write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"No intact checkpoint is left: delete .*seed0.pt"):
+        train_autoencoder(data.x, data.y, config, seed=0, progress=False, checkpoint_path=path, resume=True)
+
+
+def test_training_leaves_the_global_random_state_alone():
+    data = digits_subset(64)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 1}), seed=7, progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_progress_lines_when_not_on_a_terminal(capsys):
+    data = digits_subset(64)
+    train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 2}), seed=0, progress=True)
+    err = capsys.readouterr().err  # captured: not a terminal
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("snnl-5 epoch 1/2: loss=") and "T=1" in lines[0]
+    assert "\r" not in err and "\x1b" not in err
+    train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 1}), seed=0, progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def test_training_input_errors():

@@ -7,7 +7,10 @@ sets of the N2D paper (USPS, pendigits, HAR) and built-in ones.
     ((1347, 64), 10)
 
 Every dataset is a ``Dataset``: ``x`` (n, d) float32 in [0, 1], flattened,
-``y`` (n,) int64 class ids 0..k-1, and the class names.
+``y`` (n,) int64 class ids 0..k-1, the class names, and ``files``: what was
+read, with SHA-256 digests and the outcome of the checksum check (see
+``snnl.data.sources``), for metrics.json.  ``load_splits`` loads several
+splits from one place.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import sklearn
 from sklearn.model_selection import train_test_split
 
 from . import builtin, sources
 from .catalog import IDX_DATASETS, IdxDataset
 from .idx import IdxFormatError, read_idx
-from .sources import ChecksumError, DatasetNotFoundError
+from .sources import ChecksumError, DataMismatchError, DatasetNotFoundError
 from .text_formats import TEXT_DATASETS, load_text_dataset
 
 BUILTIN = ("digits", "blobs")
@@ -29,12 +33,14 @@ SPLITS = ("train", "test")
 __all__ = [
     "Dataset",
     "load_dataset",
+    "load_splits",
     "labelled_subset",
     "dataset_names",
     "train_and_test",
     "IdxFormatError",
     "DatasetNotFoundError",
     "ChecksumError",
+    "DataMismatchError",
 ]
 
 
@@ -46,6 +52,7 @@ class Dataset:
     y: np.ndarray
     classes: tuple[str, ...]
     image_shape: tuple[int, int] | None = None
+    files: tuple = ()  # provenance: what was read, with digests and the checksum check
 
     @property
     def n_classes(self) -> int:
@@ -55,76 +62,108 @@ class Dataset:
         return len(self.y)
 
     def subset(self, indices: np.ndarray) -> "Dataset":
-        return Dataset(self.name, self.split, self.x[indices], self.y[indices], self.classes, self.image_shape)
+        return Dataset(self.name, self.split, self.x[indices], self.y[indices], self.classes, self.image_shape,
+                       self.files)
 
 
 def dataset_names() -> list[str]:
     return [*BUILTIN, *IDX_DATASETS, *TEXT_DATASETS]
 
 
-def _load_idx(spec: IdxDataset, split: str, data_dir, download: bool) -> Dataset:
-    paths = sources.find_files(spec, split, data_dir)
-    if paths is None and download:
-        sources.download_dataset(spec)
-        paths = sources.find_files(spec, split, data_dir)
-    if paths is None:
-        raise DatasetNotFoundError(sources.not_found_message(spec, split, data_dir))
-    images, labels = read_idx(paths["images"]), read_idx(paths["labels"])
+def _read_checked(path, spec: IdxDataset, file_name: str) -> tuple[np.ndarray, dict]:
+    digests = {}
+    array = read_idx(path, digests)
+    expected_file = next((r.sha256 for r in spec.remote if r.name == file_name), None)
+    record = sources.check_file(path, spec.name, file_name, digests, spec.content_sha256.get(file_name),
+                                expected_file)
+    return array, record
+
+
+def _idx_split(spec: IdxDataset, split: str, paths: dict) -> Dataset:
+    images, image_record = _read_checked(paths[(split, "images")], spec, spec.files[(split, "images")])
+    labels, label_record = _read_checked(paths[(split, "labels")], spec, spec.files[(split, "labels")])
+    image_path, label_path = paths[(split, "images")], paths[(split, "labels")]
     if images.ndim != 3 or images.shape[1:] != spec.image_shape:
         raise IdxFormatError(
-            f"{paths['images']}: expected images of shape (n, {spec.image_shape[0]}, {spec.image_shape[1]}), "
+            f"{image_path}: expected images of shape (n, {spec.image_shape[0]}, {spec.image_shape[1]}), "
             f"got {images.shape}"
         )
     if labels.ndim != 1:
-        raise IdxFormatError(f"{paths['labels']}: expected a 1-D label array, got shape {labels.shape}")
+        raise IdxFormatError(f"{label_path}: expected a 1-D label array, got shape {labels.shape}")
     if len(images) != len(labels):
-        raise IdxFormatError(
-            f"{paths['images']} holds {len(images)} images but {paths['labels']} holds {len(labels)} labels"
-        )
+        raise IdxFormatError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels")
     if spec.transposed:
         images = images.transpose(0, 2, 1)
     y = labels.astype(np.int64) - spec.label_offset
     if len(y) and (y.min() < 0 or y.max() >= len(spec.classes)):
         raise IdxFormatError(
-            f"{paths['labels']}: labels span {y.min() + spec.label_offset}..{y.max() + spec.label_offset}, "
+            f"{label_path}: labels span {y.min() + spec.label_offset}..{y.max() + spec.label_offset}, "
             f"outside the {len(spec.classes)} classes of {spec.name}"
         )
     x = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    return Dataset(spec.name, split, x, y, spec.classes, spec.image_shape)
+    return Dataset(spec.name, split, x, y, spec.classes, spec.image_shape, (image_record, label_record))
 
 
-def load_dataset(name: str, split: str = "train", *, data_dir=None, download: bool = False, **options) -> Dataset:
-    """Load a split (``"train"`` or ``"test"``) of a named dataset.
+def _load_idx(spec: IdxDataset, splits, data_dir, download: bool) -> list[Dataset]:
+    paths = sources.find_files(spec, splits, data_dir)
+    if paths is None and download and data_dir is None:
+        sources.download_dataset(spec)
+        paths = sources.find_files(spec, splits, data_dir)
+    if paths is None:
+        raise DatasetNotFoundError(sources.not_found_message(spec, splits, data_dir))
+    return [_idx_split(spec, split, paths) for split in splits]
 
-    ``data_dir`` / ``download`` apply to the IDX datasets (see ``snnl.data.sources``
-    for where files are looked for).  ``options`` are the ``blobs`` parameters
-    (n_samples, n_features, centers, cluster_std, seed).
-    """
+
+def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def load_splits(name: str, splits=SPLITS, *, data_dir=None, download: bool = False, **options) -> list[Dataset]:
+    """Several splits of a named dataset, their files all from one directory
+    (so that a run never trains on one copy and tests on another).
+
+    ``data_dir``: the only place looked in when given (see
+    ``snnl.data.sources``); ``download`` applies to the IDX datasets when no
+    ``data_dir`` is given.  ``options`` are the ``blobs`` parameters
+    (n_samples, n_features, centers, cluster_std, seed).
+    """
+    splits = tuple(splits)
+    for split in splits:
+        _check_split(split)
     if options and name != "blobs":
         raise TypeError(f"{name} takes no options; got {sorted(options)}")
     if name == "digits":
-        x, y = builtin.digits(split)
-        return Dataset(name, split, x, y, tuple("0123456789"), (8, 8))
+        record = ({"file": "sklearn.datasets.load_digits", "scikit-learn": sklearn.__version__},)
+        return [Dataset(name, split, *builtin.digits(split), tuple("0123456789"), (8, 8), record) for split in splits]
     if name == "blobs":
-        x, y = builtin.blobs(split, **options)
-        return Dataset(name, split, x, y, tuple(str(i) for i in range(int(y.max()) + 1)), None)
+        record = ({"file": "sklearn.datasets.make_blobs", "options": builtin.blobs_options(**options),
+                   "scikit-learn": sklearn.__version__},)
+        out = []
+        for split in splits:
+            x, y = builtin.blobs(split, **options)
+            out.append(Dataset(name, split, x, y, tuple(str(i) for i in range(int(y.max()) + 1)), None, record))
+        return out
     if name in TEXT_DATASETS:
-        x, y, spec = load_text_dataset(name, split, data_dir)
-        return Dataset(name, split, x, y, spec.classes, spec.image_shape)
+        return [Dataset(name, split, x, y, spec.classes, spec.image_shape, records)
+                for split, (x, y, spec, records) in zip(splits, load_text_dataset(name, splits, data_dir))]
     if name not in IDX_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
-    return _load_idx(IDX_DATASETS[name], split, data_dir, download)
+    return _load_idx(IDX_DATASETS[name], splits, data_dir, download)
+
+
+def load_dataset(name: str, split: str = "train", *, data_dir=None, download: bool = False, **options) -> Dataset:
+    """One split (``"train"`` or ``"test"``) of a named dataset (see ``load_splits``)."""
+    _check_split(split)
+    return load_splits(name, (split,), data_dir=data_dir, download=download, **options)[0]
 
 
 def train_and_test(name: str, *, data_dir=None, download: bool = False, **options) -> Dataset:
     """Both splits in one dataset (split "all", training rows first): N2D
     clusters everything it is given."""
-    train = load_dataset(name, "train", data_dir=data_dir, download=download, **options)
-    test = load_dataset(name, "test", data_dir=data_dir, download=download, **options)
+    train, test = load_splits(name, ("train", "test"), data_dir=data_dir, download=download, **options)
     return Dataset(name, "all", np.concatenate([train.x, test.x]), np.concatenate([train.y, test.y]),
-                   train.classes, train.image_shape)
+                   train.classes, train.image_shape, train.files + test.files)
 
 
 def labelled_subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:

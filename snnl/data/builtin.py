@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.model_selection import train_test_split
@@ -22,29 +24,46 @@ def digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return (x_train, y_train) if split == "train" else (x_test, y_test)
 
 
-def blobs(
-    split: str,
-    *,
-    n_samples: int = 2000,
-    n_features: int = 32,
-    centers: int = 10,
-    cluster_std: float = 1.0,
-    seed: int = 0,
-    test_fraction: float = 0.25,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Isotropic Gaussian clusters, min-max scaled to [0, 1] per feature (so the
-    logistic reconstruction applies).  Train and test come from one draw."""
-    for name, value in (("n_samples", n_samples), ("n_features", n_features), ("centers", centers)):
-        if int(value) != value or value < 1:
+BLOBS_DEFAULTS = {"n_samples": 2000, "n_features": 32, "centers": 10, "cluster_std": 1.0, "seed": 0,
+                  "test_fraction": 0.25}
+
+
+def blobs_options(**options) -> dict:
+    """The ``blobs`` parameters with their defaults, checked (unknown names and
+    bad values are errors that say what is allowed)."""
+    unknown = sorted(set(options) - set(BLOBS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"blobs: unknown option(s) {', '.join(unknown)}; the options are "
+                         f"{', '.join(f'{k} (default {v})' for k, v in BLOBS_DEFAULTS.items())}")
+    merged = {**BLOBS_DEFAULTS, **options}
+    for name in ("n_samples", "n_features", "centers"):
+        value = merged[name]
+        if isinstance(value, bool) or not float(value).is_integer() or value < 1:
             raise ValueError(f"blobs: {name} must be a positive integer, got {value!r}")
-    if n_samples < 2 * centers:
-        raise ValueError(f"blobs: n_samples={n_samples} is too small for {centers} centers")
-    x, y = make_blobs(
-        n_samples=n_samples, n_features=n_features, centers=centers, cluster_std=cluster_std, random_state=seed
-    )
+        merged[name] = int(value)
+    if isinstance(merged["seed"], bool) or not float(merged["seed"]).is_integer() or not 0 <= merged["seed"] < 2**32:
+        raise ValueError(f"blobs: seed must be an integer in [0, 2**32), got {merged['seed']!r}")
+    merged["seed"] = int(merged["seed"])
+    if not (math.isfinite(merged["cluster_std"]) and merged["cluster_std"] > 0):
+        raise ValueError(f"blobs: cluster_std must be a finite number > 0, got {merged['cluster_std']!r}")
+    if not 0 < merged["test_fraction"] < 1:
+        raise ValueError(f"blobs: test_fraction must lie strictly between 0 and 1, got {merged['test_fraction']!r}")
+    if merged["n_samples"] < 2 * merged["centers"]:
+        raise ValueError(f"blobs: n_samples={merged['n_samples']} is too small for {merged['centers']} centers "
+                         "(at least 2 per center)")
+    return merged
+
+
+def blobs(split: str, **options) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic Gaussian clusters, min-max scaled to [0, 1] per feature (so the
+    logistic reconstruction applies).  Train and test come from one draw.
+    ``options``: see ``BLOBS_DEFAULTS``."""
+    o = blobs_options(**options)
+    x, y = make_blobs(n_samples=o["n_samples"], n_features=o["n_features"], centers=o["centers"],
+                      cluster_std=o["cluster_std"], random_state=o["seed"])
     low, high = x.min(axis=0), x.max(axis=0)
     x = ((x - low) / np.where(high > low, high - low, 1.0)).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y.astype(np.int64), test_size=test_fraction, stratify=y, random_state=seed
+        x, y.astype(np.int64), test_size=o["test_fraction"], stratify=y, random_state=o["seed"]
     )
     return (x_train, y_train) if split == "train" else (x_test, y_test)

@@ -3,12 +3,20 @@
 Checksums are those of the files as their authors publish them.  NIST
 publishes no SHA-256 for the EMNIST archive; it is checked by its exact size
 and the MD5 that torchvision and others have used for years.
+
+Local files are also checked by the SHA-256 of their *content* (the IDX
+bytes, decompressed): a recompressed copy, such as Debian's
+``dataset-fashion-mnist`` (the same deflate streams without the file name in
+the gzip header), has other gzip bytes but the same content.  The content
+digests of MNIST and Fashion-MNIST are those of the published files
+decompressed (Fashion-MNIST's computed here from Debian's package, whose
+content equals the published one; MNIST's as widely listed).
 """
 
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,7 @@ class IdxDataset:
     home: str = ""  # where people get it by hand
     image_shape: tuple[int, int] = (28, 28)
     labelled_default: int | None = None  # the paper's labelled training subset
+    content_sha256: dict = field(default_factory=dict)  # file name -> SHA-256 of the decompressed IDX bytes
 
 
 def _mnist_style_files(prefix: str = "") -> dict:
@@ -56,6 +65,18 @@ _FASHION_SHA256 = {
     "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
     "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
     "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+}
+_MNIST_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+_FASHION_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 _MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
 _FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
@@ -81,6 +102,7 @@ IDX_DATASETS: dict[str, IdxDataset] = {
         ),
         home="http://yann.lecun.com/exdb/mnist/ (mirrors: " + ", ".join(_MNIST_MIRRORS) + ")",
         labelled_default=10_000,
+        content_sha256=_MNIST_CONTENT_SHA256,
     ),
     "fashion-mnist": IdxDataset(
         name="fashion-mnist",
@@ -91,6 +113,7 @@ IDX_DATASETS: dict[str, IdxDataset] = {
         ),
         home="https://github.com/zalandoresearch/fashion-mnist (Debian/Ubuntu: apt-get install dataset-fashion-mnist)",
         labelled_default=10_000,
+        content_sha256=_FASHION_CONTENT_SHA256,
     ),
 }
 
@@ -120,3 +143,16 @@ for _split, (_classes, _offset, _labelled) in _EMNIST_SPLITS.items():
         home="https://www.nist.gov/itl/products-and-services/emnist-dataset (the 'gzip.zip' archive)",
         labelled_default=_labelled,
     )
+
+
+def known_files() -> dict[str, tuple[str, str]]:
+    """Every published digest (of a gzip file or of its content) -> (dataset,
+    file name): to recognise a file that belongs to another dataset."""
+    index = {}
+    for spec in IDX_DATASETS.values():
+        for remote in spec.remote:
+            if remote.sha256:
+                index[remote.sha256] = (spec.name, remote.name)
+        for name, digest in spec.content_sha256.items():
+            index[digest] = (spec.name, name)
+    return index

@@ -8,6 +8,7 @@ Every way a file can be wrong raises ``IdxFormatError`` naming the file.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 from pathlib import Path
 
@@ -42,10 +43,15 @@ def _read_bytes(path: Path) -> bytes:
         raise IdxFormatError(f"{path}: cannot be decompressed ({error}); the file is damaged or truncated") from None
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """The array stored in an IDX file (native byte order)."""
+def read_idx(path: str | os.PathLike, digests: dict | None = None) -> np.ndarray:
+    """The array stored in an IDX file (native byte order).  ``digests``, if
+    given, receives the SHA-256 of the file (``sha256``) and of its
+    decompressed content (``content_sha256``)."""
     path = Path(path)
     data = _read_bytes(path)
+    if digests is not None:
+        digests["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        digests["content_sha256"] = hashlib.sha256(data).hexdigest()
     if len(data) < 4:
         raise IdxFormatError(f"{path}: {len(data)} bytes is too short for an IDX header")
     if data[0] != 0 or data[1] != 0:

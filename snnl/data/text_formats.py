@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +70,14 @@ def _open_text(path: Path):
     return open(path)
 
 
-def _find(spec: TextDataset, relative: str, data_dir) -> Path | None:
-    for directory in sources.search_dirs(spec.name, data_dir):
-        for candidate in (relative, relative + ".bz2", relative + ".gz", Path(relative).name):
-            path = directory / candidate
-            if path.is_file():
-                return path
-    return None
+def _variants(directory: Path, relative: str) -> list[Path]:
+    return [directory / candidate for candidate in (relative, relative + ".bz2", relative + ".gz", Path(relative).name)]
+
+
+def _record(path: Path) -> dict:
+    """Provenance of a text file: no checksums are published for these sets."""
+    return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "check": "no published checksum to compare with"}
 
 
 def _read_libsvm(path: Path, n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,15 +112,23 @@ def _expect(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def load_text_dataset(name: str, split: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, TextDataset]:
+def load_text_dataset(name: str, splits, data_dir=None) -> list[tuple[np.ndarray, np.ndarray, TextDataset, tuple]]:
+    """(x, y, spec, file records) per split; all files from one directory."""
     spec = TEXT_DATASETS[name]
-    paths = [_find(spec, relative, data_dir) for relative in spec.files[split]]
-    if any(p is None for p in paths):
+    wanted = [relative for split in splits for relative in spec.files[split]]
+    found = sources.locate(wanted, sources.search_dirs(spec.name, data_dir), variants=_variants)
+    if found is None:
         looked = "\n".join(f"  {d}" for d in sources.search_dirs(spec.name, data_dir))
         raise sources.DatasetNotFoundError(
-            f"{name} ({split}): {' and '.join(spec.files[split])} not found in:\n{looked}\n"
+            f"{name} ({', '.join(splits)}): {', '.join(wanted)} are not all in one of:\n{looked}\n"
             f"Get the files from {spec.home} and pass --data-dir DIR (or set SNNL_DATA)."
         )
+    return [(*_read_split(spec, [found[r] for r in spec.files[split]]), spec,
+             tuple(_record(found[r]) for r in spec.files[split])) for split in splits]
+
+
+def _read_split(spec: TextDataset, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    name = spec.name
     if name == "usps":
         x, labels = _read_libsvm(paths[0], 256)
         _expect(labels.min() >= 1 and labels.max() <= 10, f"{paths[0]}: USPS labels must be 1-10")
@@ -136,5 +146,4 @@ def load_text_dataset(name: str, split: str, data_dir=None) -> tuple[np.ndarray,
         y = labels[:, 0].astype(np.int64) - 1
         _expect(y.min() >= 0 and y.max() <= 5, f"{paths[1]}: HAR activities must be 1-6")
         x = (x + 1.0) / 2.0
-    x = np.clip(x, 0.0, 1.0).astype(np.float32)
-    return x, y, spec
+    return np.clip(x, 0.0, 1.0).astype(np.float32), y

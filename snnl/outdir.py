@@ -1,0 +1,115 @@
+"""The output directory of a run: whose it is, and who may write to it.
+
+- ``claim``: a run writes only into a new or empty directory, or into the
+  directory of an earlier snnl run when resuming it.  A directory holding
+  anything else is refused, naming what is there: snnl never writes into
+  someone else's files.
+- ``locked``: one process at a time.  A second run on the same directory (two
+  terminals, a cluster job started twice) fails at once instead of both
+  writing; the lock dies with the process that holds it, so a crash leaves no
+  stale lock behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+LOCK_NAME = ".snnl.lock"
+METHODS = ("snnl", "n2d")  # config.json "method" of the two kinds of run
+
+
+def stored_config(out_dir: Path) -> dict | None:
+    """The configuration of the snnl run in ``out_dir``, or None if it holds none."""
+    path = Path(out_dir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and config.get("method") in METHODS else None
+
+
+def claim(out_dir: str | os.PathLike, resume: bool) -> dict | None:
+    """Make sure ``out_dir`` may receive this run; return the stored
+    configuration when resuming one (None for a fresh directory)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} is a file, not a directory: choose another --out")
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True)
+        return None
+    stored = stored_config(out_dir)
+    if stored is not None:
+        if not resume:
+            raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
+        return stored
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if p.name != LOCK_NAME)
+    if entries:
+        shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+        raise FileExistsError(
+            f"{out_dir} is not empty and holds no snnl run ({shown}): snnl writes only into a new or empty "
+            "directory, or one of its own runs; choose another --out"
+        )
+    return None  # empty: a fresh run (or a resumed one that never got to write its configuration)
+
+
+@contextmanager
+def locked(out_dir: str | os.PathLike):
+    """Hold ``out_dir``'s lock for the life of the block (POSIX advisory lock)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): no lock, as before
+            pass
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise BlockingIOError(
+                f"{out_dir} is in use by another snnl run ({holder}); wait for it to finish or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this machine'}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def resume_changes(stored: dict, config) -> list[tuple[str, object, object]]:
+    """The changes a resumed run makes to its stored configuration, as
+    (field, stored, new).  Raises ``ValueError`` naming every change that
+    would alter the models trained so far; allowed are the options of the
+    stages after training (``config.EVALUATION_FIELDS``: those stages are
+    redone), where data and computation live and the seeds
+    (``config.PLACEMENT_FIELDS``), and the training options in
+    ``snnl.train.RESUMABLE_CHANGES`` (a larger number of epochs extends
+    training)."""
+    from .train import RESUMABLE_CHANGES, config_changes, describe_changes
+
+    stored = type(config).from_dict(stored).to_dict()  # fields added since take the defaults of then
+    changes = config_changes(stored, config.to_dict())
+    free = set(config.EVALUATION_FIELDS) | set(config.PLACEMENT_FIELDS)
+    train_key = "train" if "train" in stored else "autoencoder"
+    allowed_train = {f"{train_key}.{name}" for name in RESUMABLE_CHANGES}
+    refused = [c for c in changes if c[0].split(".")[0] not in free and c[0] not in allowed_train]
+    if refused:
+        raise ValueError(
+            f"--resume cannot change what the trained models depend on: {describe_changes(refused)}. "
+            "Leave these options out to use the stored ones, or start a new --out"
+        )
+    for name, old, new in changes:
+        if name == f"{train_key}.epochs" and new < old:
+            raise ValueError(f"--resume cannot shorten training ({name}: {old} -> {new}): the checkpoints are "
+                             "further along; use a new --out for fewer epochs")
+    return changes

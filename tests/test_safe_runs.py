@@ -1,0 +1,241 @@
+"""Nothing of the user's lost: output directories, options checked before any
+training, what --resume may change, damaged checkpoints, the run lock, the
+table of runs and the logs.  CLI cases run in-process through ``snnl.cli.main``."""
+
+import json
+import re
+import time
+
+import pytest
+
+from snnl import outdir, pipeline
+from snnl.cli import main
+from snnl.manifold import umap_learn_status
+
+# a small network and few epochs: every case below runs in seconds
+FAST = ["--epochs", "1", "--batch-size", "128", "--kmeans-restarts", "1", "--projection", "none", "--quiet"]
+SMALL_NET = ["--code-dim", "8"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails the test if any model starts training."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started although an option was invalid")
+
+    monkeypatch.setattr(pipeline, "train_autoencoder", refuse)
+    from snnl import n2d
+
+    monkeypatch.setattr(n2d, "train_autoencoder", refuse)
+
+
+def run(*args):
+    return exit_code(["run", *FAST, *SMALL_NET, *args])
+
+
+def exit_code(argv) -> int:
+    """main's return value, or the exit code of argparse's own errors."""
+    try:
+        return main(argv)
+    except SystemExit as error:
+        return error.code
+
+
+# --------------------------------------------------------------------------- output directories
+
+
+def test_a_directory_of_someone_elses_files_is_refused_and_left_alone(tmp_path, capsys, no_training):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text("my own numbers")
+    (out / "notes").mkdir()
+    assert run("--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "is not empty and holds no snnl run (metrics.json, notes/)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "notes"]  # not even a lock file
+    assert (out / "metrics.json").read_text() == "my own numbers"
+
+
+def test_a_file_as_out_and_a_finished_run_without_resume(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert run("--out", str(tmp_path / "file")) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert run("--out", str(out)) == 0
+    capsys.readouterr()
+    assert run("--out", str(out)) == 2
+    assert "already holds a run: pass --resume" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert run("--out", str(tmp_path / "empty")) == 0  # an empty directory is fine
+
+
+# --------------------------------------------------------------------------- options checked first
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--seeds", "-1"], r"seeds must be integers in \[0, 2\*\*32\), got -1"),
+    (["--seeds", "0,0"], "seeds must not repeat; 0 appear"),
+    (["--kmeans-restarts", "0"], "kmeans_restarts must be an integer >= 1, got 0"),
+    (["--silhouette-sample", "0"], "silhouette_sample must be an integer >= 2, got 0"),
+    (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    (["--labelled", "5000"], "5000 labelled examples asked for, but the digits training set has 1347"),
+    (["--dataset", "blobs", "--blobs", "n_sample=50"], r"blobs: unknown option\(s\) n_sample; the options are"),
+    (["--dataset", "blobs", "--blobs", "centers=x"], "--blobs centers: 'x' is not a number"),
+    (["--blobs", "centers=3"], "dataset options are blobs parameters; digits takes none"),
+])
+def test_snnl_run_options_are_checked_before_training(tmp_path, capsys, no_training, options, message):
+    started = time.perf_counter()
+    assert run("--out", str(tmp_path / "run"), *options) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--umap-neighbors", "1"], "umap_neighbors must be an integer >= 2, got 1"),
+    (["--n-clusters", "1"], "n_clusters must be an integer >= 2, got 1"),
+    (["--n-clusters", "5000"], "n_clusters=5000 is more than the 1797 points to cluster"),
+    (["--manifold", "isomap", "--umap-fit-sample", "5"], "fit_sample must be an integer >= 21"),
+])
+def test_snnl_n2d_options_are_checked_before_training(tmp_path, capsys, no_training, options, message):
+    assert main(["n2d", "--epochs", "1", "--quiet", "--out", str(tmp_path / "n2d"), *options]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_umap_is_reported_before_training(tmp_path, capsys, no_training, monkeypatch):
+    from snnl import manifold
+
+    monkeypatch.setattr(manifold, "umap_learn_status", lambda: (False, "umap-learn is not installed (pip install "
+                                                                       "'snnl[umap]')"))
+    monkeypatch.setattr(manifold, "cuml_status", lambda: (False, "cuML is not installed"))
+    assert main(["n2d", "--epochs", "1000", "--quiet", "--out", str(tmp_path / "n2d")]) == 2
+    assert "UMAP needs cuML or umap-learn: umap-learn is not installed (pip install 'snnl[umap]')" in \
+        capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_names_each_change_it_refuses(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("--out", str(out), "--seeds", "0,1") == 0
+    capsys.readouterr()
+    assert run("--out", str(out), "--resume", "--alpha", "50", "--config", "snnl-1") == 2
+    err = capsys.readouterr().err
+    assert "--resume cannot change what the trained models depend on:" in err
+    assert "train.alpha: 100.0 -> 50.0" in err and "train.name: 'snnl-5' -> 'snnl-1'" in err
+    assert "train.temperature: 'annealing' -> 'fixed'" in err
+    assert main(["run", "--out", str(out), "--resume", "--epochs", "0", "--quiet"]) == 2
+    assert "epochs must be a positive integer" in capsys.readouterr().err
+
+
+def test_resume_takes_the_stored_options_and_redoes_only_the_evaluation(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run("--out", str(out), "--seeds", "0,1", "--kmeans-restarts", "1") == 0
+    capsys.readouterr()
+    before = json.loads((out / "metrics.json").read_text())
+    trained = []
+    original = pipeline.train_autoencoder
+
+    def spy(*args, **kwargs):
+        result = original(*args, **kwargs)
+        trained.append(len(result.history))
+        return result
+
+    monkeypatch.setattr(pipeline, "train_autoencoder", spy)
+    # nothing but the k-means restarts given: everything else is the stored run's
+    assert main(["run", "--out", str(out), "--resume", "--kmeans-restarts", "3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "kmeans_restarts: 1 -> 3" in err
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["config"]["kmeans_restarts"] == 3 and after["config"]["train"] == before["config"]["train"]
+    assert trained == [1, 1]  # both seeds evaluated again, from their checkpoints: no epoch trained again
+    assert json.loads((out / "seeds" / "seed1.json").read_text())["evaluation"]["kmeans_restarts"] == 3
+    # unchanged options: the finished second seed is reused as it is
+    trained.clear()
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert trained == [1]
+    # a larger --epochs extends training
+    trained.clear()
+    assert main(["run", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert trained == [2, 2] and json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_resume_needs_the_checkpoint_to_evaluate_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("--out", str(out), "--seeds", "0,1") == 0
+    for path in (out / "checkpoints").glob("seed1*"):
+        path.unlink()
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--resume", "--kmeans-restarts", "2", "--quiet"]) == 2
+    assert "seed 1 must be evaluated again (its options changed) but its checkpoint" in capsys.readouterr().err
+
+
+def test_resume_with_damaged_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run("--out", str(out), "--epochs", "2") == 0
+    capsys.readouterr()
+    (out / "checkpoints" / "seed0.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match="seed0.pt cannot be read .*resuming from the checkpoint before it"):
+        assert main(["run", "--out", str(out), "--resume", "--epochs", "3", "--quiet"]) == 0
+    for name in ("seed0.pt", "seed0.prev.pt"):
+        (out / "checkpoints" / name).write_bytes(b"garbage")
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--resume", "--epochs", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "seed0.pt cannot be read" in err and "No intact checkpoint is left: delete" in err
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    with outdir.locked(out):
+        assert run("--out", str(out)) == 2
+    assert "is in use by another snnl run (pid" in capsys.readouterr().err
+    assert run("--out", str(out)) == 0  # the lock went with its holder
+
+
+# --------------------------------------------------------------------------- the table of runs, and logs
+
+
+def test_table_names_bad_files_leaves_out_unfinished_runs_and_says_what_each_row_is(tmp_path, capsys):
+    out = tmp_path / "done"
+    assert run("--out", str(out), "--config", "snnl-1") == 0
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    capsys.readouterr()
+    assert main(["table", str(out), str(unfinished)]) == 0
+    captured = capsys.readouterr()
+    assert "left out " + str(unfinished) in captured.err
+    assert "| run | dataset | method |" in captured.out and "| done | digits | snnl-1 |" in captured.out
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metrics.json").write_text("{not json")
+    assert main(["table", str(out), str(broken)]) == 2
+    assert f"{broken / 'metrics.json'} is not a readable snnl metrics file" in capsys.readouterr().err
+    (tmp_path / "t.md").write_text("mine")
+    assert main(["table", str(out), "--output", str(tmp_path / "t.md")]) == 2
+    assert "pass --force" in capsys.readouterr().err and (tmp_path / "t.md").read_text() == "mine"
+
+
+def test_logs_are_plain_lines_when_redirected(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "128", "--code-dim", "8",
+                 "--kmeans-restarts", "1", "--projection", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "snnl-5 epoch 1/2: loss=" in err and "snnl-5 epoch 2/2: loss=" in err
+    assert "\r" not in err and "\x1b[" not in err
+
+
+@pytest.mark.skipif(not umap_learn_status()[0], reason="umap-learn is not installed")
+def test_n2d_resume_may_change_the_manifold_but_not_the_autoencoder(tmp_path, capsys):
+    out = tmp_path / "n2d"
+    assert main(["n2d", "--epochs", "1", "--quiet", "--manifold", "none", "--projection", "none",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["n2d", "--out", str(out), "--resume", "--manifold", "isomap", "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["manifold"]["method"] == "isomap"
+    capsys.readouterr()
+    assert main(["n2d", "--out", str(out), "--resume", "--lr", "0.01", "--quiet"]) == 2
+    assert "autoencoder.learning_rate: 0.001 -> 0.01" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "holds an `snnl n2d` run: resume it with `snnl n2d --resume`" in capsys.readouterr().err
