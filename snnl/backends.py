@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .cluster import faiss_status
-from .loss.blocked import compile_enabled
+from .loss.compiled import compile_enabled
 from .loss.validation import triton_available
 from .manifold import cuml_status, umap_learn_status
 

@@ -38,7 +38,8 @@ from .loss_cases import (
 )
 
 triton = pytest.importorskip("triton", reason="the triton backend tests need the triton package")
-from snnl.loss.fused import fused_rows  # noqa: E402  (imports triton)
+from snnl.kernels.soft_nearest_neighbor import TileConfig  # noqa: E402  (imports triton)
+from snnl.loss.fused import fused_rows  # noqa: E402
 
 
 def prepared(distance):
@@ -53,7 +54,10 @@ def backend_rows(backend, distance, eps, **kw):
     if backend == "blocked":  # normalises the raw points itself
         return lambda z, y, t: blocked_rows(z, y, t, not cosine, eps, block_rows=kw.get("block_rows", 7))
     if backend == "triton":
-        return lambda z, y, t: fused_rows(prep(z), y, t, cosine, eps, kw.get("blocks", (16, 16, 16)))
+        # 16-row tiles: every batch spans several row tiles and key-range
+        # parts; 64-wide feature chunks: d > 64 takes the chunked path (the
+        # interpreter's time grows with the square of the number of chunks)
+        return lambda z, y, t: fused_rows(prep(z), y, t, cosine, eps, kw.get("config", TileConfig(16, 16, 64)))
     return lambda z, y, t: reference_rows(z, y, t, distance, eps)
 
 
@@ -118,10 +122,23 @@ def test_triton_matches_reference(b, d, pattern, temperature, distance, eps):
     compare("triton", b, d, pattern, temperature, distance, eps)
 
 
+def test_launches_refuse_operands_not_padded_for_their_feature_chunks():
+    # the kernels read whole feature chunks without masks: a buffer padded for
+    # 16-wide chunks must not be read in 64-wide ones
+    from snnl.kernels.soft_nearest_neighbor import forward_launch, operands
+
+    ops = operands(torch.randn(8, 5), "ieee")
+    assert ops[0].shape == (8, 16) and operands(torch.randn(8, 5), "ieee", 64)[0].shape == (8, 64)
+    codes = torch.zeros(8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="feature chunks of 64"):
+        forward_launch(ops, ops, codes, codes, None, None, torch.tensor(1.0), 0, config=TileConfig(16, 16, 64))
+
+
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-def test_triton_default_blocks_and_register_accumulation(distance):
-    # Default launcher blocks: the feature dimension fits one chunk.
-    compare("triton", 70, 45, "few_classes", 0.5, distance, 1e-5, blocks=None)
+def test_triton_default_configuration(distance):
+    # The configuration the launcher picks (pinned under the interpreter): the
+    # feature dimension fits one chunk, loaded once per row tile.
+    compare("triton", 70, 45, "few_classes", 0.5, distance, 1e-5, config=None)
 
 
 @pytest.mark.parametrize("backend", ["chunked", "blocked", "triton"])

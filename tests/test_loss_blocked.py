@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from snnl import soft_nearest_neighbor_loss
-from snnl.loss import blocked
+from snnl.loss import blocked, shared_exp
+from snnl.loss import compiled as compiled_module
 from snnl.loss.blocked import _bounds, _tile_pairs, blocked_rows
 from snnl.loss.reference import reference_rows
 
@@ -47,13 +48,13 @@ def check(b, d, pattern, temperature, distance, eps, block_rows, dtype=torch.flo
 def exact_rows_calls(monkeypatch):
     """Counts the rows that went through the exact pass for far rows."""
     calls = []
-    original = blocked._exact_rows
+    original = shared_exp._exact_logits
 
     def spy(rows, *args):
         calls.append(rows.shape[0])
         return original(rows, *args)
 
-    monkeypatch.setattr(blocked, "_exact_rows", spy)
+    monkeypatch.setattr(shared_exp, "_exact_logits", spy)
     return calls
 
 
@@ -177,7 +178,7 @@ def test_compilation_failure_falls_back_to_eager_once(compiled, monkeypatch):
             raise RuntimeError("no C++ compiler here")
         return run
 
-    fresh = blocked._Compiled(blocked.dense_forward)
+    fresh = compiled_module.Compiled(blocked.dense_forward)
     monkeypatch.setattr(blocked, "_dense_forward", fresh)
     monkeypatch.setattr(torch, "compile", broken)
     z, labels = torch.randn(20, 5), torch.randint(0, 3, (20,))

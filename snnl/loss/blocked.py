@@ -4,26 +4,9 @@ The batch is cut into blocks of rows.  In the square case (the batch against
 itself) the logits are symmetric, s_ij = s_ji, so each unordered pair of
 blocks (I <= J) is computed once and serves both its rows and its columns:
 about half the products and exponentials of a pass of row blocks against the
-whole batch (``chunked``).  Memory stays O(b * block).
-
-One exponential per pair, shared by both directions and by both sums, needs
-one shift common to every row.  The logits s = -d / T are <= 0 for both
-distances, so the shift is 0 and w_ij = exp(s_ij) never overflows.  Per row
-
-    S_i = sum_{j != i} w_ij,   N_i = sum_{j != i, y_j = y_i} w_ij,
-
-and the backward pass, from the upstream coefficients g_all = dl/d log S and
-g_same = dl/d log N (``rowwise.row_coefficients``), needs for each pair
-
-    dl_i/ds_ij = w_ij (a_i + [y_i = y_j] c_i),   a_i = g_all_i / S_i,  c_i = g_same_i / N_i,
-
-again one exponential shared by the pair's two rows.  The price of the
-common shift: a row whose sum falls below exp(-FAR[dtype]) (its neighbours,
-or its same-class neighbours, all more than about FAR * T away) may have lost
-precision to underflow.  Such "far" rows are recomputed exactly, each with its
-own maximum, in a pass of those rows against the whole batch
-(``_exact_rows``), forward and backward.  At ordinary temperatures there are
-none; at T = 0.01 there can be a few.
+whole batch (``chunked``).  Memory stays O(b * block).  The exponential of a
+pair is computed once and shared by both directions and both sums, forward
+and backward, with the exact pass for "far" rows (``shared_exp``).
 
 With few classes the forward tiles get their sums from two thin products with
 one-hot label matrices (W @ Y and Y^T @ W: the mass on each class per row and
@@ -45,25 +28,17 @@ results are deterministic.
 
 from __future__ import annotations
 
-import math
-import os
-import types
-import warnings
-
 import torch
 
-from .rowwise import row_coefficients, rows_loss
+from .compiled import Compiled as _Compiled
+from .rowwise import rows_loss
+from .shared_exp import FAR, exact_backward, exact_forward, far_rows, log_sums, shared_coefficients
+from .shared_exp import logits as pair_logits
 
 # Rows of one block.  1024^2 tiles (4 MiB in fp32) keep the products
 # (1024 x d x 1024) near the GEMM's peak while a few temporaries stay cache
 # sized; 512-2048 measure within 20% of each other (bench/test_loss_cpu.py).
 BLOCK_ROWS = 1024
-
-# A row whose sum of exp(s) is below exp(-FAR) may have lost precision to
-# underflow.  fp32: exp() is subnormal below exp(-87); with the row's sum at
-# least exp(-50), all its subnormal terms together (at most 2^17 of them below
-# exp(-87)) are under exp(-75), far below one rounding error of the sum.
-FAR = {torch.float32: 50.0, torch.float64: 600.0}
 
 # Up to this many classes in a batch, the forward tiles sum per class with
 # thin products against one-hot label matrices instead of comparing labels
@@ -91,17 +66,6 @@ def normalize_backward(raw, x, norm, temperature):
     return (g - x * radial[:, None]) / norm[:, None]
 
 
-def _logits(a, b, aux_a, aux_b, temperature, euclidean: bool):
-    """s = -d / T of rows ``a`` against rows ``b``, and the mask of Euclidean
-    distances that were not clamped at 0 (the clamp passes no gradient).
-    ``aux`` are the squared norms (Euclidean; unused for the cosine distance)."""
-    dots = a @ b.T
-    if euclidean:
-        raw = aux_a[:, None] + aux_b[None, :] - 2.0 * dots
-        return -raw.clamp_min(0.0) / temperature, raw >= 0
-    return (dots - 1.0) / temperature, None
-
-
 def _weights(logits, ids_a, ids_b, self_pairs: bool):
     """w = exp(s), exactly 0 on self pairs (equal ids: the points' indices in
     the key batch).  Only tiles that can hold a self pair compare ids."""
@@ -116,7 +80,7 @@ def forward_tile(a, aux_a, codes_a, ids_a, onehot_a, onehot_t_a, b, aux_b, codes
     sums.  With one-hot label matrices (``onehot_t`` their transposed copies)
     the sums come from W @ Y_b and Y_a^T @ W; with none (empty matrices: many
     classes) from comparing the label codes pair by pair."""
-    logits, _ = _logits(a, b, aux_a, aux_b, temperature, euclidean)
+    logits, _ = pair_logits(a, b, aux_a, aux_b, temperature, euclidean)
     w = _weights(logits, ids_a, ids_b, not columns)
     if onehot_a.shape[1] > 0:
         per_class = w @ onehot_b
@@ -140,7 +104,7 @@ def backward_tile(a, aux_a, codes_a, ids_a, coef_a, same_coef_a, b, aux_b, codes
     terms; s is symmetric).  Returns H @ b, H^T @ a, the row and column sums
     of H (Euclidean distance) and sum(H * s) (for the temperature's gradient).
     """
-    logits, unclamped = _logits(a, b, aux_a, aux_b, temperature, euclidean)
+    logits, unclamped = pair_logits(a, b, aux_a, aux_b, temperature, euclidean)
     w = _weights(logits, ids_a, ids_b, not columns)
     same = codes_a[:, None] == codes_b[None, :]
     h = w * (coef_a[:, None] + torch.where(same, same_coef_a[:, None], 0.0))
@@ -169,27 +133,9 @@ def dense_forward(z, labels, temperature, euclidean: bool, far: float):
     same = (labels[:, None] == labels[None, :]) & not_self
     w = torch.where(not_self, torch.exp(logits), 0.0)
     sum_all, sum_same = w.sum(1), torch.where(same, w, 0.0).sum(1)
-    lse_all = torch.where(sum_all > 0, torch.log(sum_all), -math.inf)
-    # A same-class sum that underflowed to 0 marks a far row, not a row
-    # without same-class neighbours.
-    lse_same = torch.where(sum_same > 0, torch.log(sum_same), torch.where(same.any(1), -2.0 * far, -math.inf))
-    far_rows = (lse_all < -far) | (lse_same.isfinite() & (lse_same < -far))
-    return x, aux, w, kept, lse_all, lse_same, far_rows
-
-
-def shared_coefficients(lse_all, lse_same, eps: float, grad_rows, far: float):
-    """a = g_all / S and c = g_same / N for the shared-exp terms (0 where the
-    exact pass computes a row's terms instead, and where N = 0), the upstream
-    coefficients themselves, and the masks of rows whose all-pairs terms
-    (far_all) or same-class terms (far_same) the exact pass computes."""
-    g_all, g_same = row_coefficients(lse_all, lse_same, eps, grad_rows)
-    has_same = lse_same.isfinite()
-    far_all = lse_all < -far
-    far_same = (has_same & (lse_same < -far)) | far_all
-    coef = torch.where(far_all, 0.0, g_all * torch.exp(-torch.where(far_all, 0.0, lse_all)))
-    shared_same = has_same & ~far_same
-    same_coef = torch.where(shared_same, g_same * torch.exp(-torch.where(shared_same, lse_same, 0.0)), 0.0)
-    return coef, same_coef, g_all, g_same, far_all, far_same
+    lse_all, lse_same = log_sums(sum_all, sum_same, same.sum(1), far)
+    far_mask = (lse_all < -far) | (lse_same.isfinite() & (lse_same < -far))
+    return x, aux, w, kept, lse_all, lse_same, far_mask
 
 
 def dense_backward(x, labels, w, kept, lse_all, lse_same, eps: float, grad_rows, far: float, euclidean: bool):
@@ -204,49 +150,6 @@ def dense_backward(x, labels, w, kept, lse_all, lse_same, eps: float, grad_rows,
     if euclidean:
         h = torch.where(kept <= 0.0, h, 0.0)  # a distance clamped at 0 passes no gradient
     return h @ x, h.sum(1), weighted, g_all, g_same, far_all, far_same
-
-
-def compile_enabled() -> bool:
-    """Compiled elementwise work unless SNNL_COMPILE=0."""
-    return os.environ.get("SNNL_COMPILE", "1") != "0"
-
-
-class _Compiled:
-    """``torch.compile`` of a function, one compilation per variant, with a
-    permanent eager fallback (and one warning) if compilation fails here.
-
-    A variant is the dtype of the first tensor argument and the values of
-    the non-tensor arguments (flags such as ``euclidean``).  Each variant
-    compiles a copy of the function with its own code object, so that each
-    has its own cache: variants never count against each other's recompile
-    limit (8 per code object), past which dynamo would silently run eagerly.
-    """
-
-    def __init__(self, fn):
-        self.fn, self.variants, self.failed = fn, {}, False
-
-    def _variant(self, args):
-        dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor))
-        key = (dtype, *(a for a in args if not isinstance(a, torch.Tensor) and a is not None))
-        compiled = self.variants.get(key)
-        if compiled is None:
-            code = self.fn.__code__.replace()  # a copy: a cache of its own
-            copy = types.FunctionType(code, self.fn.__globals__, self.fn.__name__, self.fn.__defaults__,
-                                      self.fn.__closure__)
-            compiled = self.variants[key] = torch.compile(copy, dynamic=True)
-        return compiled
-
-    def __call__(self, *args):
-        if self.failed or not compile_enabled():
-            return self.fn(*args)
-        try:
-            return self._variant(args)(*args)
-        except Exception as error:  # no C++ compiler, an unsupported platform, ...
-            self.failed = True
-            first_line = str(error).splitlines()[0] if str(error) else ""
-            warnings.warn(f"snnl: torch.compile of {self.fn.__name__} failed ({type(error).__name__}: {first_line}); "
-                          "running it eagerly", stacklevel=3)
-            return self.fn(*args)
 
 
 _normalize = _Compiled(normalize)
@@ -328,19 +231,6 @@ def _tile_pairs(q_blocks, k_blocks, square: bool):
     return [(i, j, False) for i in range(len(q_blocks)) for j in range(len(k_blocks))]
 
 
-def _log(sums):
-    return torch.where(sums > 0, torch.log(sums), torch.full_like(sums, -math.inf))
-
-
-def _exact_rows(rows, keys, row_labels, key_labels, row_ids, row_aux, key_aux, temperature, euclidean):
-    """Logits of a few rows against all keys with the masks (self pairs, same
-    class, unclamped): the exact fallback for far rows."""
-    logits, unclamped = _logits(rows, keys, row_aux, key_aux, temperature, euclidean)
-    not_self = row_ids[:, None] != torch.arange(keys.shape[0], device=keys.device)[None, :]
-    same = (row_labels[:, None] == key_labels[None, :]) & not_self
-    return logits, not_self, same, unclamped
-
-
 # --------------------------------------------------------------------------- the autograd Function
 
 
@@ -360,7 +250,7 @@ class BlockedSoftNearestNeighbor(torch.autograd.Function):
             q, q_aux, *kept, lse_all, lse_same, far_mask = _dense_forward(queries, query_labels, temperature,
                                                                           euclidean, far)
             k, k_aux, q_ids = q, q_aux, torch.arange(q.shape[0], device=q.device)
-            far_rows = torch.nonzero(far_mask).flatten()
+            far_index = torch.nonzero(far_mask).flatten()
         else:
             kept = ()
             q, q_aux = _prepare(queries, euclidean)
@@ -380,16 +270,10 @@ class BlockedSoftNearestNeighbor(torch.autograd.Function):
                 if columns:
                     sum_all[j0:j1] += sums[2]
                     sum_same[j0:j1] += sums[3]
-            lse_all, lse_same = _log(sum_all), _log(sum_same)
-            # A same-class sum that underflowed to 0 marks a far row, not a row
-            # without same-class neighbours.
-            lse_same = torch.where((same_count > 0) & (sum_same == 0), -2 * far, lse_same)
-            far_rows = torch.nonzero((lse_all < -far) | (torch.isfinite(lse_same) & (lse_same < -far))).flatten()
-        if far_rows.numel():
-            logits, not_self, same, _ = _exact_rows(q[far_rows], k, query_labels[far_rows], key_labels,
-                                                    q_ids[far_rows], q_aux[far_rows], k_aux, temperature, euclidean)
-            lse_all[far_rows] = torch.logsumexp(logits.masked_fill(~not_self, -math.inf), dim=1)
-            lse_same[far_rows] = torch.logsumexp(logits.masked_fill(~same, -math.inf), dim=1)
+            lse_all, lse_same = log_sums(sum_all, sum_same, same_count, far)
+            far_index = far_rows(lse_all, lse_same, far)
+        exact_forward(far_index, q, k, query_labels, key_labels, q_ids, q_aux, k_aux, temperature, euclidean,
+                      lse_all, lse_same)
         ctx.save_for_backward(q, k, q_aux, k_aux, query_labels, key_labels, temperature, lse_all, lse_same, *kept)
         ctx.offset, ctx.euclidean, ctx.eps, ctx.block_rows, ctx.square = offset, euclidean, eps, block_rows, square
         return rows_loss(lse_all, lse_same, eps)
@@ -430,21 +314,10 @@ class BlockedSoftNearestNeighbor(torch.autograd.Function):
                     hsum_q[i0:i1] += hsum_a
                     hsum_k[j0:j1] += hsum_b
 
-        rows = torch.nonzero(far_same).flatten()
-        if rows.numel():  # the far rows' terms, each with its own maximum
-            logits, not_self, same, unclamped = _exact_rows(q[rows], k, query_labels[rows], key_labels, q_ids[rows],
-                                                            q_aux[rows], k_aux, temperature, euclidean)
-            p_all = torch.exp(logits - lse_all[rows, None]).masked_fill(~not_self, 0.0)
-            finite_same = torch.where(lse_same[rows].isfinite(), lse_same[rows], 0.0)
-            p_same = torch.exp(logits - finite_same[:, None]).masked_fill(~same, 0.0)
-            h = torch.where(far_all[rows, None], g_all[rows, None] * p_all, 0.0) + g_same[rows, None] * p_same
-            weighted = weighted + (h * logits.masked_fill(~not_self, 0.0)).sum()
-            if euclidean:
-                h = h * unclamped
-                hsum_q[rows] += h.sum(1)
-                hsum_k += h.sum(0)
-            raw_q[rows] += h @ k
-            raw_k += h.T @ q[rows]
+        # the far rows' terms, each with its own maximum
+        weighted = weighted + exact_backward(far_all, far_same, q, k, query_labels, key_labels, q_ids, q_aux, k_aux,
+                                             temperature, euclidean, lse_all, lse_same, g_all, g_same,
+                                             raw_q, hsum_q, raw_k, hsum_k)
 
         grad_q = _points_gradient(raw_q, hsum_q, q, q_aux, temperature, euclidean)
         grad_k = None if square else _points_gradient(raw_k, hsum_k, k, k_aux, temperature, euclidean)

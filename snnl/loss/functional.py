@@ -37,6 +37,7 @@ def soft_nearest_neighbor_loss(
     eps: float = 1e-5,
     reduction: str = "mean",
     backend: str = "auto",
+    precision: str = "tf32x3",
 ) -> torch.Tensor:
     """Soft nearest neighbor loss (Frosst, Papernot & Hinton, 2019) of a batch.
 
@@ -61,16 +62,21 @@ def soft_nearest_neighbor_loss(
             ``"chunked"``), ``"reference"`` (b x b matrices, the oracle),
             ``"chunked"`` (PyTorch, O(b * block) memory) or ``"triton"`` (fused
             kernels; CPU tensors only under TRITON_INTERPRET=1).
+        precision: the fused kernels' fp32 products on the tensor cores:
+            ``"tf32x3"`` (three TF32 products: fp32-level accuracy, the
+            default), ``"tf32"`` (one: about 1e-3 relative error in the dot
+            products, fastest) or ``"ieee"`` (fp32 FMA, no tensor cores).
+            The other backends compute in full fp32 (or fp64) and ignore it.
 
     Returns:
         The reduced loss, or the per-row losses for ``reduction="none"``; fp64
         for fp64 input, fp32 otherwise (half-precision input is accumulated in
         fp32).
     """
-    eps = validation.check_options(distance, eps, reduction, backend)
+    eps = validation.check_options(distance, eps, reduction, backend, precision)
     validation.check_batch(z, labels)
     temperature = validation.check_temperature(temperature, z.device, compute_dtype(z.dtype))
-    return reduce_rows(_dispatch(z, labels, temperature, distance, eps, backend), reduction)
+    return reduce_rows(_dispatch(z, labels, temperature, distance, eps, backend, precision=precision), reduction)
 
 
 def soft_nearest_neighbor_rows(
@@ -84,6 +90,7 @@ def soft_nearest_neighbor_rows(
     distance: str = "cosine",
     eps: float = 1e-5,
     backend: str = "auto",
+    precision: str = "tf32x3",
 ) -> torch.Tensor:
     """Per-row losses of ``queries`` against ``keys``; query i is key ``offset + i``.
 
@@ -92,15 +99,16 @@ def soft_nearest_neighbor_rows(
     Gradients flow to both ``queries`` and ``keys``.  Same options and
     conventions as ``soft_nearest_neighbor_loss`` (no reduction).
     """
-    eps = validation.check_options(distance, eps, "none", backend)
+    eps = validation.check_options(distance, eps, "none", backend, precision)
     validation.check_batch(keys, key_labels)
     validation.check_queries(queries, query_labels, keys, offset)
     temperature = validation.check_temperature(temperature, keys.device, compute_dtype(keys.dtype))
-    return _dispatch(queries, query_labels, temperature, distance, eps, backend,
+    return _dispatch(queries, query_labels, temperature, distance, eps, backend, precision=precision,
                      keys=keys, key_labels=key_labels, offset=offset)
 
 
-def _dispatch(z, labels, temperature, distance, eps, backend, *, keys=None, key_labels=None, offset=0):
+def _dispatch(z, labels, temperature, distance, eps, backend, *, precision="tf32x3", keys=None, key_labels=None,
+              offset=0):
     """Per-row losses with the chosen backend (inputs already validated)."""
     dtype = temperature.dtype
     backend = resolve_backend(backend, z)
@@ -120,6 +128,7 @@ def _dispatch(z, labels, temperature, distance, eps, backend, *, keys=None, key_
             rectangular["keys"] = prepare(keys)
         return chunked_rows(prepare(z), labels, temperature, cosine, eps, **rectangular)
     validation.check_triton_usable(z)
+    rectangular["precision"] = precision
     from .fused import fused_rows
 
     # Half-precision inputs stay half for the tensor cores; the kernels

@@ -29,9 +29,11 @@ class SNNLoss(nn.Module):
         eps: float = 1e-5,
         reduction: str = "mean",
         backend: str = "auto",
+        precision: str = "tf32x3",
     ):
         super().__init__()
-        self.eps = validation.check_options(distance, eps, reduction, backend)
+        self.eps = validation.check_options(distance, eps, reduction, backend, precision)
+        self.precision = precision
         validation.check_temperature(temperature, torch.device("cpu"), torch.float64)
         self.distance, self.reduction, self.backend = distance, reduction, backend
         log_t = torch.tensor(math.log(float(temperature)))
@@ -53,11 +55,13 @@ class SNNLoss(nn.Module):
             eps=self.eps,
             reduction=self.reduction,
             backend=self.backend,
+            precision=self.precision,
         )
 
     def extra_repr(self) -> str:
         learned = isinstance(self.log_temperature, nn.Parameter)
         return (
             f"temperature={float(self.temperature.detach()):.4g}, learn_temperature={learned}, "
-            f"distance={self.distance!r}, eps={self.eps}, reduction={self.reduction!r}, backend={self.backend!r}"
+            f"distance={self.distance!r}, eps={self.eps}, reduction={self.reduction!r}, backend={self.backend!r}, "
+            f"precision={self.precision!r}"
         )

@@ -16,6 +16,7 @@ import torch
 DISTANCES = ("cosine", "euclidean")
 REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "reference", "chunked", "blocked", "triton")
+PRECISIONS = ("tf32x3", "tf32", "ieee")  # snnl.kernels.soft_nearest_neighbor.PRECISIONS
 
 
 def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
@@ -24,10 +25,11 @@ def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def check_options(distance, eps, reduction, backend) -> float:
+def check_options(distance, eps, reduction, backend, precision="tf32x3") -> float:
     _choice("distance", distance, DISTANCES)
     _choice("reduction", reduction, REDUCTIONS)
     _choice("backend", backend, BACKENDS)
+    _choice("precision", precision, PRECISIONS)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     eps = float(eps)
@@ -133,6 +135,11 @@ def check_triton_usable(z: torch.Tensor) -> None:
     if z.device.type == "cuda":
         return
     if z.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        if z.dtype == torch.bfloat16:
+            # Triton's interpreter computes bf16 products wrongly (3.9: loss 8.81
+            # instead of 1.37, NaN gradients): refuse rather than return numbers.
+            raise TypeError("backend='triton' under the Triton interpreter (CPU tensors) cannot compute bfloat16 "
+                            "inputs correctly; use float32 or float16 there, or backend='blocked'")
         return
     raise RuntimeError(
         f"backend='triton' needs CUDA tensors (z is on {z.device}); CPU tensors run only under the "

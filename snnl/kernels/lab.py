@@ -1,0 +1,325 @@
+"""The compiled-code lab: every launch the loss makes, compiled for real
+NVIDIA targets on a machine without a GPU, and what the code says.
+
+    python -m snnl.kernels.lab --batch 8192 --dim 128            # or: snnl kernels ...
+    python -m snnl.kernels.lab --batch 8192 --dim 128 --json out.json
+
+For a problem (b, d, dtype, distance, precision) and targets (sm_80, sm_90 by
+default) it builds the launches the loss makes (forward and backward, every
+configuration autotuning may pick, the queries-vs-keys launches of
+torch.distributed with ``--distributed``), binds their arguments with
+Triton's own binder (so the specialisation is the real one), compiles them
+with ``triton.compile`` for the target and reports, per launch: registers,
+spill stores and loads (ptxas), shared memory, the grid and its number of
+programs, and the SASS instruction mix, in the whole kernel and in its main
+loop (tensor-core MMAs, FFMA, MUFU.EX2, local-memory traffic).  The analytic
+performance model built on these counts is ``snnl.kernels.model``.
+
+Nothing here runs a kernel: it needs no GPU and no driver, only Triton's
+bundled ptxas and cuobjdump.  Run it in a process without TRITON_INTERPRET
+(under the interpreter Triton makes no compilable kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+
+TARGETS = {"sm_80": 80, "sm_90": 90}
+SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # bytes per block (A100, H100)
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+# SASS opcode prefixes of interest: tensor-core MMAs (HMMA: mma.sync on sm_80+,
+# HGMMA: warpgroup MMA on sm_90, DMMA: fp64 MMA), fp32 FMAs, the
+# special-function exp2, local memory (spills) and all instructions.
+SASS_CLASSES = {
+    "mma": ("HMMA", "HGMMA", "DMMA", "IMMA"),
+    "wgmma": ("HGMMA",),
+    "ffma": ("FFMA",),
+    "dfma": ("DFMA",),
+    "ex2": ("MUFU.EX2",),
+    "local": ("LDL", "STL"),
+}
+
+
+_COMPILED: dict = {}  # compile key -> the report that read its code
+
+
+@dataclass
+class LaunchReport:
+    role: str  # forward, backward (square), backward-queries / backward-keys (distributed)
+    target: str
+    config: dict
+    constexprs: dict
+    grid: list
+    programs: int
+    iterations: int  # trips of the main loop per program
+    registers: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    shared: int = 0
+    shared_limit: int = 0
+    sass_total: dict = field(default_factory=dict)
+    sass_loop: dict = field(default_factory=dict)  # per trip of the main loop
+    error: str | None = None
+
+
+def _lines(sass: str) -> list[tuple[str, str]]:
+    """(kind, text) per line of Triton's SASS listing: ("label", name) or
+    ("instruction", text without the control codes and the semicolon)."""
+    out = []
+    for line in sass.splitlines():
+        line = line.strip()
+        if re.fullmatch(r"[.\w]+:", line):
+            out.append(("label", line[:-1]))
+        elif "\t" in line:
+            out.append(("instruction", line.split("\t", 1)[1].rstrip(";").strip()))
+    return out
+
+
+def _opcode(text: str) -> str:
+    words = text.split()
+    return words[1] if words[0].startswith("@") and len(words) > 1 else words[0]
+
+
+def classify(instructions) -> dict:
+    counts = {name: 0 for name in SASS_CLASSES}
+    for text in instructions:
+        opcode = _opcode(text)
+        for name, prefixes in SASS_CLASSES.items():
+            if opcode.startswith(prefixes):
+                counts[name] += 1
+    counts["all"] = len(instructions)
+    return counts
+
+
+def instructions(sass: str) -> list[str]:
+    return [text for kind, text in _lines(sass) if kind == "instruction"]
+
+
+def main_loop(sass: str) -> list[str]:
+    """The instructions of the main loop: of the backward branches (a branch to
+    a label above it), the one whose body holds the most tensor-core or FMA
+    work (the loop over key tiles; with the feature dimension in chunks, the
+    loop nest around it)."""
+    lines = _lines(sass)
+    where = {text: i for i, (kind, text) in enumerate(lines) if kind == "label"}
+    best, best_work = [], -1
+    for i, (kind, text) in enumerate(lines):
+        if kind != "instruction" or _opcode(text) != "BRA":
+            continue
+        target = text.split()[-1]
+        start = where.get(target)
+        if start is None or start > i:
+            continue
+        body = [t for k, t in lines[start:i + 1] if k == "instruction"]
+        counts = classify(body)
+        work = counts["mma"] + counts["ffma"] + counts["dfma"]
+        if work > best_work or (work == best_work and len(body) > len(best)):
+            best, best_work = body, work
+    return best
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = "cosine",
+                  precision: str = "tf32x3", distributed: bool = False, capability: int = 90) -> list[tuple[str, object]]:
+    """The launches the loss makes for this problem, for every candidate
+    configuration: (role, Launch).  Tensors are allocated (never touched:
+    ``torch.empty``) on the CPU with the real shapes, so binding sees the
+    real sizes, strides and alignments."""
+    import torch
+
+    from . import soft_nearest_neighbor as kernels
+
+    torch_dtype = _torch_dtype(dtype)
+    acc = torch.float64 if torch_dtype == torch.float64 else torch.float32
+    points = kernels.operands(torch.empty(batch, dim, dtype=torch_dtype), precision)
+    codes = torch.empty(batch, dtype=torch.int32)
+    sq = torch.empty(batch, dtype=acc) if distance == "euclidean" else None
+    temperature = torch.empty((), dtype=acc)
+    coefs = (torch.empty(batch, dtype=acc), torch.empty(batch, dtype=acc))
+    launches = []
+    for config in kernels.candidate_configs("forward", batch, dim, torch_dtype, capability,
+                                             distance == "euclidean"):
+        launch, _ = kernels.forward_launch(points, points, codes, codes, sq, sq, temperature, 0, config=config,
+                                           precision=precision)
+        launches.append(("forward", launch))
+    for config in kernels.candidate_configs("backward", batch, dim, torch_dtype, capability,
+                                             distance == "euclidean"):
+        if distributed:  # a process's rows (a quarter of the batch here) against the gathered batch
+            queries = tuple(p[: batch // 4] for p in points)
+            launch, _ = kernels.backward_launch(queries, points, codes[: batch // 4], codes, sq, sq, temperature,
+                                                coefs, None, 0, True, config=config, precision=precision)
+            launches.append(("backward-queries", launch))
+            launch, _ = kernels.backward_launch(points, queries, codes, codes[: batch // 4], sq, sq, temperature,
+                                                None, coefs, 0, False, config=config, precision=precision)
+            launches.append(("backward-keys", launch))
+        else:
+            launch, _ = kernels.backward_launch(points, points, codes, codes, sq, sq, temperature, coefs, coefs, 0,
+                                                True, config=config, precision=precision)
+            launches.append(("backward", launch))
+    return launches
+
+
+def _iterations(launch) -> int:
+    """Trips of the loop over key tiles per program (times the feature chunks
+    when the feature dimension is looped over)."""
+    constexprs = launch.constexprs
+    part, dim = launch.args[-1], launch.args[-4]  # keys per part of the key range; features (both kernels)
+    trips = -(-part // constexprs["BLOCK_N"])
+    if not constexprs["WHOLE_D"]:
+        trips *= -(-dim // constexprs["BLOCK_D"])
+    return trips
+
+
+def compile_launch(role: str, launch, target: str) -> LaunchReport:
+    """Compile one launch for ``target`` and read its code."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = launch.kernel
+    config = launch.config
+    programs = 1
+    for g in launch.grid:
+        programs *= g
+    report = LaunchReport(role, target, asdict(config), dict(launch.constexprs), list(launch.grid), programs,
+                          _iterations(launch), shared_limit=SHARED_LIMIT[target])
+    gpu = GPUTarget("cuda", TARGETS[target], 32)
+    backend = make_backend(gpu)
+    kwargs = {**launch.constexprs, **launch.options()}
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+    key = (target, fn.__name__, repr(signature), repr(sorted(constexprs.items(), key=str)), repr(attrs),
+           repr(sorted(options.__dict__.items())))
+    if key in _COMPILED:  # the same code (launches differ only in sizes): read it once
+        cached = _COMPILED[key]
+        for name in ("registers", "spill_stores", "spill_loads", "shared", "sass_total", "sass_loop", "error"):
+            setattr(report, name, getattr(cached, name))
+        return report
+    _COMPILED[key] = report
+    log = io.StringIO()
+    knobs = (triton.knobs.nvidia.dump_ptxas_log, triton.knobs.compilation.always_compile)
+    # always compile: a kernel from Triton's cache comes without ptxas' report
+    triton.knobs.nvidia.dump_ptxas_log = triton.knobs.compilation.always_compile = True
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=gpu,
+                                      options=options.__dict__)
+    except Exception as error:  # a configuration the target cannot compile (e.g. out of shared memory)
+        report.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return report
+    finally:
+        triton.knobs.nvidia.dump_ptxas_log, triton.knobs.compilation.always_compile = knobs
+    text = log.getvalue()
+    registers = re.search(r"Used (\d+) registers", text)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    report.registers = int(registers.group(1)) if registers else 0
+    report.spill_stores, report.spill_loads = (int(spills.group(1)), int(spills.group(2))) if spills else (0, 0)
+    report.shared = int(compiled.metadata.shared)
+    sass = compiled.asm["sass"]
+    report.sass_total = classify(instructions(sass))
+    report.sass_loop = classify(main_loop(sass))
+    return report
+
+
+def inspect_problem(batch: int, dim: int, dtype: str = "float32", distance: str = "cosine",
+                    precision: str = "tf32x3", targets=tuple(TARGETS), distributed: bool = False) -> list[LaunchReport]:
+    """Compile every launch of a problem for every target."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("the compiled-code lab needs a process without TRITON_INTERPRET=1 (the interpreter "
+                           "makes no compilable kernels)")
+    return [compile_launch(role, launch, target)
+            for target in targets
+            for role, launch in loss_launches(batch, dim, dtype, distance, precision, distributed, TARGETS[target])]
+
+
+def format_reports(reports: list[LaunchReport]) -> str:
+    header = (f"{'target':<6} {'launch':<17} {'tile (m,n,d) w/s':<20} {'programs':>8} {'trips':>6} {'regs':>4} "
+              f"{'spill':>6} {'shared':>8} {'loop: mma':>9} {'ffma':>5} {'ex2':>4} {'local':>5} {'all':>5}")
+    lines = [header]
+    for r in reports:
+        c = r.config
+        tile = f"{c['block_m']},{c['block_n']},{c['block_d']} {c['num_warps']}/{c['num_stages']}"
+        if r.error:
+            lines.append(f"{r.target:<6} {r.role:<17} {tile:<20} error: {r.error}")
+            continue
+        loop = r.sass_loop
+        lines.append(f"{r.target:<6} {r.role:<17} {tile:<20} {r.programs:>8} {r.iterations:>6} {r.registers:>4} "
+                     f"{r.spill_stores:>6} {r.shared:>8} {loop.get('mma', 0):>9} {loop.get('ffma', 0):>5} "
+                     f"{loop.get('ex2', 0):>4} {loop.get('local', 0):>5} {loop.get('all', 0):>5}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
+    parser.add_argument("--precision", choices=["tf32x3", "tf32", "ieee"], default="tf32x3")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from " + ", ".join(TARGETS))
+    parser.add_argument("--distributed", action="store_true", help="the queries-vs-keys launches of torch.distributed")
+    parser.add_argument("--model", action="store_true", help="add the performance model's estimates (a model, "
+                                                             "not a measurement)")
+    parser.add_argument("--json", default=None, help="also write the reports (and estimates) to this file")
+
+
+def run(args) -> int:
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
+    if args.json and os.path.exists(args.json):
+        raise FileExistsError(f"{args.json} exists; choose another --json file")
+    reports = inspect_problem(args.batch, args.dim, args.dtype, args.distance, args.precision, targets,
+                              args.distributed)
+    print(format_reports(reports))
+    import platform
+
+    import torch
+    import triton
+
+    out = {"problem": {"batch": args.batch, "dim": args.dim, "dtype": args.dtype, "distance": args.distance,
+                       "precision": args.precision},
+           "compiled_with": {"triton": triton.__version__, "torch": torch.__version__,
+                             "python": platform.python_version(),
+                             "command": "python -m snnl.kernels.lab " + " ".join(sys.argv[1:])},
+           "launches": [asdict(r) for r in reports]}
+    if args.model:
+        from .model import estimate_problem, format_estimates
+
+        estimates = estimate_problem(reports, args.batch, args.dim, args.dtype)
+        print(format_estimates(estimates))
+        out["model"] = estimates
+    if args.json:
+        with open(args.json, "x") as f:  # never over an existing file
+            json.dump(out, f, indent=2)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m snnl.kernels.lab", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as error:
+        print(f"snnl kernels: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""One exponential per pair: the algebra the fast paths share (``blocked`` on
+the CPU, the Triton kernels on the GPU).
+
+The logits s = -d / T are <= 0 for both distances, so w_ij = exp(s_ij) needs
+no per-row maximum and one exponential serves every use of a pair: both sums
+of both its rows in the forward pass,
+
+    S_i = sum_{j != i} w_ij,   N_i = sum_{j != i, y_j = y_i} w_ij,
+
+and, from the upstream coefficients g_all = dl/d log S and g_same = dl/d log N
+(``rowwise.row_coefficients``), the pair's derivative in the backward pass,
+
+    dl_i/ds_ij = w_ij (a_i + [y_i = y_j] c_i),   a_i = g_all_i / S_i,  c_i = g_same_i / N_i.
+
+The price of the common shift: a row whose sums fall below exp(-FAR[dtype])
+(its neighbours, or its same-class neighbours, all more than about FAR * T
+away) may have lost precision to underflow.  Such "far" rows get their
+log-sum-exps and their gradient terms from an exact pass with their own
+maximum (``exact_forward``, ``exact_backward``): at ordinary temperatures
+there are none, at T = 0.01 there can be a few.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .rowwise import row_coefficients
+
+# A row whose sum of exp(s) is below exp(-FAR) may have lost precision to
+# underflow.  fp32: exp() is subnormal below exp(-87); with the row's sum at
+# least exp(-50), all its subnormal terms together (at most 2^17 of them below
+# exp(-87)) are under exp(-75), far below one rounding error of the sum.
+FAR = {torch.float32: 50.0, torch.float64: 600.0}
+
+
+def logits(a, b, aux_a, aux_b, temperature, euclidean: bool):
+    """s = -d / T of rows ``a`` against rows ``b``, and the mask of Euclidean
+    distances that were not clamped at 0 (the clamp passes no gradient).
+    ``aux`` are the squared norms (Euclidean; unused for the cosine distance)."""
+    dots = a @ b.T
+    if euclidean:
+        raw = aux_a[:, None] + aux_b[None, :] - 2.0 * dots
+        return -raw.clamp_min(0.0) / temperature, raw >= 0
+    return (dots - 1.0) / temperature, None
+
+
+def log_sums(sum_all, sum_same, same_count, far: float):
+    """(lse_all, lse_same) from the shared-shift sums.  A same-class sum that
+    underflowed to 0 for a row that has same-class neighbours (``same_count``
+    > 0) is marked far, not taken for a row without any."""
+    lse_all = torch.where(sum_all > 0, torch.log(sum_all), -math.inf)
+    lse_same = torch.where(sum_same > 0, torch.log(sum_same), torch.where(same_count > 0, -2.0 * far, -math.inf))
+    return lse_all, lse_same
+
+
+def far_rows(lse_all, lse_same, far: float):
+    return torch.nonzero((lse_all < -far) | (lse_same.isfinite() & (lse_same < -far))).flatten()
+
+
+def shared_coefficients(lse_all, lse_same, eps: float, grad_rows, far: float):
+    """a = g_all / S and c = g_same / N for the shared-exp terms (0 where the
+    exact pass computes a row's terms instead, and where N = 0), the upstream
+    coefficients themselves, and the masks of rows whose all-pairs terms
+    (far_all) or same-class terms (far_same) the exact pass computes."""
+    g_all, g_same = row_coefficients(lse_all, lse_same, eps, grad_rows)
+    has_same = lse_same.isfinite()
+    far_all = lse_all < -far
+    far_same = (has_same & (lse_same < -far)) | far_all
+    coef = torch.where(far_all, 0.0, g_all * torch.exp(-torch.where(far_all, 0.0, lse_all)))
+    shared_same = has_same & ~far_same
+    same_coef = torch.where(shared_same, g_same * torch.exp(-torch.where(shared_same, lse_same, 0.0)), 0.0)
+    return coef, same_coef, g_all, g_same, far_all, far_same
+
+
+def _exact_logits(rows, keys, row_labels, key_labels, row_ids, row_aux, key_aux, temperature, euclidean):
+    """Logits of a few rows against all keys with the masks (self pairs, same
+    class, unclamped distances)."""
+    s, unclamped = logits(rows, keys, row_aux, key_aux, temperature, euclidean)
+    not_self = row_ids[:, None] != torch.arange(keys.shape[0], device=keys.device)[None, :]
+    same = (row_labels[:, None] == key_labels[None, :]) & not_self
+    return s, not_self, same, unclamped
+
+
+def exact_forward(index, q, k, q_labels, k_labels, q_ids, q_aux, k_aux, temperature, euclidean, lse_all, lse_same):
+    """Recompute lse_all and lse_same of the rows ``index`` exactly, in place."""
+    if not index.numel():
+        return
+    s, not_self, same, _ = _exact_logits(q[index], k, q_labels[index], k_labels, q_ids[index], q_aux[index], k_aux,
+                                         temperature, euclidean)
+    lse_all[index] = torch.logsumexp(s.masked_fill(~not_self, -math.inf), dim=1)
+    lse_same[index] = torch.logsumexp(s.masked_fill(~same, -math.inf), dim=1)
+
+
+def exact_backward(far_all, far_same, q, k, q_labels, k_labels, q_ids, q_aux, k_aux, temperature, euclidean,
+                   lse_all, lse_same, g_all, g_same, raw_q, hsum_q, raw_k, hsum_k):
+    """Add the far rows' gradient terms (those ``shared_coefficients`` left out)
+    to the accumulators sum_j H_ij c_j and sum_j H_ij of queries and keys;
+    returns their share of sum H * s (the temperature's gradient)."""
+    index = torch.nonzero(far_same).flatten()
+    if not index.numel():
+        return 0.0
+    s, not_self, same, unclamped = _exact_logits(q[index], k, q_labels[index], k_labels, q_ids[index], q_aux[index],
+                                                 k_aux, temperature, euclidean)
+    p_all = torch.exp(s - lse_all[index, None]).masked_fill(~not_self, 0.0)
+    finite_same = torch.where(lse_same[index].isfinite(), lse_same[index], 0.0)
+    p_same = torch.exp(s - finite_same[:, None]).masked_fill(~same, 0.0)
+    h = torch.where(far_all[index, None], g_all[index, None] * p_all, 0.0) + g_same[index, None] * p_same
+    weighted = (h * s.masked_fill(~not_self, 0.0)).sum()
+    if euclidean:
+        h = h * unclamped
+        hsum_q[index] += h.sum(1)
+        hsum_k += h.sum(0)
+    raw_q[index] += (h @ k).to(raw_q.dtype)
+    raw_k += (h.T @ q[index]).to(raw_k.dtype)
+    return weighted

@@ -1,0 +1,201 @@
+"""The fused kernels' compiled code, without a GPU: compiled for sm_80 (A100)
+and sm_90 (H100) by ``snnl.kernels.lab`` in a separate process (the Triton
+interpreter, on in this one, makes no compilable kernels), and what must hold
+of it: it compiles, nothing spills (fp32, bf16), shared memory fits the block
+limit (fp64 included), the fp32 default path runs on the tensor cores.  Also,
+in the interpreter: exponentials per pair, the 3xTF32 products' accuracy
+(emulated, since the interpreter multiplies in full precision) and bf16
+refused there.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+triton = pytest.importorskip("triton", reason="the compiled-code tests need the triton package")
+
+MATRIX = dict(dtypes=["float32", "bfloat16", "float64"], distances=["cosine", "euclidean"],
+              batches=[256, 8192, 131072], dims=[70, 128, 512])
+
+LAB_SCRIPT = """
+import json, sys
+from dataclasses import asdict
+from snnl.kernels import lab
+m = json.loads(sys.argv[1])
+out = []
+for dtype in m["dtypes"]:
+    for distance in m["distances"]:
+        for batch in m["batches"]:
+            for dim in m["dims"]:
+                for r in lab.inspect_problem(batch, dim, dtype, distance):
+                    out.append({"dtype": dtype, "distance": distance, "batch": batch, "dim": dim, **asdict(r)})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def reports():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        done = subprocess.run([sys.executable, "-c", LAB_SCRIPT, json.dumps(MATRIX)], env=env, capture_output=True,
+                              text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.fail("compiling the matrix took more than 15 minutes")
+    if done.returncode != 0 and "ptxas" in done.stderr and "No such file" in done.stderr:
+        pytest.skip("Triton's bundled ptxas cannot run on this machine")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _name(r):
+    c = r["config"]
+    return (f"{r['target']} {r['role']} {r['dtype']} {r['distance']} b={r['batch']} d={r['dim']} "
+            f"tile {c['block_m']}x{c['block_n']}x{c['block_d']}/{c['num_warps']}w")
+
+
+def test_every_launch_compiles_for_both_targets(reports):
+    assert {r["target"] for r in reports} == {"sm_80", "sm_90"}
+    assert {r["role"] for r in reports} == {"forward", "backward"}
+    failed = [f"{_name(r)}: {r['error']}" for r in reports if r["error"]]
+    assert not failed, failed
+
+
+def test_no_spills_in_fp32_and_bf16(reports):
+    spilled = [f"{_name(r)}: {r['spill_stores']} B" for r in reports
+               if r["dtype"] != "float64" and (r["spill_stores"] or r["sass_loop"]["local"])]
+    assert not spilled, spilled
+
+
+def test_shared_memory_within_the_block_limit_for_every_dtype(reports):
+    over = [f"{_name(r)}: {r['shared']} > {r['shared_limit']}" for r in reports if r["shared"] > r["shared_limit"]]
+    assert not over, over
+
+
+def test_fp32_default_and_bf16_run_on_the_tensor_cores(reports):
+    missing = [_name(r) for r in reports if r["dtype"] != "float64" and not r["sass_loop"]["mma"]]
+    assert not missing, missing
+    # and the fp32 default (3xTF32) does not fall back to FMA products: one
+    # product of a tile on the FMA units is BLOCK_D FFMAs per pair; the loop's
+    # FFMAs are the elementwise work and the in-register TF32 split, a small
+    # fraction of that
+    fma_products = []
+    for r in reports:
+        c = r["constexprs"]
+        pairs_per_thread = c["BLOCK_M"] * c["BLOCK_N"] / (32 * r["config"]["num_warps"])
+        if r["dtype"] == "float32" and r["sass_loop"]["ffma"] > pairs_per_thread * c["BLOCK_D"] / 4:
+            fma_products.append(f"{_name(r)}: {r['sass_loop']['ffma']} FFMA per thread and trip")
+    assert not fma_products, fma_products
+
+
+def test_one_exp2_per_pair_and_pass_in_the_code(reports):
+    # per trip of the main loop (one key tile), each thread's MUFU.EX2s cover
+    # its share of the tile's pairs once: none replicated across warps
+    replicated = []
+    for r in reports:
+        c = r["constexprs"]
+        threads = 32 * r["config"]["num_warps"]
+        if r["dtype"] != "float64" and r["sass_loop"]["ex2"] * threads > c["BLOCK_M"] * c["BLOCK_N"]:
+            replicated.append(f"{_name(r)}: {r['sass_loop']['ex2']} per thread")  # fp64's exp2 is not MUFU
+    assert not replicated, replicated
+
+
+def test_small_batches_fill_the_gpu(reports):
+    # b = 1024 must launch >= 132 programs per tile kernel (split key range)
+    from snnl.kernels.soft_nearest_neighbor import TARGET_PROGRAMS, candidate_configs, model_programs
+
+    for capability in (80, 90):
+        for kind in ("forward", "backward"):
+            for config in candidate_configs(kind, 1024, 128, torch.float32, capability):
+                assert model_programs(1024, 1024, config) >= TARGET_PROGRAMS, config
+
+
+# --------------------------------------------------------------------------- in the interpreter
+
+
+def test_exps_per_pair_counted_in_the_interpreter(monkeypatch):
+    from triton.runtime import interpreter
+
+    from snnl.kernels.soft_nearest_neighbor import TileConfig
+    from snnl.loss.fused import fused_rows
+
+    counted = []
+    for name in ("create_exp", "create_exp2"):
+        original = getattr(interpreter.InterpreterBuilder, name)
+
+        def counting(self, arg, _original=original):
+            counted.append(arg.data.size)
+            return _original(self, arg)
+
+        monkeypatch.setattr(interpreter.InterpreterBuilder, name, counting)
+    b = 128  # a multiple of every tile side: no padded pairs in the count
+    z = torch.randn(b, 32, requires_grad=True)
+    labels = torch.randint(0, 4, (b,))
+    fused_rows(torch.nn.functional.normalize(z, dim=1), labels, torch.tensor(0.5), True, 1e-5,
+               TileConfig(32, 16, 32)).sum().backward()
+    per_pair = sum(counted) / (b * b)
+    assert per_pair <= 3.0 and per_pair == pytest.approx(2.0, abs=0.05)  # one forward, one backward
+
+
+def test_bfloat16_is_refused_under_the_interpreter():
+    from snnl import soft_nearest_neighbor_loss
+
+    z = torch.randn(20, 8, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="cannot compute bfloat16 inputs correctly"):
+        soft_nearest_neighbor_loss(z, torch.randint(0, 3, (20,)), backend="triton")
+
+
+def _round_tf32(x: np.ndarray) -> np.ndarray:
+    """To TF32, nearest, ties away from zero (cvt.rna.tf32.f32)."""
+    bits = x.astype(np.float32).view(np.int32)
+    return ((bits + 0x1000) & -0x2000).view(np.float32)
+
+
+def _truncate_tf32(x: np.ndarray) -> np.ndarray:
+    """What the tensor cores keep of an fp32 operand: the top 10 mantissa bits."""
+    return (x.astype(np.float32).view(np.int32) & -0x2000).view(np.float32)
+
+
+def _dots(a, b, precision):
+    """a @ b.T as the kernels compute it on the GPU, emulated: 3xTF32 (hi, lo
+    split in memory, the TF32 products exact, fp32 accumulation) or one TF32
+    product of truncated operands."""
+    if precision == "tf32":
+        return (_truncate_tf32(a) @ _truncate_tf32(b).T).astype(np.float32)
+    a_hi, b_hi = _round_tf32(a), _round_tf32(b)
+    a_lo, b_lo = _truncate_tf32(a - a_hi), _truncate_tf32(b - b_hi)
+    f32 = np.float32
+    return (a_lo.astype(f32) @ b_hi.T.astype(f32)) + (a_hi.astype(f32) @ b_lo.T.astype(f32)) + (a_hi @ b_hi.T)
+
+
+def test_3xtf32_error_is_within_its_documented_bound():
+    # Documented bound (snnl/kernels/soft_nearest_neighbor.py): for unit rows,
+    # |dot error| <= (3 * 2^-22 + d * 2^-24), the second term fp32's own
+    # accumulation, and the loss moves by at most twice the largest logit
+    # error, 2 |dot error| / T.  One TF32 product is ~1000x worse.
+    rng = np.random.default_rng(0)
+    b, d, t = 512, 128, 0.1
+    x = rng.standard_normal((b, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact = x @ x.T
+    bound = 3 * 2.0**-22 + d * 2.0**-24
+    errors = {p: np.abs(_dots(x.astype(np.float32), x.astype(np.float32), p) - exact).max() for p in ("tf32x3", "tf32")}
+    assert errors["tf32x3"] <= bound
+    assert errors["tf32"] > 100 * errors["tf32x3"]
+    # the loss, rows against the float64 reference, from the emulated logits
+    from snnl.loss.reference import reference_rows
+    from snnl.loss.rowwise import rows_loss
+
+    labels = torch.from_numpy(rng.integers(0, 10, b))
+    expected = reference_rows(torch.from_numpy(x), labels, torch.tensor(t, dtype=torch.float64), "cosine", 1e-5)
+    s = torch.from_numpy((_dots(x.astype(np.float32), x.astype(np.float32), "tf32x3").astype(np.float64) - 1) / t)
+    eye = torch.eye(b, dtype=torch.bool)
+    same = (labels[:, None] == labels[None, :]) & ~eye
+    lse_all = torch.logsumexp(s.masked_fill(eye, -np.inf), 1)
+    lse_same = torch.logsumexp(s.masked_fill(~same, -np.inf), 1)
+    emulated = rows_loss(lse_all, lse_same, 1e-5)
+    assert (emulated - expected).abs().max() <= 2 * bound / t
