@@ -32,6 +32,7 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .cluster import KMEANS_BACKENDS, kmeans, resolve_kmeans_backend
@@ -48,6 +49,22 @@ def check_int_param(name: str, value, minimum: int, *, allow_none: bool = False)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_labels(y, n_rows: int) -> np.ndarray:
+    """Class labels as int64: integers (or integral floats) >= 0, -1 for an
+    unlabelled row; anything else is refused with scikit-learn's wording."""
+    y = np.asarray(y)
+    if y.shape != (n_rows,):
+        raise ValueError(f"y must have shape ({n_rows},), got {y.shape}")
+    kind = type_of_target(y, input_name="y", raise_unknown=True)
+    if kind not in ("binary", "multiclass") or y.dtype.kind not in "iuf":
+        raise ValueError(f"Unknown label type: y is {kind} ({y.dtype}); pass integer class labels, "
+                         "-1 for unlabelled rows")
+    labels = y.astype(np.int64)
+    if (labels < UNLABELLED).any():
+        raise ValueError(f"y holds {int(labels.min())}: labels are class ids >= 0, or -1 for an unlabelled row")
+    return labels
 
 
 class InputRange:
@@ -135,13 +152,7 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
                              "target y is None (labels >= 0, -1 for unlabelled rows)")
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         if y is not None:
-            y = np.asarray(y)
-            if y.shape != (len(X),):
-                raise ValueError(f"y must have shape ({len(X)},), got {y.shape}")
-            if not np.issubdtype(y.dtype, np.integer):
-                raise TypeError(f"y must hold integer labels (-1 for unlabelled rows), got dtype {y.dtype}")
-            if (y < UNLABELLED).any():
-                raise ValueError(f"y holds {int(y.min())}: labels are class ids >= 0, or -1 for an unlabelled row")
+            y = check_labels(y, len(X))
         labelled = y is not None and (y != UNLABELLED).any()
         if needs_labels and not labelled:
             raise ValueError(f"{config.name} is supervised: pass labels y (-1 for unlabelled rows)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,7 +263,7 @@ class N2D(ClusterMixin, BaseEstimator):
         """The autoencoder and manifold configurations, checked (before any work)."""
         from .estimator import check_int_param
 
-        check_int_param("n_clusters", self.n_clusters, 2)
+        check_int_param("n_clusters", self.n_clusters, 1)  # one cluster is allowed, as in KMeans and GaussianMixture
         check_choice("cluster", self.cluster, CLUSTERERS)
         check_device(self.device)
         config = AUTOENCODER.replace(code_dim=int(self.n_clusters), epochs=self.epochs, batch_size=self.batch_size,
@@ -277,6 +278,12 @@ class N2D(ClusterMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         if self.n_clusters > len(X):
             raise ValueError(f"n_clusters={self.n_clusters} is more than the {len(X)} samples")
+        if manifold.method == "umap" and manifold.umap_neighbors >= len(X):
+            # as umap-learn does with small data: fewer neighbours, said aloud
+            neighbors = max(2, len(X) - 1)
+            warnings.warn(f"n_neighbors={manifold.umap_neighbors} is not below the {len(X)} samples; "
+                          f"UMAP uses {neighbors}", UserWarning, stacklevel=2)
+            manifold = dataclasses.replace(manifold, umap_neighbors=neighbors)
         manifold.check_data(len(X))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         trained = train_autoencoder(X, None, config, seed=seed, device=self.device, progress=self.verbose)

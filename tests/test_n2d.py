@@ -185,8 +185,8 @@ def test_n2d_estimator_on_blobs():
     assert labels.shape == (400,) and model.codes_.shape == (400, 4) and model.embedding_.shape == (400, 4)
     assert clustering_accuracy(y, labels) >= 0.99
     assert model.score_against(y)["acc"] == clustering_accuracy(y, labels)
-    with pytest.raises(ValueError, match="n_clusters must be an integer >= 2"):
-        N2D(n_clusters=1).fit(x)
+    with pytest.raises(ValueError, match="n_clusters must be an integer >= 1"):
+        N2D(n_clusters=0).fit(x)
 
 
 def test_early_stopping_and_resume_after_it(tmp_path):

@@ -1,0 +1,34 @@
+"""scikit-learn's own estimator checks (``check_estimator``) on both
+estimators, with settings small enough for the suite (one epoch, small codes)."""
+
+import warnings
+
+import pytest
+from sklearn.utils.estimator_checks import check_estimator
+
+from snnl.estimator import SNNLKMeans
+from snnl.n2d import N2D
+
+pytest.importorskip("umap", reason="N2D's default manifold is umap-learn's UMAP")
+
+
+def _failures(estimator, expected=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(estimator, on_fail=None, expected_failed_checks=expected or {})
+    return [f"{r['check_name']}: {r['exception']}" for r in results if r["status"] == "failed"]
+
+
+def test_snnl_kmeans_unsupervised_passes_every_check():
+    assert not _failures(SNNLKMeans(config="snnl-6", epochs=1, batch_size=32, code_dim=4, n_init=1))
+
+
+def test_snnl_kmeans_supervised_passes_every_check_that_gives_labels():
+    # The supervised presets train on labels: check_clustering fits without
+    # y, which they refuse (and declare with the target_tags.required tag).
+    expected = {"check_clustering": "the supervised SNNL needs y; fit(X) alone is refused with a clear error"}
+    assert not _failures(SNNLKMeans(epochs=1, batch_size=32, code_dim=4, n_init=1), expected)
+
+
+def test_n2d_passes_every_check():
+    assert not _failures(N2D(epochs=1, batch_size=32, n_clusters=3))
