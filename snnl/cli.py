@@ -161,10 +161,37 @@ def cmd_n2d(args) -> int:
     return _print_result(run_n2d(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 
+def cmd_kernels(lab_argv: list[str]) -> int:
+    """The compiled-code lab (``snnl.kernels.lab``), in a child process
+    without TRITON_INTERPRET, whatever this one has set; its options pass through."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.call([sys.executable, "-m", "snnl.kernels.lab", *lab_argv], env=env)
+
+
 def cmd_backends(args) -> int:
     from .backends import backend_report, format_report
 
     print(format_report(backend_report()))
+    return 0
+
+
+def cmd_plot_labels(args) -> int:
+    from pathlib import Path
+
+    from .figures import labels_study
+    from .report import collect_runs
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
+    runs, skipped = collect_runs(args.runs)
+    for run_dir, reason in skipped:
+        print(f"snnl plot-labels: left out {run_dir}: {reason}", file=sys.stderr)
+    labels_study(runs, output)
+    print(f"wrote {output}")
     return 0
 
 
@@ -271,8 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)")
     n2d.set_defaults(func=cmd_n2d)
 
+    kernels = sub.add_parser("kernels", add_help=False,
+                             help="compile the fused kernels for sm_80/sm_90 without a GPU and report the code and a "
+                                  "performance model (see `snnl kernels --help`)")
+    kernels.add_argument("lab_argv", nargs=argparse.REMAINDER)  # handed to the lab by main()
+
     backends = sub.add_parser("backends", help="which backend each step uses on this machine, and why")
     backends.set_defaults(func=cmd_backends)
+
+    labels = sub.add_parser("plot-labels", help="ACC and NMI against the number of labels (the paper's Figures 3-4)")
+    labels.add_argument("runs", nargs="+", help="--out directories of runs: supervised SNNL runs with different "
+                                                "--labelled, and label-free baselines")
+    labels.add_argument("--output", required=True, help="the PNG to write (a new file, unless --force)")
+    labels.add_argument("--force", action="store_true", help="replace an existing --output file")
+    labels.set_defaults(func=cmd_plot_labels)
 
     table = sub.add_parser("table", help="collect runs into one Markdown table (the paper's Tables III-V)")
     table.add_argument("runs", nargs="+", help="--out directories of runs (unfinished ones are left out, with a note)")
@@ -293,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["kernels"]:
+        return cmd_kernels(argv[1:])
     args = build_parser().parse_args(argv)
     from . import distributed
 

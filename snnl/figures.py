@@ -129,3 +129,44 @@ def write_all(directory: Path, experiment, data) -> None:
     projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
                 seed=first.seed, points_name=points_name(config))
     confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)
+
+
+def labels_study(run_metrics: list[tuple[str, dict]], path: Path) -> None:
+    """ACC and NMI against the number of labelled training images (the
+    paper's Figures 3 and 4): one line per supervised method, mean and
+    standard deviation over seeds as error bars; methods that use no labels
+    (PCA, the plain autoencoder, the unsupervised presets) as horizontal
+    bands (mean +- std) for comparison."""
+    supervised, label_free = {}, {}
+    for _, metrics in run_metrics:
+        train = metrics["config"].get("train", {})
+        name = train.get("name", "?")
+        values = {key: [seed["metrics"][key] for seed in metrics["seeds"]] for key in ("acc", "nmi")}
+        if train.get("method") == "autoencoder" and train.get("snnl") and train.get("supervised"):
+            supervised.setdefault(name, {})[int(metrics["config"]["labelled"])] = values
+        else:
+            label_free[name] = values
+    if not supervised:
+        raise ValueError("no supervised SNNL run among the runs: nothing to plot against the number of labels")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in zip(axes, ("acc", "nmi"), ("clustering accuracy", "normalised mutual information")):
+        for name, by_labels in sorted(supervised.items()):
+            counts = sorted(by_labels)
+            ax.errorbar(counts, [np.mean(by_labels[n][key]) for n in counts],
+                        yerr=[np.std(by_labels[n][key]) for n in counts], marker="o", capsize=3, label=name)
+        for (name, values), color in zip(sorted(label_free.items()), ("0.2", "tab:purple", "tab:brown", "0.6")):
+            mean, std = np.mean(values[key]), np.std(values[key])
+            ax.axhline(mean, color=color, linestyle="--", linewidth=1, label=f"{name} (no labels)")
+            ax.axhspan(mean - std, mean + std, color=color, alpha=0.12)
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel(key.upper())
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    counts = sorted({n for by_labels in supervised.values() for n in by_labels})
+    for ax in axes:
+        ax.set_xticks(counts)
+    seeds = sorted({len(m["seeds"]) for _, m in run_metrics})
+    fig.suptitle(f"k-means on the codes against the number of labels (error bars: std over "
+                 f"{'/'.join(map(str, seeds))} seeds)", y=1.02)
+    _save(fig, path)

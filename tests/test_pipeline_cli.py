@@ -73,6 +73,16 @@ def test_cli_run_and_table(tmp_path, capsys):
     table = capsys.readouterr().out
     assert table.count("| a |") == 2 and table.count("| b |") == 2
     assert (tmp_path / "t.md").read_text().strip() == table.strip()
+    # the fewer-labels figure: supervised runs against --labelled, the others as baselines
+    out_c = tmp_path / "c"
+    assert main(["run", "--out", str(out_c), "--config", "snnl-5", "--labelled", "300", *common]) == 0
+    figure = tmp_path / "labels.png"
+    assert main(["plot-labels", str(out_a), str(out_b), str(out_c), "--output", str(figure)]) == 0
+    assert figure.stat().st_size > 1000
+    assert main(["plot-labels", str(out_c), "--output", str(figure)]) == 2  # never replaced without --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["plot-labels", str(out_a), "--output", str(tmp_path / "none.png")]) == 2
+    assert "no supervised SNNL run" in capsys.readouterr().err
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
