@@ -120,3 +120,13 @@ def test_kmeans_input_errors():
         kmeans(np.zeros((5, 2)), 2, backend="cuml")
     with pytest.raises(ValueError, match="protocol must be one of"):
         kmeans(np.zeros((5, 2)), 2, protocol="fast")
+
+
+def test_auto_kmeans_is_scikit_learn_on_the_cpu():
+    # measured (bench/kmeans_crossover.py): on CPUs scikit-learn reaches faiss'
+    # inertia faster at every size but the smallest; faiss is kept for GPUs
+    from snnl.cluster import resolve_kmeans_backend
+
+    x = np.random.default_rng(0).standard_normal((200, 5)).astype(np.float32)
+    assert kmeans(x, 3, backend="auto", n_init=1).backend == "sklearn"
+    assert resolve_kmeans_backend("auto", gpu=True) == ("faiss" if faiss_status()[1] else "sklearn")
