@@ -161,6 +161,26 @@ def cmd_n2d(args) -> int:
     return _print_result(run_n2d(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 
+def cmd_snapshots(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .n2d import score_snapshots
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
+    rows = score_snapshots(args.run, silhouette_sample=args.silhouette_sample,
+                           progress=lambda line: print(line, file=sys.stderr))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.part")
+    temporary.write_text(json.dumps({"run": str(args.run), "silhouette_sample": args.silhouette_sample,
+                                     "snapshots": rows}, indent=1) + "\n")
+    temporary.replace(output)
+    print(f"wrote {output}")
+    return 0
+
+
 def cmd_kernels(lab_argv: list[str]) -> int:
     """The compiled-code lab (``snnl.kernels.lab``), in a child process
     without TRITON_INTERPRET, whatever this one has set; its options pass through."""
@@ -312,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--output", required=True, help="the PNG to write (a new file, unless --force)")
     labels.add_argument("--force", action="store_true", help="replace an existing --output file")
     labels.set_defaults(func=cmd_plot_labels)
+
+    snapshots = sub.add_parser("snapshots", help="N2D's metrics at each snapshot of an `snnl n2d --snapshot-every` run")
+    snapshots.add_argument("run", help="the --out directory of the snnl n2d run")
+    snapshots.add_argument("--output", required=True, help="the JSON to write (a new file, unless --force)")
+    snapshots.add_argument("--silhouette-sample", type=int, default=10_000,
+                           help="points of the sampled silhouette (default: 10000)")
+    snapshots.add_argument("--force", action="store_true", help="replace an existing --output file")
+    snapshots.set_defaults(func=cmd_snapshots)
 
     table = sub.add_parser("table", help="collect runs into one Markdown table (the paper's Tables III-V)")
     table.add_argument("runs", nargs="+", help="--out directories of runs (unfinished ones are left out, with a note)")

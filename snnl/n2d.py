@@ -300,3 +300,43 @@ class N2D(ClusterMixin, BaseEstimator):
         """The six metrics of the last fit against true labels."""
         check_is_fitted(self, "labels_")
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)
+
+
+def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, progress=print) -> list[dict]:
+    """N2D's metrics on the way through training: every snapshot an
+    ``snnl n2d --snapshot-every N`` run keeps (``checkpoints/seedS-epochE.pt``)
+    is encoded and put through the run's own UMAP and clustering steps (same
+    options, the seed's own random state), as if training had stopped there.
+    Rows ``{seed, epoch, acc, nmi, ari, ...}`` sorted by seed and epoch."""
+    import re
+
+    from .train import model_from_checkpoint
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: pass the --out directory of an `snnl n2d` run")
+    stored = json.loads(config_path.read_text())
+    if stored.get("method") != "n2d":
+        raise ValueError(f"{run_dir} is not an `snnl n2d` run (method {stored.get('method')!r})")
+    config = N2DConfig.from_dict(stored)
+    pattern = re.compile(r"seed(\d+)-epoch(\d+)\.pt")
+    found = sorted((int(m[1]), int(m[2]), path) for path in (run_dir / "checkpoints").glob("seed*-epoch*.pt")
+                   if (m := pattern.fullmatch(path.name)))
+    if not found:
+        raise FileNotFoundError(f"no snapshots in {run_dir / 'checkpoints'}: train with --snapshot-every N")
+    config.manifold.check_dependencies()
+    data = train_and_test(config.dataset, data_dir=config.data_dir, **config.dataset_options)
+    k = config.n_clusters or data.n_classes
+    rows = []
+    for seed, epoch, path in found:
+        started = time.perf_counter()
+        codes = encode_in_batches(model_from_checkpoint(path), data.x).numpy()
+        points, backend = embed(codes, k, config.manifold, seed=seed)
+        clusters = final_clustering(points, k, config.cluster, seed, config.kmeans_backend)
+        metrics = evaluate(points, data.y, clusters, silhouette_sample=silhouette_sample, seed=seed)
+        rows.append({"seed": seed, "epoch": epoch, **metrics, "manifold_backend": backend, "snapshot": path.name,
+                     "seconds": time.perf_counter() - started})
+        progress(f"seed {seed} epoch {epoch}: ACC {metrics['acc']:.4f} NMI {metrics['nmi']:.4f} "
+                 f"ARI {metrics['ari']:.4f} ({rows[-1]['seconds']:.0f} s)")
+    return rows

@@ -196,3 +196,22 @@ def test_early_stopping_and_resume_after_it(tmp_path):
     assert len(result.history) < 50
     again = train_autoencoder(x, None, config, progress=False, checkpoint_path=tmp_path / "c.pt", resume=True)
     assert len(again.history) == len(result.history)
+
+
+def test_snapshots_are_scored_like_the_run(tmp_path, capsys):
+    from snnl.cli import main
+
+    out = tmp_path / "n2d"
+    assert main(["n2d", "--epochs", "4", "--snapshot-every", "2", "--manifold", "isomap", "--projection", "none",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    scores = tmp_path / "snapshots.json"
+    assert main(["snapshots", str(out), "--output", str(scores)]) == 0
+    rows = json.loads(scores.read_text())["snapshots"]
+    assert [(r["seed"], r["epoch"]) for r in rows] == [(0, 2), (0, 4)]
+    # the last snapshot is the trained model: the same clustering as the run's own
+    final = json.loads((out / "metrics.json").read_text())["seeds"][0]["metrics"]
+    assert rows[-1]["acc"] == pytest.approx(final["acc"]) and rows[-1]["nmi"] == pytest.approx(final["nmi"])
+    assert main(["snapshots", str(out), "--output", str(scores)]) == 2  # never over an existing file
+    assert main(["snapshots", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
+    assert "config.json not found" in capsys.readouterr().err
