@@ -16,7 +16,7 @@ LOSS_SIZES = {
 }
 
 SCALING_SIZES = {
-    "smoke": [1_000, 3_000],
+    "smoke": [1_000, 2_000],  # a smoke run only checks that every stage runs
     "cpu": [10_000, 100_000, 1_000_000, 3_000_000],
     "gpu": [10_000, 100_000, 1_000_000, 3_000_000, 10_000_000],
 }
@@ -35,6 +35,8 @@ def pytest_addoption(parser):
                     help="numbers of points of the scaling benchmark")
     group.addoption("--device", default=None, help="cuda or cpu (default: cuda when available)")
     group.addoption("--epoch-rounds", type=int, default=1, help="rounds of the training-epoch comparison")
+    group.addoption("--epoch-rows", type=int, default=10_000,
+                    help="training images per epoch in the training-epoch comparison (the paper's 10,000)")
 
 
 def pytest_configure(config):

@@ -33,18 +33,15 @@ from snnl.config import preset
 from snnl.data import DatasetNotFoundError, labelled_subset, load_dataset
 from snnl.train import batch_loss, build_model, make_optimizer
 
-ROWS = 10_000
-
-
-def _data():
+def _data(rows: int):
     try:
-        data = labelled_subset(load_dataset("fashion-mnist", "train"), ROWS, 0)
-        return torch.from_numpy(data.x), torch.from_numpy(data.y), "fashion-mnist (10,000 labelled training images)"
+        data = labelled_subset(load_dataset("fashion-mnist", "train"), rows, 0)
+        return torch.from_numpy(data.x), torch.from_numpy(data.y), f"fashion-mnist ({rows:,} labelled training images)"
     except DatasetNotFoundError:
         rng = np.random.default_rng(0)
-        x = torch.from_numpy(rng.random((ROWS, 784), dtype=np.float32))
-        y = torch.from_numpy(rng.integers(0, 10, ROWS))
-        return x, y, "random 784-pixel images, 10 labels (Fashion-MNIST not installed)"
+        x = torch.from_numpy(rng.random((rows, 784), dtype=np.float32))
+        y = torch.from_numpy(rng.integers(0, 10, rows))
+        return x, y, f"random 784-pixel images ({rows:,}), 10 labels (Fashion-MNIST not installed)"
 
 
 CONFIGS = {
@@ -82,7 +79,7 @@ def _epoch(trainer, x, y, epoch: int) -> float:
 def test_training_epoch_before_and_after(benchmark, device, request):
     if device.type != "cpu":
         pytest.skip("the comparison is of the CPU path")
-    x, y, source = _data()
+    x, y, source = _data(request.config.getoption("--epoch-rows"))
     rounds = request.config.getoption("--epoch-rounds")
     trainers = {name: _trainer(name, x.shape[1]) for name in CONFIGS}
     for name, trainer in trainers.items():  # warm-up: compilation, allocator
