@@ -60,6 +60,7 @@ def training_curves(history: list[dict], path: Path, title: str) -> None:
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, also for short runs
         ax.grid(alpha=0.3)
+        ax.set_title(ax.get_title(), pad=14)  # clear of a y-axis multiplier such as 1e-5 (unsupervised SNNL)
     fig.suptitle(title)
     _save(fig, path)
 
