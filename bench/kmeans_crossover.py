@@ -16,7 +16,6 @@ inertia each reached.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -26,6 +25,8 @@ import torch
 
 from snnl.cluster import kmeans
 from snnl.report import device_name
+
+from .measure import write_new_json
 
 SIZES = [1_000, 3_000, 10_000, 30_000, 70_000, 200_000]
 
@@ -73,8 +74,7 @@ def main(argv=None) -> int:
            "command": "python -m bench.kmeans_crossover " + " ".join(argv or __import__("sys").argv[1:]),
            "rows": rows}
     if args.json:
-        with open(args.json, "x") as f:
-            json.dump(out, f, indent=1)
+        write_new_json(args.json, out)
     return 0
 
 

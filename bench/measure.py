@@ -133,3 +133,12 @@ def provenance(device: torch.device) -> dict:
         "python": platform.python_version(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def write_new_json(path: str, data: dict) -> None:
+    """Write a results file; never over an existing one (the scripts check
+    before measuring, this guards the race)."""
+    import json
+
+    with open(path, "x") as f:
+        json.dump(data, f, indent=1)

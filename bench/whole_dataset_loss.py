@@ -16,7 +16,6 @@ GEMM and exp rates measured in the same run (``bench.measure``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ from sklearn.decomposition import PCA
 from snnl import soft_nearest_neighbor_loss
 from snnl.data import train_and_test
 
-from .measure import PeakMemory, loss_bounds, machine_rates, pin_malloc_to_mmap, provenance
+from .measure import PeakMemory, loss_bounds, machine_rates, pin_malloc_to_mmap, provenance, write_new_json
 
 
 def main(argv=None) -> int:
@@ -74,8 +73,7 @@ def main(argv=None) -> int:
     print(f"median {out['median_s']:.1f} s = {out['x_bound_naive']:.2f}x the naive bound "
           f"({bounds['naive']:.1f} s); extra peak {max(peaks) / 2**20:.0f} MiB")
     if args.json:
-        with open(args.json, "x") as f:
-            json.dump(out, f, indent=1)
+        write_new_json(args.json, out)
     return 0
 
 

@@ -80,6 +80,24 @@ def _tile(BASE, ok, dim, stride, k0, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr)
 
 
 @triton.jit
+def _key_tile(KEYS, KEYS_LO, c0, stop, cols_local, dim, stride, WHOLE_D: tl.constexpr, SPLIT: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The key tile from key c0 on: which of its keys exist (below ``stop``),
+    its base pointers (hi and lo parts) and, when the features fit one chunk,
+    the tile itself (else placeholders: ``_dots`` loads the chunks)."""
+    col_ok = cols_local < stop - c0
+    base = KEYS + tl.cast(c0, tl.int64) * stride
+    lo_base = KEYS_LO + tl.cast(c0, tl.int64) * stride
+    col_hi = cols_local
+    col_lo = cols_local
+    if WHOLE_D:
+        col_hi = _tile(base, col_ok, dim, stride, 0, BLOCK_N, BLOCK_D)
+        if SPLIT:
+            col_lo = _tile(lo_base, col_ok, dim, stride, 0, BLOCK_N, BLOCK_D)
+    return col_ok, base, lo_base, col_hi, col_lo
+
+
+@triton.jit
 def _split_tf32(x):
     """x = hi + lo with hi exact in TF32 (rounded to nearest, ties away, as
     cvt.rna.tf32.f32 does) and lo the rest: the registers' side of 3xTF32."""
@@ -163,15 +181,8 @@ def _forward_kernel(
     # a key tile holds the self pair where key = query + offset
     self_shift = (row0 + offset).to(tl.int32) + rows_local
     for c0 in range(key_start, key_stop, BLOCK_N):
-        col_ok = cols_local < key_stop - c0
-        k_base = K + tl.cast(c0, tl.int64) * k_stride
-        k_lo_base = K_LO + tl.cast(c0, tl.int64) * k_stride
-        col_hi = cols_local
-        col_lo = cols_local
-        if WHOLE_D:
-            col_hi = _tile(k_base, col_ok, dim, k_stride, 0, BLOCK_N, BLOCK_D)
-            if SPLIT:
-                col_lo = _tile(k_lo_base, col_ok, dim, k_stride, 0, BLOCK_N, BLOCK_D)
+        col_ok, k_base, k_lo_base, col_hi, col_lo = _key_tile(K, K_LO, c0, key_stop, cols_local, dim, k_stride,
+                                                              WHOLE_D, SPLIT, BLOCK_N, BLOCK_D)
         dots = _dots(q_base, q_lo_base, k_base, k_lo_base, row_hi, row_lo, col_hi, col_lo, row_ok, col_ok, dim,
                      q_stride, k_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         sq_cols = cols_local
@@ -241,15 +252,8 @@ def _backward_kernel(
     col_stop = tl.minimum(col_start + cols_per_split, n_cols)
     self_shift = (row0 + self_delta).to(tl.int32) + rows_local
     for c0 in range(col_start, col_stop, BLOCK_N):
-        col_ok = cols_local < col_stop - c0
-        cols_base = COLS + tl.cast(c0, tl.int64) * col_stride
-        cols_lo_base = COLS_LO + tl.cast(c0, tl.int64) * col_stride
-        col_hi = cols_local
-        col_lo = cols_local
-        if WHOLE_D:
-            col_hi = _tile(cols_base, col_ok, dim, col_stride, 0, BLOCK_N, BLOCK_D)
-            if SPLIT:
-                col_lo = _tile(cols_lo_base, col_ok, dim, col_stride, 0, BLOCK_N, BLOCK_D)
+        col_ok, cols_base, cols_lo_base, col_hi, col_lo = _key_tile(COLS, COLS_LO, c0, col_stop, cols_local, dim,
+                                                                    col_stride, WHOLE_D, SPLIT, BLOCK_N, BLOCK_D)
         dots = _dots(rows_base, rows_lo_base, cols_base, cols_lo_base, row_hi, row_lo, col_hi, col_lo, row_ok,
                      col_ok, dim, row_stride, col_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
         sq_cols = cols_local

@@ -38,6 +38,11 @@ def _squared_norms(x, cosine):
     return None if cosine else x.to(_acc(x)).pow(2).sum(dim=1)
 
 
+def _aux(sq, x):
+    """The squared norms the exact pass takes (zeros for the cosine distance, which has none)."""
+    return sq if sq is not None else x.new_zeros(x.shape[0], dtype=_acc(x))
+
+
 def _codes(query_labels, key_labels, square: bool):
     """Labels as dense int32 codes (the kernels compare int32) and, per query,
     the number of same-class keys besides itself."""
@@ -106,9 +111,8 @@ class FusedSoftNearestNeighbor(torch.autograd.Function):
         far = FAR[_acc(queries)]
         lse_all, lse_same = _log_sums(total[0], total[1], same_count, far)
         q_ids = torch.arange(offset, offset + queries.shape[0], device=queries.device)
-        aux = (lambda sq, x: sq if sq is not None else x.new_zeros(x.shape[0], dtype=_acc(x)))
         exact_forward(far_rows(lse_all, lse_same, far), queries.to(_acc(queries)), keys.to(_acc(keys)),
-                      query_labels, key_labels, q_ids, aux(q_sq, queries), aux(k_sq, keys), temperature,
+                      query_labels, key_labels, q_ids, _aux(q_sq, queries), _aux(k_sq, keys), temperature,
                       not cosine, lse_all, lse_same)
         ctx.save_for_backward(queries, keys, *q_ops, *k_ops, query_labels, key_labels, q_codes, k_codes,
                               temperature, lse_all, lse_same)
@@ -152,9 +156,8 @@ class FusedSoftNearestNeighbor(torch.autograd.Function):
             raw_k, hsum_k, _ = backward_pass(k_ops, q_ops, k_codes, q_codes, k_sq, q_sq, None, coefs, -offset, False)
         weighted = weighted.sum() * 0.6931471805599453  # the kernels sum own * s * log2(e)
         q_ids = torch.arange(offset, offset + n, device=queries.device)
-        aux = (lambda sq, x: sq if sq is not None else x.new_zeros(x.shape[0], dtype=_acc(x)))
         weighted = weighted + exact_backward(far_all, far_same, queries.to(_acc(queries)), keys.to(_acc(keys)),
-                                             query_labels, key_labels, q_ids, aux(q_sq, queries), aux(k_sq, keys),
+                                             query_labels, key_labels, q_ids, _aux(q_sq, queries), _aux(k_sq, keys),
                                              temperature, not cosine, lse_all, lse_same, g_all, g_same,
                                              raw_q, hsum_q, raw_k, hsum_k)
         grad_queries = _points_gradient(raw_q, hsum_q, queries, temperature, cosine)
