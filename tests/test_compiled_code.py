@@ -1,8 +1,10 @@
 """The fused kernels' compiled code, without a GPU: compiled for sm_80 (A100)
 and sm_90 (H100) by ``snnl.kernels.lab`` in a separate process (the Triton
 interpreter, on in this one, makes no compilable kernels), and what must hold
-of it: it compiles, nothing spills (fp32, bf16), shared memory fits the block
-limit (fp64 included), the fp32 default path runs on the tensor cores.  Also,
+of it, for every launch a loss call makes (the pair kernels, their far pass
+and the row kernels around them): it compiles, nothing spills (fp32, bf16),
+shared memory fits the block limit (fp64 included), the fp32 default path
+runs on the tensor cores.  Also,
 in the interpreter: exponentials per pair, the 3xTF32 products' accuracy
 (emulated, since the interpreter multiplies in full precision) and bf16
 refused there.
@@ -70,9 +72,18 @@ def _name(r):
             f"tile {c['block_m']}x{c['block_n']}x{c['block_d']}/{c['num_warps']}w")
 
 
+# roles with products of tiles of pairs, and the exp2 each computes per pair
+# and trip: one (the shared-exp passes); in finish_forward's exact pass (rare:
+# tiles with far rows) two (all pairs and same-class ones, each with its own
+# maximum) and the rescaling of both running sums per row and trip, repeated
+# by the threads that hold the row (about one more per pair at 32 x 64); four
+# in the backward far pass (own and their terms, each all and same-class)
+PAIR_ROLES = {"forward": 1, "backward": 1, "finish-forward": 3, "backward-far": 4}
+
+
 def test_every_launch_compiles_for_both_targets(reports):
     assert {r["target"] for r in reports} == {"sm_80", "sm_90"}
-    assert {r["role"] for r in reports} == {"forward", "backward"}
+    assert {r["role"] for r in reports} == {"prepare", "finish-backward", *PAIR_ROLES}
     failed = [f"{_name(r)}: {r['error']}" for r in reports if r["error"]]
     assert not failed, failed
 
@@ -89,14 +100,15 @@ def test_shared_memory_within_the_block_limit_for_every_dtype(reports):
 
 
 def test_fp32_default_and_bf16_run_on_the_tensor_cores(reports):
-    missing = [_name(r) for r in reports if r["dtype"] != "float64" and not r["sass_loop"]["mma"]]
+    pairs = [r for r in reports if r["role"] in PAIR_ROLES]
+    missing = [_name(r) for r in pairs if r["dtype"] != "float64" and not r["sass_loop"]["mma"]]
     assert not missing, missing
     # and the fp32 default (3xTF32) does not fall back to FMA products: one
     # product of a tile on the FMA units is BLOCK_D FFMAs per pair; the loop's
     # FFMAs are the elementwise work and the in-register TF32 split, a small
     # fraction of that
     fma_products = []
-    for r in reports:
+    for r in pairs:
         c = r["constexprs"]
         pairs_per_thread = c["BLOCK_M"] * c["BLOCK_N"] / (32 * r["config"]["num_warps"])
         if r["dtype"] == "float32" and r["sass_loop"]["ffma"] > pairs_per_thread * c["BLOCK_D"] / 4:
@@ -106,12 +118,14 @@ def test_fp32_default_and_bf16_run_on_the_tensor_cores(reports):
 
 def test_one_exp2_per_pair_and_pass_in_the_code(reports):
     # per trip of the main loop (one key tile), each thread's MUFU.EX2s cover
-    # its share of the tile's pairs once: none replicated across warps
+    # its share of the tile's pairs once per exp2 of the role: none replicated
+    # across warps
     replicated = []
-    for r in reports:
+    for r in (r for r in reports if r["role"] in PAIR_ROLES):
         c = r["constexprs"]
         threads = 32 * r["config"]["num_warps"]
-        if r["dtype"] != "float64" and r["sass_loop"]["ex2"] * threads > c["BLOCK_M"] * c["BLOCK_N"]:
+        per_pair = PAIR_ROLES[r["role"]]
+        if r["dtype"] != "float64" and r["sass_loop"]["ex2"] * threads > per_pair * c["BLOCK_M"] * c["BLOCK_N"]:
             replicated.append(f"{_name(r)}: {r['sass_loop']['ex2']} per thread")  # fp64's exp2 is not MUFU
     assert not replicated, replicated
 
@@ -211,3 +225,20 @@ def test_3xtf32_error_is_within_its_documented_bound():
     lse_same = torch.logsumexp(s.masked_fill(~same, -np.inf), 1)
     emulated = rows_loss(lse_all, lse_same, 1e-5)
     assert (emulated - expected).abs().max() <= 2 * bound / t
+
+
+def test_a_loss_call_makes_few_launches_and_one_synchronisation():
+    # What the performance model prices (snnl.kernels.torch_ops): the same
+    # operations at every size, six Triton launches, and no host
+    # synchronisation but the input check's (no nonzero / unique / bincount
+    # for labels or far rows, no copy of the temperature from the host)
+    from snnl.kernels.torch_ops import count
+
+    small, large = count(48, 20), count(300, 70)
+    assert small["forward"]["operations"] == large["forward"]["operations"]
+    assert small["backward"]["operations"] == large["backward"]["operations"]
+    assert small["total"]["triton"] == 6 and small["total"]["sync"] == 1
+    assert [op for op in small["forward"]["operations"] if op.startswith("sync:")] == ["sync:_local_scalar_dense"]
+    assert small["total"]["torch"] + small["total"]["compiled"] <= 8
+    learned = count(48, 20, "euclidean", learned_temperature=True)  # + the check of T's value
+    assert learned["total"]["sync"] == 2 and learned["total"]["triton"] == 6

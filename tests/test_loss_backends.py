@@ -57,7 +57,8 @@ def backend_rows(backend, distance, eps, **kw):
         # 16-row tiles: every batch spans several row tiles and key-range
         # parts; 64-wide feature chunks: d > 64 takes the chunked path (the
         # interpreter's time grows with the square of the number of chunks)
-        return lambda z, y, t: fused_rows(prep(z), y, t, cosine, eps, kw.get("config", TileConfig(16, 16, 64)))
+        # (the raw points: the kernels normalise them themselves)
+        return lambda z, y, t: fused_rows(z, y, t, cosine, eps, kw.get("config", TileConfig(16, 16, 64)))
     return lambda z, y, t: reference_rows(z, y, t, distance, eps)
 
 
@@ -125,13 +126,81 @@ def test_triton_matches_reference(b, d, pattern, temperature, distance, eps):
 def test_launches_refuse_operands_not_padded_for_their_feature_chunks():
     # the kernels read whole feature chunks without masks: a buffer padded for
     # 16-wide chunks must not be read in 64-wide ones
-    from snnl.kernels.soft_nearest_neighbor import forward_launch, operands
+    from snnl.kernels.rows import operands
+    from snnl.kernels.soft_nearest_neighbor import forward_launch
 
-    ops = operands(torch.randn(8, 5), "ieee")
-    assert ops[0].shape == (8, 16) and operands(torch.randn(8, 5), "ieee", 64)[0].shape == (8, 64)
-    codes = torch.zeros(8, dtype=torch.int32)
+    x = torch.randn(8, 5)
+    ops = operands(x, "ieee")
+    assert ops[0].shape == (8, 16) and operands(x, "ieee", 64)[0].shape == (8, 64)
+    assert torch.equal(ops[0][:, :5], x) and not ops[0][:, 5:].any()
+    labels = torch.zeros(8, dtype=torch.int64)
     with pytest.raises(ValueError, match="feature chunks of 64"):
-        forward_launch(ops, ops, codes, codes, None, None, torch.tensor(1.0), 0, config=TileConfig(16, 16, 64))
+        forward_launch(ops, ops, labels, labels, None, None, torch.tensor(1.0), 0, config=TileConfig(16, 16, 64))
+
+
+def test_operands_split_for_3xtf32():
+    # hi exact in TF32 (the low 13 mantissa bits zero, rounded to nearest),
+    # lo the exact rest; squared norms of the unsplit points; for the cosine
+    # distance, the points normalised first as F.normalize does, and the norms
+    from snnl.kernels.rows import prepare
+
+    x = torch.randn(37, 21) * torch.logspace(-3, 3, 21)
+    hi, lo, sq = prepare(x, "tf32x3")
+    assert hi.shape == (37, 32) and not hi[:, 21:].any() and not lo[:, 21:].any()
+    assert not (hi.view(torch.int32) & 0x1FFF).any()
+    assert torch.equal(hi[:, :21] + lo[:, :21], x)
+    assert (lo[:, :21].abs() <= hi[:, :21].abs() * 2.0 ** -11).all()
+    torch.testing.assert_close(sq, x.pow(2).sum(1), rtol=1e-6, atol=0)
+    hi, lo, norms = prepare(x, "tf32x3", cosine=True)
+    torch.testing.assert_close(hi[:, :21] + lo[:, :21], F.normalize(x, dim=1), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(norms, x.norm(dim=1), rtol=1e-6, atol=0)
+    zero = prepare(torch.zeros(3, 4), "tf32x3", cosine=True)
+    assert not zero[0].any() and torch.equal(zero[2], torch.full((3,), 1e-12))  # F.normalize's floor
+
+
+def _far_rows(z, labels, temperature, distance, eps, far):
+    """Rows of the case whose exact log-sum-exps lie below -far (the shared
+    scale underflows for them): the case must hold some."""
+    s = prepared(distance)(z.double())
+    d = 1 - s @ s.T if distance == "cosine" else torch.cdist(s, s) ** 2
+    logits = (-d / temperature).fill_diagonal_(-float("inf"))
+    same = labels[:, None] == labels[None, :]
+    lse_all = torch.logsumexp(logits, 1)
+    lse_same = torch.logsumexp(logits.masked_fill(~same, -float("inf")), 1)
+    return int(((lse_all < -far) | (lse_same.isfinite() & (lse_same < -far))).sum())
+
+
+@pytest.mark.parametrize("dtype,temperature", [(torch.float64, 0.0005), (torch.float32, 0.005)])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+def test_triton_far_rows_are_recomputed_exactly(dtype, temperature, distance, eps):
+    # At these temperatures random points in 40 dimensions have neighbours more
+    # than FAR * T away: their shared-shift sums underflow, and the kernels'
+    # exact pass (forward) and exact terms (backward) must restore them.
+    from snnl.loss.shared_exp import FAR
+
+    b, d = 60, 40
+    g = torch.Generator().manual_seed(zlib.crc32(repr((b, d, "few_classes", temperature, distance, eps)).encode()))
+    assert _far_rows(make_points(b, d, distance, dtype, g), make_labels("few_classes", b, g), temperature, distance,
+                     eps, FAR[dtype]) > 0, "no far rows: the test does not reach the exact pass"
+    rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 2e-4)
+    compare("triton", b, d, "few_classes", temperature, distance, eps, dtype=dtype, rtol=rtol, grad_rtol=grad_rtol)
+
+
+def test_triton_rows_whose_same_class_sum_underflows_keep_their_neighbours():
+    # A pair of same-class points far from each other and from everything: the
+    # same-class sum underflows to 0 in fp32, which must not read as "no
+    # same-class neighbour" (the loss would become -log(eps) or +inf).
+    z = torch.zeros(6, 3)
+    z[0, 0], z[1, 0] = 1.0, -1.0  # same class, cosine distance 2
+    z[2:, 1] = 1.0
+    z[2:, 2] = torch.tensor([0.0, 0.01, 0.02, 0.03])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    t = torch.tensor(0.02)
+    rows = fused_rows(F.normalize(z, dim=1), labels, t, True, 0.0, TileConfig(16, 16, 16))
+    expected = reference_rows(z.double(), labels, t.double(), "cosine", 0.0)
+    assert torch.isfinite(rows[:2]).all()
+    torch.testing.assert_close(rows.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])

@@ -135,46 +135,73 @@ def _torch_dtype(name: str):
 def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = "cosine",
                   precision: str = "tf32x3", distributed: bool = False, capability: int = 90) -> list[tuple[str, object]]:
     """The launches the loss makes for this problem, for every candidate
-    configuration: (role, Launch).  Tensors are allocated (never touched:
-    ``torch.empty``) on the CPU with the real shapes, so binding sees the
-    real sizes, strides and alignments."""
+    configuration of the pair kernels: (role, Launch).  Tensors are allocated
+    (never touched: ``torch.empty``) on the CPU with the real shapes, so
+    binding sees the real sizes, strides and alignments."""
     import torch
 
+    from . import rows
     from . import soft_nearest_neighbor as kernels
+    from ..loss.shared_exp import FAR
 
     torch_dtype = _torch_dtype(dtype)
     acc = torch.float64 if torch_dtype == torch.float64 else torch.float32
-    points = kernels.operands(torch.empty(batch, dim, dtype=torch_dtype), precision)
-    codes = torch.empty(batch, dtype=torch.int32)
-    sq = torch.empty(batch, dtype=acc) if distance == "euclidean" else None
+    euclidean = distance == "euclidean"
+    x = torch.empty(batch, dim, dtype=torch_dtype)
+    prepare, (hi, lo, aux) = rows.prepare_launch(x, precision, None, not euclidean)
+    sq = aux if euclidean else None
+    launches = [("prepare", prepare)]
+    points = (hi, lo)
+    labels = torch.empty(batch, dtype=torch.int64)
     temperature = torch.empty((), dtype=acc)
-    coefs = (torch.empty(batch, dtype=acc), torch.empty(batch, dtype=acc))
-    launches = []
-    for config in kernels.candidate_configs("forward", batch, dim, torch_dtype, capability,
-                                             distance == "euclidean"):
-        launch, _ = kernels.forward_launch(points, points, codes, codes, sq, sq, temperature, 0, config=config,
-                                           precision=precision)
+    coefs = (torch.empty(batch, dtype=acc), torch.empty(batch, dtype=acc), torch.empty((4, batch), dtype=acc))
+    any_far = torch.empty(1, dtype=torch.int32)
+    first_sums = first_parts = None
+    for config in kernels.candidate_configs("forward", batch, dim, torch_dtype, capability, euclidean):
+        launch, sums = kernels.forward_launch(points, points, labels, labels, sq, sq, temperature, 0, config=config,
+                                              precision=precision)
         launches.append(("forward", launch))
-    for config in kernels.candidate_configs("backward", batch, dim, torch_dtype, capability,
-                                             distance == "euclidean"):
+        first_sums = sums if first_sums is None else first_sums
+    finish, _ = rows.finish_forward_launch(points, points, labels, labels, sq, sq, temperature, 0, first_sums,
+                                           FAR[acc], 1e-5, precision=precision)
+    launches.append(("finish-forward", finish))
+    for config in kernels.candidate_configs("backward", batch, dim, torch_dtype, capability, euclidean):
         if distributed:  # a process's rows (a quarter of the batch here) against the gathered batch
             queries = tuple(p[: batch // 4] for p in points)
-            launch, _ = kernels.backward_launch(queries, points, codes[: batch // 4], codes, sq, sq, temperature,
-                                                coefs, None, 0, True, config=config, precision=precision)
+            q_coefs = tuple(c[..., : batch // 4] for c in coefs)
+            launch, parts = kernels.backward_launch(queries, points, labels[: batch // 4], labels, sq, sq,
+                                                    temperature, q_coefs, None, 0, True, config=config,
+                                                    precision=precision, any_far=any_far)
             launches.append(("backward-queries", launch))
-            launch, _ = kernels.backward_launch(points, queries, codes, codes[: batch // 4], sq, sq, temperature,
-                                                None, coefs, 0, False, config=config, precision=precision)
+            launch, _ = kernels.backward_launch(points, queries, labels, labels[: batch // 4], sq, sq, temperature,
+                                                None, q_coefs, 0, False, config=config, precision=precision,
+                                                any_far=any_far)
             launches.append(("backward-keys", launch))
         else:
-            launch, _ = kernels.backward_launch(points, points, codes, codes, sq, sq, temperature, coefs, coefs, 0,
-                                                True, config=config, precision=precision)
+            launch, parts = kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs,
+                                                    0, True, config=config, precision=precision, any_far=any_far)
             launches.append(("backward", launch))
+        first_parts = parts if first_parts is None else first_parts
+    # the far rows' exact terms (no trips unless some row is far)
+    far, far_parts = kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs, 0,
+                                             True, config=kernels.far_pass_config(dim, torch_dtype),
+                                             precision=precision, any_far=any_far, far_pass=True)
+    launches.append(("backward-far", far))
+    finish, _ = rows.finish_backward_launch(first_parts, far_parts, x, aux, temperature, not euclidean)
+    launches.append(("finish-backward", finish))
     return launches
 
 
-def _iterations(launch) -> int:
+PAIR_ROLES = ("forward", "backward", "backward-queries", "backward-keys", "backward-far")
+
+
+def _iterations(role: str, launch) -> int:
     """Trips of the loop over key tiles per program (times the feature chunks
-    when the feature dimension is looped over)."""
+    when the feature dimension is looped over); 1 for the row kernels, whose
+    loops are over feature chunks and parts (and, in the rare tiles with far
+    rows, ``finish_forward``'s exact pass)."""
+    if role not in PAIR_ROLES or role == "backward-far":  # the far pass: no trips without far rows
+        return 1
     constexprs = launch.constexprs
     part, dim = launch.args[-1], launch.args[-4]  # keys per part of the key range; features (both kernels)
     trips = -(-part // constexprs["BLOCK_N"])
@@ -196,7 +223,7 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
     for g in launch.grid:
         programs *= g
     report = LaunchReport(role, target, asdict(config), dict(launch.constexprs), list(launch.grid), programs,
-                          _iterations(launch), shared_limit=SHARED_LIMIT[target])
+                          _iterations(role, launch), shared_limit=SHARED_LIMIT[target])
     gpu = GPUTarget("cuda", TARGETS[target], 32)
     backend = make_backend(gpu)
     kwargs = {**launch.constexprs, **launch.options()}
@@ -301,7 +328,7 @@ def run(args) -> int:
     if args.model:
         from .model import estimate_problem, format_estimates
 
-        estimates = estimate_problem(reports, args.batch, args.dim, args.dtype)
+        estimates = estimate_problem(reports, args.batch, args.dim, args.dtype, distance=args.distance)
         print(format_estimates(estimates))
         out["model"] = estimates
     if args.json:

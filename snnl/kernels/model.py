@@ -17,9 +17,13 @@ loop's SASS instruction counts (per thread, i.e. per warp instruction):
 and the launch takes the largest of these (perfect overlap: optimistic),
 divided by the occupancy of the last wave (P programs on SMs x blocks per SM,
 blocks per SM from registers and shared memory), plus a launch overhead.
-The torch work around the kernels (splitting and padding the operands,
-adding the key-range parts, the per-row algebra) is memory traffic at HBM
-bandwidth plus an overhead per operation.
+The row kernels around them (``snnl.kernels.rows``: operands, the parts
+added, the gradient of the points; the backward far pass, whose loop has no
+trips without far rows) are their bytes at HBM bandwidth plus a launch.  The
+torch work left around the kernels is counted, not guessed
+(``snnl.kernels.torch_ops``: the operations, torch.compile'd helpers and
+host synchronisations of one call), each operation a launch overhead, each
+synchronisation SYNC_S.
 
 The eager reference and ``torch.compile`` of it, in the same model: their
 b x b matrices through HBM and their three b x d x b products on the fp32
@@ -73,6 +77,8 @@ GPUS = {
 }
 
 COMPILED_BYTES_PER_PAIR = 30  # see the module docstring
+COMPILED_KERNELS_PER_CALL = 2  # Inductor kernels per torch.compile'd helper call (assumption)
+SYNC_S = 10e-6  # one host synchronisation (assumption)
 
 
 def _element_size(dtype: str) -> int:
@@ -129,17 +135,42 @@ def launch_time(report, dtype: str) -> dict:
             **{f"{k}_s": v for k, v in terms.items()}}
 
 
-def glue_time(batch: int, dim: int, dtype: str, gpu: Gpu, forward_parts: int, backward_parts: int) -> float:
-    """The torch work around the kernels: operands split and padded (read x,
-    write hi and lo), the key-range parts added (forward sums, backward
-    gradient rows), the gradient's per-row algebra; about 40 small operations."""
-    size = 4 if dtype != "float64" else 8
-    padded = -(-dim // 16) * 16
-    bytes_moved = (batch * dim * size + 2 * batch * padded * size  # operands
-                   + forward_parts * 2 * batch * size  # forward partial sums
-                   + (backward_parts + 1) * batch * padded * size  # backward partial gradient rows
-                   + 6 * batch * dim * size)  # the gradient's elementwise passes
-    return bytes_moved / gpu.hbm_bytes + 40 * gpu.torch_op_s
+ROW_ROLES = ("prepare", "finish-forward", "backward-far", "finish-backward")
+
+
+def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> dict:
+    """The model's time of a row kernel (``snnl.kernels.rows``, and the
+    backward far pass, whose loop has no trips without far rows): the bytes it
+    moves through HBM plus the launch.  ``parts``: the pair launches' numbers
+    of key-range parts (what the finishing kernels add up)."""
+    gpu = GPUS[report.target]
+    size = _element_size(dtype)
+    acc = 8 if dtype == "float64" else 4
+    width = -(-dim // report.constexprs.get("BLOCK_D", 16)) * report.constexprs.get("BLOCK_D", 16)
+    padded = -(-dim // 16) * 16 if report.role in ("prepare", "finish-backward") else width
+    split = 2 if dtype == "float32" else 1
+    moved = {
+        "prepare": 2 * batch * dim * size + batch * padded * size * split + batch * acc,  # x twice, hi/lo, norms
+        "finish-forward": (parts.get("forward", 1) + 1) * 2 * batch * acc,  # the parts in, lse out
+        "backward-far": batch * padded * acc + 2 * batch * acc,  # its part, zeros without far rows
+        "finish-backward": ((parts.get("backward", 1) + 1) * (batch * padded + 2 * batch) * acc * 2  # read twice
+                            + 2 * batch * dim * size + batch * dim * size + batch * acc),
+    }[report.role]
+    seconds = moved / gpu.hbm_bytes + gpu.launch_s
+    return {"seconds": seconds, "bound": "memory", "bytes": moved}
+
+
+def glue_time(counts: dict, gpu: Gpu) -> float:
+    """The rest of a loss call around the kernels, from the operations counted
+    by ``snnl.kernels.torch_ops`` (one call's forward and backward): each
+    torch operation a launch; each torch.compile'd helper
+    COMPILED_KERNELS_PER_CALL launches (an assumption: Inductor fuses each
+    helper's elementwise work and reductions into one or two kernels); each
+    host synchronisation SYNC_S (the host waits, then the GPU waits for its
+    next launch)."""
+    total = counts["total"]
+    launches = total["torch"] + COMPILED_KERNELS_PER_CALL * total["compiled"]
+    return launches * gpu.torch_op_s + total["sync"] * SYNC_S
 
 
 _EAGER_BYTES_PER_PAIR: dict = {}
@@ -194,24 +225,37 @@ def baseline_times(batch: int, dim: int, gpu: Gpu) -> dict:
             "compiled_bytes_per_pair": COMPILED_BYTES_PER_PAIR}
 
 
-def estimate_problem(reports, batch: int, dim: int, dtype: str) -> list[dict]:
-    """Per target: the fastest configuration of each launch in the model (what
-    autotuning would pick were the model right), the total with the torch
-    work around the kernels, and the baselines."""
+def estimate_problem(reports, batch: int, dim: int, dtype: str, counts: dict | None = None,
+                     distance: str = "cosine") -> list[dict]:
+    """Per target: the fastest configuration of each pair launch in the model
+    (what autotuning would pick were the model right), the row kernels, the
+    torch work counted around them (``counts`` from
+    ``snnl.kernels.torch_ops``; counted here when not given), and the
+    baselines."""
+    if counts is None:
+        from .torch_ops import count_in_subprocess
+
+        # the same operations at any size (tests/test_compiled_code.py); bf16
+        # counted as fp16, which the interpreter computes correctly
+        counts = count_in_subprocess(min(batch, 256), min(dim, 128), distance,
+                                     "float16" if dtype == "bfloat16" else dtype)
     out = []
     for target in sorted({r.target for r in reports}):
         gpu = GPUS[target]
         chosen = {}
-        for report in (r for r in reports if r.target == target and not r.error):
+        for report in (r for r in reports if r.target == target and not r.error and r.role not in ROW_ROLES):
             timing = launch_time(report, dtype)
             if report.role not in chosen or timing["seconds"] < chosen[report.role][1]["seconds"]:
                 chosen[report.role] = (report, timing)
         parts = {role: r.grid[1] if len(r.grid) > 1 else 1 for role, (r, _) in chosen.items()}
-        glue = glue_time(batch, dim, dtype, gpu, parts.get("forward", 1), parts.get("backward", 1))
+        for report in (r for r in reports if r.target == target and not r.error and r.role in ROW_ROLES):
+            chosen[report.role] = (report, row_launch_time(report, batch, dim, dtype, parts))
+        glue = glue_time(counts, gpu)
         kernels = sum(t["seconds"] for _, t in chosen.values())
         entry = {"target": target, "gpu": asdict(gpu), "batch": batch, "dim": dim, "dtype": dtype,
                  "launches": {role: {"config": r.config, "programs": r.programs, **t} for role, (r, t) in chosen.items()},
-                 "glue_s": glue, "total_s": kernels + glue, "label": "model estimate, not a measurement"}
+                 "torch_ops_counted": counts["total"], "glue_s": glue, "kernels_s": kernels,
+                 "total_s": kernels + glue, "label": "model estimate, not a measurement"}
         if dtype == "float32":
             entry.update(baseline_times(batch, dim, gpu))
             entry["x_eager"] = entry["eager_s"] / entry["total_s"]

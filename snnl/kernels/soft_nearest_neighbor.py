@@ -15,8 +15,10 @@ backward pass forms each pair's whole derivative from one exp2,
 
 with a = g_all / S and c = g_same / N per row (computed by the caller).  Rows
 whose sums underflow this shared scale ("far" rows: all neighbours more than
-about 50 T away in fp32) are recomputed exactly by the caller (see
-``snnl.loss.fused``), as on the CPU path.
+about 50 T away in fp32) are recomputed exactly on the GPU, with no host
+synchronisation: their log-sum-exps by ``snnl.kernels.rows``'
+finish_forward, their gradient terms by the backward kernel's FAR_PASS
+variant (a launch whose loop has no trips when no row is far).
 
 Work is split two ways: row tiles of BLOCK_M queries, and the key range cut
 into ``splits`` contiguous parts, one program each, so that small batches
@@ -98,6 +100,23 @@ def _key_tile(KEYS, KEYS_LO, c0, stop, cols_local, dim, stride, WHOLE_D: tl.cons
 
 
 @triton.jit
+def _exact_terms(EXACT, index, ok, n, s2, keep, same, AXIS: tl.constexpr):
+    """The far rows' exact terms of a tile of pairs, for the rows along
+    ``AXIS`` (1: the tile's rows, 0: its columns): see ``_backward_kernel``."""
+    e_all = tl.load(EXACT + index, mask=ok, other=0.0)
+    e_same = tl.load(EXACT + n + index, mask=ok, other=0.0)
+    l_all = tl.load(EXACT + 2 * n + index, mask=ok, other=0.0)
+    l_same = tl.load(EXACT + 3 * n + index, mask=ok, other=0.0)
+    if AXIS == 1:
+        e_all, e_same, l_all, l_same = e_all[:, None], e_same[:, None], l_all[:, None], l_same[:, None]
+    else:
+        e_all, e_same, l_all, l_same = e_all[None, :], e_same[None, :], l_all[None, :], l_same[None, :]
+    # selected, not multiplied: 2^(s2 - L) overflows for the pairs masked out
+    terms = tl.where(keep & (e_all != 0.0), e_all * tl.exp2(s2 - l_all), 0.0)
+    return terms + tl.where(keep & same & (e_same != 0.0), e_same * tl.exp2(s2 - l_same), 0.0)
+
+
+@triton.jit
 def _split_tf32(x):
     """x = hi + lo with hi exact in TF32 (rounded to nearest, ties away, as
     cvt.rna.tf32.f32 does) and lo the rest: the registers' side of 3xTF32."""
@@ -151,7 +170,8 @@ def _forward_kernel(
     WHOLE_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Partial sums over this program's key range: SUMS[split, 0, i] = sum_j w_ij,
-    SUMS[split, 1, i] = sum_{same class} w_ij."""
+    SUMS[split, 1, i] = sum_{same class} w_ij.  Labels are compared as given
+    (any integer dtype)."""
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     split = tl.program_id(1)
     rows_local = tl.arange(0, BLOCK_M)
@@ -161,7 +181,7 @@ def _forward_kernel(
     q_lo_base = Q_LO + row0 * q_stride
     temperature = tl.load(TEMPERATURE)
     scale = LOG2E / temperature
-    row_labels = tl.load(Q_LABELS + row0 + rows_local, mask=row_ok, other=-1)
+    row_labels = tl.load(Q_LABELS + row0 + rows_local, mask=row_ok, other=0)
     sq_rows = rows_local  # placeholders unless EUCLIDEAN / WHOLE_D / SPLIT
     if EUCLIDEAN:
         sq_rows = tl.load(Q_SQ + row0 + rows_local, mask=row_ok, other=0.0)
@@ -189,7 +209,7 @@ def _forward_kernel(
         if EUCLIDEAN:
             sq_cols = tl.load(K_SQ + c0 + cols_local, mask=col_ok, other=0.0)
         s2, _ = _scaled_logits(dots, sq_rows, sq_cols, scale, EUCLIDEAN)
-        col_labels = tl.load(K_LABELS + c0 + cols_local, mask=col_ok, other=-2)
+        col_labels = tl.load(K_LABELS + c0 + cols_local, mask=col_ok, other=0)
         keep = col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
         w = tl.where(keep, tl.exp2(s2), 0.0)
         sum_all += tl.sum(w, axis=1)
@@ -202,11 +222,11 @@ def _forward_kernel(
 @triton.jit
 def _backward_kernel(
     ROWS, ROWS_LO, COLS, COLS_LO, ROW_LABELS, COL_LABELS, ROW_SQ, COL_SQ, TEMPERATURE,
-    ROW_A, ROW_C, COL_A, COL_C, GRAD, HSUM, WEIGHTED,
+    ROW_A, ROW_C, COL_A, COL_C, ROW_EXACT, COL_EXACT, ANY_FAR, GRAD, HSUM, WEIGHTED,
     n_rows, n_cols, self_delta, dim, row_stride, col_stride, cols_per_split,
     OWN_TERM: tl.constexpr, THEIR_TERM: tl.constexpr, NEED_WEIGHTED: tl.constexpr,
     EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-    GRAD_SPLIT: tl.constexpr, WHOLE_D: tl.constexpr,
+    GRAD_SPLIT: tl.constexpr, WHOLE_D: tl.constexpr, FAR_PASS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Partial backward sums over this program's column range:
@@ -214,7 +234,19 @@ def _backward_kernel(
     HSUM[split, i] = sum_j H_ij, WEIGHTED[split, i] = sum_j own_ij * s_ij * log2(e).
     Row i and column j are the same point when row i + self_delta == j.
     GRAD_SPLIT: the product H @ c in 3xTF32 (H split in registers; c split in
-    memory with SPLIT, exact in TF32 for half inputs)."""
+    memory with SPLIT, exact in TF32 for half inputs).
+
+    FAR_PASS: the far rows' terms instead.  Their terms are left out of the
+    shared coefficients (a, c = 0) and computed in exact form, each with its
+    own shift, from ROW_EXACT / COL_EXACT = (4, n): (e_all, e_same,
+    lse_all log2(e), lse_same log2(e)), e = g for the far rows' parts, 0
+    elsewhere:
+
+        own_ij = e_all_i 2^(s2_ij - L_all_i) + [same] e_same_i 2^(s2_ij - L_same_i)
+
+    A launch of its own (one part, written as zeros when ``ANY_FAR[0]`` is 0:
+    its loop then has no trips), so that the common launch carries none of
+    its code or registers, and no host synchronisation decides whether it runs."""
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     split = tl.program_id(1)
     chunk = tl.program_id(2)
@@ -225,7 +257,7 @@ def _backward_kernel(
     rows_lo_base = ROWS_LO + row0 * row_stride
     temperature = tl.load(TEMPERATURE)
     scale = LOG2E / temperature
-    row_labels = tl.load(ROW_LABELS + row0 + rows_local, mask=row_ok, other=-1)
+    row_labels = tl.load(ROW_LABELS + row0 + rows_local, mask=row_ok, other=0)
     sq_rows = rows_local  # placeholders unless EUCLIDEAN / OWN_TERM / WHOLE_D / SPLIT
     if EUCLIDEAN:
         sq_rows = tl.load(ROW_SQ + row0 + rows_local, mask=row_ok, other=0.0)
@@ -250,6 +282,8 @@ def _backward_kernel(
     k0_out = chunk * BLOCK_D  # this program's output features
     col_start = split * cols_per_split
     col_stop = tl.minimum(col_start + cols_per_split, n_cols)
+    if FAR_PASS:  # no trips without far rows
+        col_stop = tl.where(tl.load(ANY_FAR) != 0, col_stop, col_start)
     self_shift = (row0 + self_delta).to(tl.int32) + rows_local
     for c0 in range(col_start, col_stop, BLOCK_N):
         col_ok, cols_base, cols_lo_base, col_hi, col_lo = _key_tile(COLS, COLS_LO, c0, col_stop, cols_local, dim,
@@ -260,20 +294,29 @@ def _backward_kernel(
         if EUCLIDEAN:
             sq_cols = tl.load(COL_SQ + c0 + cols_local, mask=col_ok, other=0.0)
         s2, unclamped = _scaled_logits(dots, sq_rows, sq_cols, scale, EUCLIDEAN)
-        col_labels = tl.load(COL_LABELS + c0 + cols_local, mask=col_ok, other=-2)
+        col_labels = tl.load(COL_LABELS + c0 + cols_local, mask=col_ok, other=0)
         keep = col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
-        w = tl.where(keep, tl.exp2(s2), 0.0)
         same = row_labels[:, None] == col_labels[None, :]
-        h = tl.zeros_like(w)
-        if OWN_TERM:
-            own = w * (row_a[:, None] + tl.where(same, row_c[:, None], 0.0))
-            if NEED_WEIGHTED:
-                weighted += tl.sum(own * s2, axis=1)
-            h += own
-        if THEIR_TERM:
-            col_a = tl.load(COL_A + c0 + cols_local, mask=col_ok, other=0.0)
-            col_c = tl.load(COL_C + c0 + cols_local, mask=col_ok, other=0.0)
-            h += w * (col_a[None, :] + tl.where(same, col_c[None, :], 0.0))
+        h = tl.zeros_like(s2)
+        if FAR_PASS:
+            if OWN_TERM:
+                own = _exact_terms(ROW_EXACT + row0, rows_local, row_ok, n_rows, s2, keep, same, 1)
+                if NEED_WEIGHTED:
+                    weighted += tl.sum(own * s2, axis=1)
+                h += own
+            if THEIR_TERM:
+                h += _exact_terms(COL_EXACT + c0, cols_local, col_ok, n_cols, s2, keep, same, 0)
+        else:
+            w = tl.where(keep, tl.exp2(s2), 0.0)
+            if OWN_TERM:
+                own = w * (row_a[:, None] + tl.where(same, row_c[:, None], 0.0))
+                if NEED_WEIGHTED:
+                    weighted += tl.sum(own * s2, axis=1)
+                h += own
+            if THEIR_TERM:
+                col_a = tl.load(COL_A + c0 + cols_local, mask=col_ok, other=0.0)
+                col_c = tl.load(COL_C + c0 + cols_local, mask=col_ok, other=0.0)
+                h += w * (col_a[None, :] + tl.where(same, col_c[None, :], 0.0))
         if EUCLIDEAN:
             h = tl.where(unclamped, h, 0.0)
             h_sum += tl.sum(h, axis=1)
@@ -304,21 +347,6 @@ def _backward_kernel(
         out = split.to(tl.int64) * n_rows + row0 + rows_local
         tl.store(HSUM + out, h_sum, mask=row_ok)
         tl.store(WEIGHTED + out, weighted, mask=row_ok)
-
-
-def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
-    """x rounded to the nearest TF32 value (ties away from zero), as fp32: the
-    hi part of the 3xTF32 split done in memory (``split_tf32``)."""
-    bits = x.contiguous().view(torch.int32)
-    return ((bits + 0x1000) & -0x2000).view(torch.float32)
-
-
-def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo), x = hi + lo exactly, hi in TF32: fp32 operands of the 3xTF32
-    products prepared once per call in O(b * d) memory, so that the kernels
-    load both parts straight into the tensor cores' operand layout."""
-    hi = round_to_tf32(x)
-    return hi, x - hi
 
 
 # --------------------------------------------------------------------------- configurations
@@ -384,7 +412,20 @@ def candidate_configs(kind: str, n: int, dim: int, dtype: torch.dtype, capabilit
     if capability >= 90:
         large = [TileConfig(128, 64, block_d, 8, 1), TileConfig(128, 32, block_d, 8, 1)] if n > 4096 else []
         return large + [TileConfig(64, 32, block_d, 8, 1), TileConfig(32, 64, block_d, 8, 1)]
-    return [TileConfig(32, 64, block_d, 8, 1), TileConfig(64, 32, block_d, 4, 2), TileConfig(64, 16, block_d, 4, 2)]
+    # (64 x 32 with 4 warps spills 4 B for the Euclidean distance on sm_80,
+    # whose extra per-row terms and int64 labels take the last registers)
+    wide = [] if euclidean else [TileConfig(64, 32, block_d, 4, 2)]
+    return [TileConfig(32, 64, block_d, 8, 1), *wide, TileConfig(64, 16, block_d, 4, 2)]
+
+
+def far_pass_config(dim: int, dtype: torch.dtype) -> TileConfig:
+    """The tiles of the backward far pass (``FAR_PASS``: up to four exp2 and
+    four per-row vectors per pair, in batches with far rows only): 16 x 32
+    with 4 warps compiles without spills for fp32 and bf16 on sm_80 and
+    sm_90, where the pair kernels' 32-row tiles spill (tests/test_compiled_code.py)."""
+    if dtype == torch.float64:
+        return candidate_configs("backward", 0, dim, dtype)[0]
+    return TileConfig(16, 32, feature_block(dim, dtype), 4, 1)
 
 
 def device_capability(device: torch.device) -> int:
@@ -457,25 +498,12 @@ def _products(x: torch.Tensor, precision: str) -> dict:
     )
 
 
-def operands(x: torch.Tensor, precision: str, block_d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) of the points as the kernels read them: zero-padded to a
-    multiple of ``block_d`` features (default ``feature_block``, what every
-    candidate configuration uses; no masks on features, aligned rows) and
-    split for 3xTF32 (fp32, "tf32x3"), else (x, x) (lo unused).  The padded
-    features add 0 to every product and receive 0 gradient."""
-    n, dim = x.shape
-    block_d = block_d or feature_block(dim, x.dtype)
-    width = -(-dim // block_d) * block_d
-    padded = torch.zeros((n, width), dtype=x.dtype, device=x.device)
-    padded[:, :dim] = x
-    return split_tf32(padded) if x.dtype == torch.float32 and precision == "tf32x3" else (padded, padded)
-
-
 def _check_padding(a: torch.Tensor, b: torch.Tensor, config: TileConfig) -> None:
     # the kernels read features without masks: whole chunks must lie in the buffers
     if a.shape[1] != b.shape[1] or a.shape[1] % config.block_d:
         raise ValueError(f"operands of {a.shape[1]} and {b.shape[1]} features for feature chunks of "
-                         f"{config.block_d}: make them with operands(x, precision, block_d={config.block_d})")
+                         f"{config.block_d}: make them with snnl.kernels.rows.operands(x, precision, "
+                         f"block_d={config.block_d})")
 
 
 def forward_launch(queries, keys, query_labels, key_labels, query_sq, key_sq, temperature, offset, *,
@@ -506,15 +534,21 @@ def forward_launch(queries, keys, query_labels, key_labels, query_sq, key_sq, te
 
 def backward_launch(rows, cols, row_labels, col_labels, row_sq, col_sq, temperature, row_coefs, col_coefs,
                     self_delta, need_weighted, *, config: TileConfig, precision: str = "tf32x3",
-                    splits: int | None = None) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                    splits: int | None = None, any_far: torch.Tensor | None = None, far_pass: bool = False
+                    ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One backward launch (see ``_backward_kernel``) and its output buffers
-    (grad (splits, n, d), h_sum (splits, n), weighted (splits, n)).
+    (grad (splits, n, width), h_sum (splits, n), weighted (splits, n)).
     ``rows`` / ``cols``: (hi, lo) pairs from ``operands``; ``row_coefs`` /
-    ``col_coefs``: (a, c) for the side whose terms are wanted, or None."""
+    ``col_coefs``: (a, c, exact) for the side whose terms are wanted, or
+    None, ``exact`` the far rows' (4, n) coefficients; ``any_far``: a (1,)
+    int32 flag on the device, nonzero when some row is far (default: none);
+    ``far_pass``: the launch of the far rows' terms (one part)."""
     (r, r_lo), (c, c_lo) = rows, cols
     _check_padding(r, c, config)
     n_rows, dim = r.shape
     n_cols = c.shape[0]
+    if far_pass:
+        splits = 1
     part = (triton.cdiv(triton.cdiv(n_cols, splits), config.block_n) * config.block_n if splits
             else _part_length(n_rows, n_cols, config))
     splits = triton.cdiv(n_cols, part)
@@ -522,6 +556,8 @@ def backward_launch(rows, cols, row_labels, col_labels, row_sq, col_sq, temperat
     grad = torch.empty((splits, n_rows, dim), dtype=acc, device=r.device)
     h_sum = torch.empty((splits, n_rows), dtype=acc, device=r.device)
     weighted = torch.empty_like(h_sum)
+    if any_far is None:
+        any_far = torch.zeros(1, dtype=torch.int32, device=r.device)
     euclidean = row_sq is not None
     dummy = h_sum
     whole = dim <= config.block_d
@@ -529,11 +565,12 @@ def backward_launch(rows, cols, row_labels, col_labels, row_sq, col_sq, temperat
         _backward_kernel,
         (triton.cdiv(n_rows, config.block_m), splits, 1 if whole else triton.cdiv(dim, config.block_d)),
         (r, r_lo, c, c_lo, row_labels, col_labels, row_sq if euclidean else dummy, col_sq if euclidean else dummy,
-         temperature, *(row_coefs or (dummy, dummy)), *(col_coefs or (dummy, dummy)), grad, h_sum, weighted,
+         temperature, *(row_coefs or (dummy, dummy, dummy))[:2], *(col_coefs or (dummy, dummy, dummy))[:2],
+         row_coefs[2] if row_coefs else dummy, col_coefs[2] if col_coefs else dummy, any_far, grad, h_sum, weighted,
          n_rows, n_cols, self_delta, dim, r.stride(0), c.stride(0), part),
         dict(OWN_TERM=row_coefs is not None, THEIR_TERM=col_coefs is not None, NEED_WEIGHTED=need_weighted,
              EUCLIDEAN=euclidean, FP64=r.dtype == torch.float64, **_products(r, precision), WHOLE_D=whole,
-             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d),
+             FAR_PASS=far_pass, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d),
         config,
     )
     return launch, (grad, h_sum, weighted)

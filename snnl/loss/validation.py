@@ -67,8 +67,8 @@ def _check_finite(x, name: str) -> None:
     One pass: the sum of a tensor with a NaN or an Inf is NaN or infinite.
     Only when it is (or when finite values overflow it) are the rows checked
     one by one."""
-    if bool(torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
-        return
+    if math.isfinite(float(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
+        return  # one reduction and its synchronisation
     finite = torch.isfinite(x).all(dim=1)
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()
@@ -113,8 +113,8 @@ def check_temperature(temperature, device: torch.device, dtype: torch.dtype) -> 
         raise TypeError(f"temperature must be a float or a 0-dim tensor, got {type(temperature).__name__}")
     if not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"temperature must be finite and > 0, got {value}")
-    if tensor is None:
-        tensor = torch.tensor(value, device=device, dtype=dtype)
+    if tensor is None:  # filled on the device: no copy from the host, which would synchronise
+        tensor = torch.full((), value, device=device, dtype=dtype)
     return tensor
 
 
