@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .soft_nearest_neighbor import (LOG2E, Launch, TileConfig, _acc_dtype, _check_padding, _dots, _key_tile,
-                                    _scaled_logits, _split_tf32, _tile, feature_block)
+from .soft_nearest_neighbor import (LOG2E, Launch, TileConfig, _acc_dtype, _check_padding, _key_logits, _row_tile,
+                                    _split_tf32, feature_block)
 
 LN2 = tl.constexpr(0.6931471805599453)
 ROWS_PER_PROGRAM = 32  # prepare and finish_backward: 32 rows x up to 64 features per step
@@ -139,27 +139,15 @@ def _finish_forward_kernel(
         sq_rows = rows_local
         if EUCLIDEAN:
             sq_rows = tl.load(Q_SQ + row0 + rows_local, mask=row_ok, other=0.0)
-        row_hi = rows_local
-        row_lo = rows_local
-        if WHOLE_D:
-            row_hi = _tile(q_base, row_ok, dim, q_stride, 0, BLOCK_M, BLOCK_D)
-            if SPLIT:
-                row_lo = _tile(q_lo_base, row_ok, dim, q_stride, 0, BLOCK_M, BLOCK_D)
+        row_hi, row_lo = _row_tile(q_base, q_lo_base, row_ok, dim, q_stride, WHOLE_D, SPLIT, BLOCK_M, BLOCK_D)
         max_all = tl.full((BLOCK_M,), _FLOOR, sum_all.dtype)
         max_same = max_all
         exact_all = tl.zeros_like(sum_all)
         exact_same = exact_all
         for c0 in range(0, n_keys, BLOCK_N):  # online log-sum-exp in base 2
-            col_ok, k_base, k_lo_base, col_hi, col_lo = _key_tile(K, K_LO, c0, n_keys, cols_local, dim, k_stride,
-                                                                  WHOLE_D, SPLIT, BLOCK_N, BLOCK_D)
-            dots = _dots(q_base, q_lo_base, k_base, k_lo_base, row_hi, row_lo, col_hi, col_lo, row_ok, col_ok, dim,
-                         q_stride, k_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
-            sq_cols = cols_local
-            if EUCLIDEAN:
-                sq_cols = tl.load(K_SQ + c0 + cols_local, mask=col_ok, other=0.0)
-            s2, _ = _scaled_logits(dots, sq_rows, sq_cols, scale, EUCLIDEAN)
-            col_labels = tl.load(K_LABELS + c0 + cols_local, mask=col_ok, other=0)
-            keep = col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
+            _, _, _, _, _, s2, _, col_labels, keep = _key_logits(
+                K, K_LO, K_SQ, K_LABELS, c0, n_keys, q_base, q_lo_base, row_hi, row_lo, row_ok, sq_rows, self_shift,
+                scale, dim, q_stride, k_stride, EUCLIDEAN, FP64, SPLIT, PRECISION, WHOLE_D, BLOCK_M, BLOCK_N, BLOCK_D)
             same = keep & (row_labels[:, None] == col_labels[None, :])
             new_all = tl.maximum(max_all, tl.max(tl.where(keep, s2, _FLOOR), axis=1))
             exact_all = exact_all * tl.exp2(max_all - new_all) + tl.sum(

@@ -82,21 +82,50 @@ def _tile(BASE, ok, dim, stride, k0, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr)
 
 
 @triton.jit
-def _key_tile(KEYS, KEYS_LO, c0, stop, cols_local, dim, stride, WHOLE_D: tl.constexpr, SPLIT: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The key tile from key c0 on: which of its keys exist (below ``stop``),
-    its base pointers (hi and lo parts) and, when the features fit one chunk,
-    the tile itself (else placeholders: ``_dots`` loads the chunks)."""
+def _row_tile(base, lo_base, row_ok, dim, stride, WHOLE_D: tl.constexpr, SPLIT: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The row tile (hi and, with SPLIT, lo parts), loaded once before the loop
+    over key tiles when the features fit one chunk (else placeholders:
+    ``_dots`` loads the chunks)."""
+    row_hi = tl.arange(0, BLOCK_M)
+    row_lo = row_hi
+    if WHOLE_D:
+        row_hi = _tile(base, row_ok, dim, stride, 0, BLOCK_M, BLOCK_D)
+        if SPLIT:
+            row_lo = _tile(lo_base, row_ok, dim, stride, 0, BLOCK_M, BLOCK_D)
+    return row_hi, row_lo
+
+
+@triton.jit
+def _key_logits(KEYS, KEYS_LO, KEY_SQ, KEY_LABELS, c0, stop, rows_base, rows_lo_base, row_hi, row_lo, row_ok, sq_rows,
+                self_shift, scale, dim, row_stride, key_stride,
+                EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+                WHOLE_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One key tile, from key c0 on, against the row tile: which of its keys
+    exist (below ``stop``), its base pointers (hi, lo) and, when the features
+    fit one chunk, the tile itself (``_dots``), s * log2(e) and the mask of
+    unclamped distances (``_scaled_logits``), the keys' labels, and ``keep``:
+    the pairs of existing keys other than the row itself (key = row +
+    ``self_shift``'s offset).  Every loop over key tiles starts here."""
+    cols_local = tl.arange(0, BLOCK_N)
     col_ok = cols_local < stop - c0
-    base = KEYS + tl.cast(c0, tl.int64) * stride
-    lo_base = KEYS_LO + tl.cast(c0, tl.int64) * stride
+    base = KEYS + tl.cast(c0, tl.int64) * key_stride
+    lo_base = KEYS_LO + tl.cast(c0, tl.int64) * key_stride
     col_hi = cols_local
     col_lo = cols_local
     if WHOLE_D:
-        col_hi = _tile(base, col_ok, dim, stride, 0, BLOCK_N, BLOCK_D)
+        col_hi = _tile(base, col_ok, dim, key_stride, 0, BLOCK_N, BLOCK_D)
         if SPLIT:
-            col_lo = _tile(lo_base, col_ok, dim, stride, 0, BLOCK_N, BLOCK_D)
-    return col_ok, base, lo_base, col_hi, col_lo
+            col_lo = _tile(lo_base, col_ok, dim, key_stride, 0, BLOCK_N, BLOCK_D)
+    dots = _dots(rows_base, rows_lo_base, base, lo_base, row_hi, row_lo, col_hi, col_lo, row_ok, col_ok, dim,
+                 row_stride, key_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+    sq_cols = cols_local
+    if EUCLIDEAN:
+        sq_cols = tl.load(KEY_SQ + c0 + cols_local, mask=col_ok, other=0.0)
+    s2, unclamped = _scaled_logits(dots, sq_rows, sq_cols, scale, EUCLIDEAN)
+    labels = tl.load(KEY_LABELS + c0 + cols_local, mask=col_ok, other=0)
+    keep = col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
+    return col_ok, base, lo_base, col_hi, col_lo, s2, unclamped, labels, keep
 
 
 @triton.jit
@@ -175,7 +204,6 @@ def _forward_kernel(
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_M
     split = tl.program_id(1)
     rows_local = tl.arange(0, BLOCK_M)
-    cols_local = tl.arange(0, BLOCK_N)
     row_ok = rows_local < n_queries - row0
     q_base = Q + row0 * q_stride
     q_lo_base = Q_LO + row0 * q_stride
@@ -185,12 +213,7 @@ def _forward_kernel(
     sq_rows = rows_local  # placeholders unless EUCLIDEAN / WHOLE_D / SPLIT
     if EUCLIDEAN:
         sq_rows = tl.load(Q_SQ + row0 + rows_local, mask=row_ok, other=0.0)
-    row_hi = rows_local
-    row_lo = rows_local
-    if WHOLE_D:  # the row tile, loaded once for the whole loop
-        row_hi = _tile(q_base, row_ok, dim, q_stride, 0, BLOCK_M, BLOCK_D)
-        if SPLIT:
-            row_lo = _tile(q_lo_base, row_ok, dim, q_stride, 0, BLOCK_M, BLOCK_D)
+    row_hi, row_lo = _row_tile(q_base, q_lo_base, row_ok, dim, q_stride, WHOLE_D, SPLIT, BLOCK_M, BLOCK_D)
     if FP64:
         sum_all = tl.zeros((BLOCK_M,), tl.float64)
     else:
@@ -201,16 +224,9 @@ def _forward_kernel(
     # a key tile holds the self pair where key = query + offset
     self_shift = (row0 + offset).to(tl.int32) + rows_local
     for c0 in range(key_start, key_stop, BLOCK_N):
-        col_ok, k_base, k_lo_base, col_hi, col_lo = _key_tile(K, K_LO, c0, key_stop, cols_local, dim, k_stride,
-                                                              WHOLE_D, SPLIT, BLOCK_N, BLOCK_D)
-        dots = _dots(q_base, q_lo_base, k_base, k_lo_base, row_hi, row_lo, col_hi, col_lo, row_ok, col_ok, dim,
-                     q_stride, k_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
-        sq_cols = cols_local
-        if EUCLIDEAN:
-            sq_cols = tl.load(K_SQ + c0 + cols_local, mask=col_ok, other=0.0)
-        s2, _ = _scaled_logits(dots, sq_rows, sq_cols, scale, EUCLIDEAN)
-        col_labels = tl.load(K_LABELS + c0 + cols_local, mask=col_ok, other=0)
-        keep = col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
+        _, _, _, _, _, s2, _, col_labels, keep = _key_logits(
+            K, K_LO, K_SQ, K_LABELS, c0, key_stop, q_base, q_lo_base, row_hi, row_lo, row_ok, sq_rows, self_shift,
+            scale, dim, q_stride, k_stride, EUCLIDEAN, FP64, SPLIT, PRECISION, WHOLE_D, BLOCK_M, BLOCK_N, BLOCK_D)
         w = tl.where(keep, tl.exp2(s2), 0.0)
         sum_all += tl.sum(w, axis=1)
         sum_same += tl.sum(tl.where(row_labels[:, None] == col_labels[None, :], w, 0.0), axis=1)
@@ -266,12 +282,7 @@ def _backward_kernel(
     if OWN_TERM:
         row_a = tl.load(ROW_A + row0 + rows_local, mask=row_ok, other=0.0)
         row_c = tl.load(ROW_C + row0 + rows_local, mask=row_ok, other=0.0)
-    row_hi = rows_local
-    row_lo = rows_local
-    if WHOLE_D:  # the row tile, loaded once for the whole loop
-        row_hi = _tile(rows_base, row_ok, dim, row_stride, 0, BLOCK_M, BLOCK_D)
-        if SPLIT:
-            row_lo = _tile(rows_lo_base, row_ok, dim, row_stride, 0, BLOCK_M, BLOCK_D)
+    row_hi, row_lo = _row_tile(rows_base, rows_lo_base, row_ok, dim, row_stride, WHOLE_D, SPLIT, BLOCK_M, BLOCK_D)
     if FP64:
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float64)
         h_sum = tl.zeros((BLOCK_M,), tl.float64)
@@ -286,16 +297,10 @@ def _backward_kernel(
         col_stop = tl.where(tl.load(ANY_FAR) != 0, col_stop, col_start)
     self_shift = (row0 + self_delta).to(tl.int32) + rows_local
     for c0 in range(col_start, col_stop, BLOCK_N):
-        col_ok, cols_base, cols_lo_base, col_hi, col_lo = _key_tile(COLS, COLS_LO, c0, col_stop, cols_local, dim,
-                                                                    col_stride, WHOLE_D, SPLIT, BLOCK_N, BLOCK_D)
-        dots = _dots(rows_base, rows_lo_base, cols_base, cols_lo_base, row_hi, row_lo, col_hi, col_lo, row_ok,
-                     col_ok, dim, row_stride, col_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
-        sq_cols = cols_local
-        if EUCLIDEAN:
-            sq_cols = tl.load(COL_SQ + c0 + cols_local, mask=col_ok, other=0.0)
-        s2, unclamped = _scaled_logits(dots, sq_rows, sq_cols, scale, EUCLIDEAN)
-        col_labels = tl.load(COL_LABELS + c0 + cols_local, mask=col_ok, other=0)
-        keep = col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
+        col_ok, cols_base, cols_lo_base, col_hi, col_lo, s2, unclamped, col_labels, keep = _key_logits(
+            COLS, COLS_LO, COL_SQ, COL_LABELS, c0, col_stop, rows_base, rows_lo_base, row_hi, row_lo, row_ok, sq_rows,
+            self_shift, scale, dim, row_stride, col_stride, EUCLIDEAN, FP64, SPLIT, PRECISION, WHOLE_D, BLOCK_M,
+            BLOCK_N, BLOCK_D)
         same = row_labels[:, None] == col_labels[None, :]
         h = tl.zeros_like(s2)
         if FAR_PASS:
