@@ -77,7 +77,11 @@ GPUS = {
 }
 
 COMPILED_BYTES_PER_PAIR = 30  # see the module docstring
-COMPILED_KERNELS_PER_CALL = 2  # Inductor kernels per torch.compile'd helper call (assumption)
+# Inductor kernels per torch.compile'd helper call: an assumption, on the safe
+# side of what Inductor makes of them for the CPU (one kernel each: the
+# backward's coefficients, the mean and the mean's backward; read from its
+# generated code with the FX-graph cache off); on a GPU it may split a reduction.
+COMPILED_KERNELS_PER_CALL = 2
 SYNC_S = 10e-6  # one host synchronisation (assumption)
 
 
