@@ -16,8 +16,10 @@ The price of the common shift: a row whose sums fall below exp(-FAR[dtype])
 (its neighbours, or its same-class neighbours, all more than about FAR * T
 away) may have lost precision to underflow.  Such "far" rows get their
 log-sum-exps and their gradient terms from an exact pass with their own
-maximum (``exact_forward``, ``exact_backward``): at ordinary temperatures
-there are none, at T = 0.01 there can be a few.
+maximum (on the CPU ``exact_forward`` and ``exact_backward`` below; on the
+GPU ``snnl.kernels.rows``' finish_forward and the backward kernel's
+FAR_PASS, with no host synchronisation): at ordinary temperatures there are
+none, at T = 0.01 there can be a few.
 """
 
 from __future__ import annotations
