@@ -44,7 +44,7 @@ from .manifold import ManifoldConfig, embed
 from .metrics import evaluate
 from .models import encode_in_batches
 from .pipeline import PROJECTIONS, SeedResult, checkpoint_path, execute
-from .train import resolve_device, train_autoencoder
+from .train import resolve_device, train_autoencoder, training_seconds
 
 CLUSTERERS = ("gmm", "kmeans")
 
@@ -205,7 +205,7 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
                                         checkpoint_path=checkpoint, resume=resume, progress=progress,
                                         snapshot_every=config.snapshot_every)
             history = trained.history
-            seconds["train"] = time.perf_counter() - started
+            seconds["train"] = training_seconds(history, time.perf_counter() - started)
             if not distributed.is_main_process():  # only the main process evaluates
                 return SeedResult(seed, {}, seconds, history)
             started = time.perf_counter()

@@ -36,7 +36,7 @@ from .data import Dataset, labelled_subset, load_splits
 from .data.catalog import IDX_DATASETS
 from .metrics import METRICS, evaluate
 from .models import encode_in_batches
-from .train import describe_changes, resolve_device, train_autoencoder
+from .train import describe_changes, resolve_device, train_autoencoder, training_seconds
 
 
 PROJECTIONS = ("tsne", "pca", "none")
@@ -303,7 +303,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             result = train_autoencoder(subset.x, subset.y, config.train, seed=seed, device=device,
                                        checkpoint_path=checkpoint, resume=resume, progress=progress)
             history = result.history
-            seconds["train"] = time.perf_counter() - started
+            seconds["train"] = training_seconds(history, time.perf_counter() - started)
             if not distributed.is_main_process():
                 return SeedResult(seed, {}, seconds, history)
             started = time.perf_counter()

@@ -45,6 +45,15 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def training_seconds(history: list[dict], fallback: float) -> float:
+    """A training's own time: the sum of its epochs' times, across every
+    resumption (the history travels in the checkpoint), so that resuming a
+    finished run to evaluate it again does not record the seconds it took to
+    load as its training time; ``fallback`` (this process's wall time) for a
+    training without epochs."""
+    return float(sum(record["seconds"] for record in history)) if history else fallback
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -47,6 +47,11 @@ def test_resume_skips_finished_seeds(tmp_path):
     first = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
     again = run_experiment(fast_config(seeds=(0, 1)), out, resume=True, progress=False)
     assert again.summary == first.summary
+    # the recorded training time is the training's (its epochs' times), not
+    # the seconds the resumed run took to load the finished checkpoint
+    for before, after in zip(first.seeds, again.seeds):
+        assert after.seconds["train"] == before.seconds["train"] == pytest.approx(
+            sum(epoch["seconds"] for epoch in before.history))
     # seeds may change on resume: a new seed trains, the others stay as they were
     more = run_experiment(fast_config(seeds=(0, 1, 2)), out, resume=True, progress=False)
     assert [s.seed for s in more.seeds] == [0, 1, 2] and more.seeds[1].metrics == first.seeds[1].metrics
