@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .soft_nearest_neighbor import (LOG2E, Launch, TileConfig, _acc_dtype, _check_padding, _key_logits, _row_tile,
-                                    _split_tf32, feature_block)
+from .soft_nearest_neighbor import (LOG2E, Launch, TileConfig, _acc_dtype, _check_padding, _key_logits, _products,
+                                    _row_tile, _split_tf32, feature_block)
 
 LN2 = tl.constexpr(0.6931471805599453)
 ROWS_PER_PROGRAM = 32  # prepare and finish_backward: 32 rows x up to 64 features per step
@@ -172,6 +172,23 @@ def _finish_forward_kernel(
 
 
 @triton.jit
+def _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits, dtype: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Features k0 .. k0 + BLOCK_W of the rows' sum_j H_ij c_j, the parts
+    added in a fixed order (the shared-exp launch's, then the far pass's),
+    the same features of x, and their indices and mask."""
+    ks = k0 + tl.arange(0, BLOCK_W)
+    mask = ok[:, None] & (ks < dim)[None, :]
+    at = row0 * width + rows[:, None] * width + ks[None, :]
+    raw = tl.zeros((BLOCK_R, BLOCK_W), dtype)
+    for part in range(0, splits):
+        raw += tl.load(GRAD + tl.cast(part, tl.int64) * n * width + at, mask=mask, other=0.0)
+    raw += tl.load(FAR_GRAD + at, mask=mask, other=0.0)
+    x = tl.load(X + row0 * x_stride + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(dtype)
+    return raw, x, ks, mask
+
+
+@triton.jit
 def _finish_backward_kernel(GRAD, HSUM, WEIGHTED, FAR_GRAD, FAR_HSUM, FAR_WEIGHTED, X, NORM, TEMPERATURE, OUT,
                             T_SHARE, n, dim, width, x_stride, splits,
                             EUCLIDEAN: tl.constexpr, FP64: tl.constexpr,
@@ -205,27 +222,13 @@ def _finish_backward_kernel(GRAD, HSUM, WEIGHTED, FAR_GRAD, FAR_HSUM, FAR_WEIGHT
         norm = tl.load(NORM + row0 + rows, mask=ok, other=1.0)
         radial = tl.zeros_like(h_sum)
         for k0 in range(0, dim, BLOCK_W):
-            ks = k0 + tl.arange(0, BLOCK_W)
-            mask = ok[:, None] & (ks < dim)[None, :]
-            at = row0 * width + rows[:, None] * width + ks[None, :]
-            raw = tl.zeros((BLOCK_R, BLOCK_W), h_sum.dtype)
-            for part in range(0, splits):
-                raw += tl.load(GRAD + tl.cast(part, tl.int64) * n * width + at, mask=mask, other=0.0)
-            raw += tl.load(FAR_GRAD + at, mask=mask, other=0.0)
-            x = tl.load(X + row0 * x_stride + rows[:, None] * x_stride + ks[None, :], mask=mask,
-                        other=0.0).to(h_sum.dtype)
+            raw, x, _, _ = _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits,
+                                           h_sum.dtype, BLOCK_R, BLOCK_W)
             radial += tl.sum(x / norm[:, None] * (raw / temperature), axis=1)
         radial = tl.where(norm > NORM_EPS, radial, 0.0)
     for k0 in range(0, dim, BLOCK_W):
-        ks = k0 + tl.arange(0, BLOCK_W)
-        mask = ok[:, None] & (ks < dim)[None, :]
-        raw = tl.zeros((BLOCK_R, BLOCK_W), h_sum.dtype)
-        at = row0 * width + rows[:, None] * width + ks[None, :]
-        for part in range(0, splits):
-            raw += tl.load(GRAD + tl.cast(part, tl.int64) * n * width + at, mask=mask, other=0.0)
-        raw += tl.load(FAR_GRAD + at, mask=mask, other=0.0)
-        x = tl.load(X + row0 * x_stride + rows[:, None] * x_stride + ks[None, :], mask=mask,
-                    other=0.0).to(h_sum.dtype)
+        raw, x, ks, mask = _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits,
+                                           h_sum.dtype, BLOCK_R, BLOCK_W)
         if EUCLIDEAN:  # s_ij = -|x_i - c_j|^2 / T
             grad = -2.0 * (h_sum[:, None] * x - raw) / temperature
         else:  # s_ij = (<y_i, y_j> - 1) / T, y = x / |x|: through the normalisation
@@ -311,15 +314,15 @@ def finish_forward_launch(queries, keys, query_labels, key_labels, query_sq, key
     lse = torch.empty((2, n_queries), dtype=sums.dtype, device=q.device)
     loss = torch.empty(n_queries, dtype=sums.dtype, device=q.device)
     euclidean = query_sq is not None
-    split = q.dtype == torch.float32 and precision == "tf32x3"
+    products = _products(q, precision)
+    products.pop("GRAD_SPLIT")  # no gradient product here
     launch = Launch(
         _finish_forward_kernel, (triton.cdiv(n_queries, config.block_m),),
         (q, q_lo, k, k_lo, query_labels, key_labels, query_sq if euclidean else lse, key_sq if euclidean else lse,
          temperature, sums, lse, loss, n_queries, k.shape[0], offset, width, q.stride(0), k.stride(0), sums.shape[0],
          far, math.log(eps) if eps > 0 else 0.0),
-        dict(EPS_ZERO=eps == 0, EUCLIDEAN=euclidean, FP64=q.dtype == torch.float64, SPLIT=split,
-             PRECISION="ieee" if q.dtype == torch.float64 or (q.dtype == torch.float32 and precision == "ieee")
-             else "tf32", WHOLE_D=width <= config.block_d,
+        dict(EPS_ZERO=eps == 0, EUCLIDEAN=euclidean, FP64=q.dtype == torch.float64, **products,
+             WHOLE_D=width <= config.block_d,
              BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d),
         config,
     )
