@@ -67,7 +67,9 @@ def _check_finite(x, name: str) -> None:
     One pass: the sum of a tensor with a NaN or an Inf is NaN or infinite.
     Only when it is (or when finite values overflow it) are the rows checked
     one by one."""
-    if math.isfinite(float(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
+    # detached: reading a number out of a tensor that requires grad makes torch warn
+    total = x.detach().sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    if math.isfinite(float(total)):
         return  # one reduction and its synchronisation
     finite = torch.isfinite(x).all(dim=1)
     if not bool(finite.all()):
