@@ -34,9 +34,9 @@ def _seeds(text: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
     if not seeds:
-        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+        raise argparse.ArgumentTypeError("needs at least one seed")
     return seeds
 
 
@@ -165,17 +165,24 @@ def cmd_snapshots(args) -> int:
     import json
     from pathlib import Path
 
-    from .n2d import score_snapshots
+    import torch
+
+    from . import report
+    from .n2d import score_snapshots, summarise_scorings
 
     output = Path(args.output)
     if output.exists() and not args.force:
         raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
-    rows = score_snapshots(args.run, silhouette_sample=args.silhouette_sample,
+    rows = score_snapshots(args.run, silhouette_sample=args.silhouette_sample, scoring_seeds=args.scoring_seeds,
                            progress=lambda line: print(line, file=sys.stderr))
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.part")
+    # the environment too: the same snapshot scored under other threads or code can move (see `snnl snapshots`)
+    environment = report.environment(torch.device("cpu"))
     temporary.write_text(json.dumps({"run": str(args.run), "silhouette_sample": args.silhouette_sample,
-                                     "snapshots": rows}, indent=1) + "\n")
+                                     "scoring_seeds": args.scoring_seeds, "snapshots": rows,
+                                     "by_snapshot": summarise_scorings(rows), "environment": environment},
+                                    indent=1) + "\n")
     temporary.replace(output)
     print(f"wrote {output}")
     return 0
@@ -336,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     snapshots = sub.add_parser("snapshots", help="N2D's metrics at each snapshot of an `snnl n2d --snapshot-every` run")
     snapshots.add_argument("run", help="the --out directory of the snnl n2d run")
     snapshots.add_argument("--output", required=True, help="the JSON to write (a new file, unless --force)")
+    snapshots.add_argument("--scoring-seeds", type=_seeds,
+                           help="score each snapshot once per random state of UMAP and the mixture, e.g. 0,1,2 "
+                                "(default: once, with the training seed)")
     snapshots.add_argument("--silhouette-sample", type=int, default=10_000,
                            help="points of the sampled silhouette (default: 10000)")
     snapshots.add_argument("--force", action="store_true", help="replace an existing --output file")

@@ -302,12 +302,19 @@ class N2D(ClusterMixin, BaseEstimator):
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)
 
 
-def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, progress=print) -> list[dict]:
+def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_seeds=None,
+                    progress=print) -> list[dict]:
     """N2D's metrics on the way through training: every snapshot an
     ``snnl n2d --snapshot-every N`` run keeps (``checkpoints/seedS-epochE.pt``)
     is encoded and put through the run's own UMAP and clustering steps (same
     options, the seed's own random state), as if training had stopped there.
-    Rows ``{seed, epoch, acc, nmi, ari, ...}`` sorted by seed and epoch."""
+
+    ``scoring_seeds``: score each snapshot once per random state given for
+    UMAP, the mixture and the silhouette's sample, instead of once with the
+    training seed: on a fixed autoencoder this stage alone moves N2D's ACC by
+    a few hundredths, so one scoring cannot tell a trend over epochs from it.
+    Rows ``{seed, epoch, scoring_seed, acc, nmi, ari, ...}`` sorted by seed,
+    epoch and scoring seed."""
     import re
 
     from .train import model_from_checkpoint
@@ -320,6 +327,8 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, progress
     if stored.get("method") != "n2d":
         raise ValueError(f"{run_dir} is not an `snnl n2d` run (method {stored.get('method')!r})")
     config = N2DConfig.from_dict(stored)
+    if scoring_seeds is not None:
+        scoring_seeds = check_seeds(scoring_seeds)
     pattern = re.compile(r"seed(\d+)-epoch(\d+)\.pt")
     found = sorted((int(m[1]), int(m[2]), path) for path in (run_dir / "checkpoints").glob("seed*-epoch*.pt")
                    if (m := pattern.fullmatch(path.name)))
@@ -330,13 +339,32 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, progress
     k = config.n_clusters or data.n_classes
     rows = []
     for seed, epoch, path in found:
-        started = time.perf_counter()
         codes = encode_in_batches(model_from_checkpoint(path), data.x).numpy()
-        points, backend = embed(codes, k, config.manifold, seed=seed)
-        clusters = final_clustering(points, k, config.cluster, seed, config.kmeans_backend)
-        metrics = evaluate(points, data.y, clusters, silhouette_sample=silhouette_sample, seed=seed)
-        rows.append({"seed": seed, "epoch": epoch, **metrics, "manifold_backend": backend, "snapshot": path.name,
-                     "seconds": time.perf_counter() - started})
-        progress(f"seed {seed} epoch {epoch}: ACC {metrics['acc']:.4f} NMI {metrics['nmi']:.4f} "
-                 f"ARI {metrics['ari']:.4f} ({rows[-1]['seconds']:.0f} s)")
+        for scoring_seed in scoring_seeds or (seed,):
+            started = time.perf_counter()
+            points, backend = embed(codes, k, config.manifold, seed=scoring_seed)
+            clusters = final_clustering(points, k, config.cluster, scoring_seed, config.kmeans_backend)
+            metrics = evaluate(points, data.y, clusters, silhouette_sample=silhouette_sample, seed=scoring_seed)
+            rows.append({"seed": seed, "epoch": epoch, "scoring_seed": scoring_seed, **metrics,
+                         "manifold_backend": backend, "snapshot": path.name,
+                         "seconds": time.perf_counter() - started})
+            progress(f"seed {seed} epoch {epoch} scoring seed {scoring_seed}: ACC {metrics['acc']:.4f} "
+                     f"NMI {metrics['nmi']:.4f} ARI {metrics['ari']:.4f} ({rows[-1]['seconds']:.0f} s)")
     return rows
+
+
+def summarise_scorings(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation (over scoring seeds) of ACC, NMI and ARI
+    for each snapshot scored by :func:`score_snapshots`."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["seed"], row["epoch"]), []).append(row)
+    summary = []
+    for (seed, epoch), group in sorted(groups.items()):
+        entry = {"seed": seed, "epoch": epoch, "scorings": len(group)}
+        for metric in ("acc", "nmi", "ari"):
+            values = np.array([row[metric] for row in group])
+            entry[metric] = {"mean": float(values.mean()), "std": float(values.std()),
+                             "min": float(values.min()), "max": float(values.max())}
+        summary.append(entry)
+    return summary

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,11 +55,45 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def source_commit() -> str | None:
+    """The git commit of the snnl source that is running, ``+dirty`` when its
+    tracked files differ from it; None outside a git checkout (an installed
+    wheel).  The version number alone does not say which code made a result."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "snnl"], timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def thread_counts() -> dict:
+    """The threads each numeric library may use: BLAS's sums (and numba's, in
+    UMAP) can change with them, and UMAP's output with its inputs' last bits."""
+    counts = {"torch_threads": torch.get_num_threads(),
+              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts["native_threads"] = [f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info()]
+    except Exception:  # threadpoolctl comes with scikit-learn; its probing is best effort
+        pass
+    if "numba" in sys.modules:  # imported by umap-learn
+        counts["numba_threads"] = sys.modules["numba"].get_num_threads()
+    return counts
+
+
 def environment(device: torch.device) -> dict:
     from . import __version__
 
     info = {
         "snnl": __version__,
+        "snnl_commit": source_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -67,7 +102,7 @@ def environment(device: torch.device) -> dict:
         "device": str(device),
         "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **thread_counts(),
         "world_size": distributed.world_size(),
         "command": " ".join(["snnl" if Path(sys.argv[0]).name in ("snnl", "cli.py") else Path(sys.argv[0]).name, *sys.argv[1:]]),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import make_blobs
 
 from snnl.backends import backend_report, format_report
@@ -207,11 +208,24 @@ def test_snapshots_are_scored_like_the_run(tmp_path, capsys):
     capsys.readouterr()
     scores = tmp_path / "snapshots.json"
     assert main(["snapshots", str(out), "--output", str(scores)]) == 0
-    rows = json.loads(scores.read_text())["snapshots"]
+    written = json.loads(scores.read_text())
+    rows = written["snapshots"]
     assert [(r["seed"], r["epoch"]) for r in rows] == [(0, 2), (0, 4)]
+    assert written["environment"]["torch_threads"] == torch.get_num_threads() and "snnl_commit" in written["environment"]
     # the last snapshot is the trained model: the same clustering as the run's own
     final = json.loads((out / "metrics.json").read_text())["seeds"][0]["metrics"]
     assert rows[-1]["acc"] == pytest.approx(final["acc"]) and rows[-1]["nmi"] == pytest.approx(final["nmi"])
+    # several scorings per snapshot: the training seed's is the default's, and each snapshot is summarised
+    several = tmp_path / "several.json"
+    assert main(["snapshots", str(out), "--output", str(several), "--scoring-seeds", "0,7"]) == 0
+    written = json.loads(several.read_text())
+    assert [(r["epoch"], r["scoring_seed"]) for r in written["snapshots"]] == [(2, 0), (2, 7), (4, 0), (4, 7)]
+    assert [r["acc"] for r in written["snapshots"] if r["scoring_seed"] == 0] == [r["acc"] for r in rows]
+    first = written["by_snapshot"][0]
+    assert (first["epoch"], first["scorings"]) == (2, 2)
+    assert first["acc"]["mean"] == pytest.approx(np.mean([r["acc"] for r in written["snapshots"][:2]]))
+    assert main(["snapshots", str(out), "--output", str(tmp_path / "bad.json"), "--scoring-seeds", "3,3"]) == 2
+    assert "seeds must not repeat" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
     assert main(["snapshots", str(out), "--output", str(scores)]) == 2  # never over an existing file
     assert main(["snapshots", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
     assert "config.json not found" in capsys.readouterr().err

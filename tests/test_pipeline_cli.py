@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from snnl import SNNLKMeans
 from snnl.cli import main
@@ -117,3 +118,20 @@ def test_estimator_fit_predict_transform():
         SNNLKMeans(epochs=1).fit(train.x, np.full(len(train.x), -1))
     unsupervised = SNNLKMeans(n_clusters=10, config="baseline-ae", epochs=1, code_dim=10, n_init=1, random_state=0)
     assert unsupervised.fit_predict(train.x).shape == (len(train),)
+
+
+def test_environment_names_the_code_that_ran():
+    import subprocess
+    from pathlib import Path
+
+    from snnl import report
+
+    root = Path(report.__file__).resolve().parent.parent
+    recorded = report.environment(torch.device("cpu"))["snnl_commit"]
+    if not (root / ".git").exists():
+        assert recorded is None  # an installed copy: no commit to name
+        return
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert recorded.removesuffix("+dirty") == head
+    dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "snnl"]).returncode != 0
+    assert recorded.endswith("+dirty") == dirty
