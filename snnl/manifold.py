@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 MANIFOLDS = ("umap", "isomap", "tsne", "none")
 UMAP_BACKENDS = ("auto", "cuml", "umap-learn")
@@ -114,11 +115,19 @@ def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0)
 
             options["n_jobs"] = 1  # umap-learn is single-threaded anyway once random_state is set
         reducer = UMAP(**options)
-        if config.fit_sample is not None and config.fit_sample < len(x):
-            chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=int(config.fit_sample), replace=False))
-            reducer.fit(x[chosen])
-            return np.asarray(reducer.transform(x), dtype=np.float32), f"{backend} (fit on {config.fit_sample})"
-        return np.asarray(reducer.fit_transform(x), dtype=np.float32), backend
+        # numba (under umap-learn) sets the process's OpenMP pool to its own
+        # thread count, the cores; torch, told its count only by
+        # OMP_NUM_THREADS, follows the pool in all work after it (the next
+        # seed's training): pin torch's count back
+        torch_threads = torch.get_num_threads()
+        try:
+            if config.fit_sample is not None and config.fit_sample < len(x):
+                chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=int(config.fit_sample), replace=False))
+                reducer.fit(x[chosen])
+                return np.asarray(reducer.transform(x), dtype=np.float32), f"{backend} (fit on {config.fit_sample})"
+            return np.asarray(reducer.fit_transform(x), dtype=np.float32), backend
+        finally:
+            torch.set_num_threads(torch_threads)
     if config.method == "isomap":
         from sklearn.manifold import Isomap
 

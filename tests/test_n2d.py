@@ -3,6 +3,7 @@
 
 import bz2
 import json
+import os
 
 import numpy as np
 import pytest
@@ -100,6 +101,27 @@ def test_each_umap_backend_recovers_blobs():
         points, used = embed(x, 4, ManifoldConfig(umap_backend=backend, fit_sample=200), seed=0)
         assert used == f"{backend} (fit on 200)" and points.shape == (600, 4)
         assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
+
+
+@pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
+def test_umap_leaves_torch_threads_as_they_were():
+    # numba, under umap-learn, resets the OpenMP pool to its own thread count
+    # (the cores) the first time it runs in a process (hence a fresh one), and
+    # torch, told its count only by OMP_NUM_THREADS, follows the pool: torch
+    # work after UMAP (the next seed's training) must keep the user's count
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, torch\n"
+              "from snnl.manifold import ManifoldConfig, embed\n"
+              "x = np.random.default_rng(0).normal(size=(2000, 10)).astype(np.float32)\n"
+              "embed(x, 4, ManifoldConfig(umap_backend='umap-learn'), seed=0)\n"
+              "print(torch.get_num_threads())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                          # the user's count from OMP_NUM_THREADS; numba's above it even on a 1-core machine
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]
 
 
 def test_manifold_errors():
