@@ -354,7 +354,7 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_
 
 
 def summarise_scorings(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation (over scoring seeds) of ACC, NMI and ARI
+    """Mean, standard deviation and range (over scoring seeds) of ACC, NMI and ARI
     for each snapshot scored by :func:`score_snapshots`."""
     groups: dict[tuple[int, int], list[dict]] = {}
     for row in rows:
