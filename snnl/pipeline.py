@@ -185,17 +185,18 @@ def checkpoint_path(out_dir, seed: int) -> Path | None:
     return Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
 
 
-def _claim_output(out_dir: Path, config, resume: bool) -> None:
+def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> None:
     """The main process checks that the run may write into ``out_dir`` (and,
-    resuming, what changes; see ``snnl.outdir``); every process learns the
-    outcome, so that none trains for a run that will not be written."""
+    resuming, what changes, said on stderr when ``announce``; see
+    ``snnl.outdir``); every process learns the outcome, so that none trains
+    for a run that will not be written."""
     error = None
     if distributed.is_main_process():
         try:
             stored = outdir.claim(out_dir, resume)
             if stored is not None:
                 changes = outdir.resume_changes(stored, config)
-                if changes:
+                if changes and announce:
                     print(f"resuming {out_dir} with {describe_changes(changes)}", file=sys.stderr)
         except (OSError, ValueError) as caught:
             error = caught
@@ -234,9 +235,11 @@ def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], 
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is None:
         return _execute(config, data, run_seed, None, resume, data_files)
-    _claim_output(out_dir, config, resume)  # before the lock: never create a lock file in a refused directory
+    # before the lock: never create a lock file in a refused directory
+    _claim_output(out_dir, config, resume, announce=False)
     with outdir.locked(out_dir) if main else contextlib.nullcontext():
-        _claim_output(out_dir, config, resume)  # again, under the lock: two runs cannot both pass it
+        # again, under the lock, where it counts: two runs cannot both pass it
+        _claim_output(out_dir, config, resume, announce=True)
         if main:
             report.write_config(out_dir, config)
         distributed.barrier()
