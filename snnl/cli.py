@@ -40,6 +40,16 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _epochs(text: str) -> tuple[int, ...]:
+    try:
+        epochs = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated epochs, got {text!r}") from None
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"takes positive epochs, got {text!r}")
+    return epochs
+
+
 def _labelled(text: str) -> int | str:
     if text == "all":
         return "all"
@@ -174,7 +184,7 @@ def cmd_snapshots(args) -> int:
     if output.exists() and not args.force:
         raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
     rows = score_snapshots(args.run, silhouette_sample=args.silhouette_sample, scoring_seeds=args.scoring_seeds,
-                           progress=lambda line: print(line, file=sys.stderr))
+                           epochs=args.epochs, progress=lambda line: print(line, file=sys.stderr))
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.part")
     # the environment too: the same snapshot scored under other threads or code can move (see `snnl snapshots`)
@@ -346,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     snapshots.add_argument("--scoring-seeds", type=_seeds,
                            help="score each snapshot once per random state of UMAP and the mixture, e.g. 0,1,2 "
                                 "(default: once, with the training seed)")
+    snapshots.add_argument("--epochs", type=_epochs,
+                           help="score only the snapshots of these epochs, e.g. 250,300 (default: every snapshot)")
     snapshots.add_argument("--silhouette-sample", type=int, default=10_000,
                            help="points of the sampled silhouette (default: 10000)")
     snapshots.add_argument("--force", action="store_true", help="replace an existing --output file")

@@ -302,7 +302,7 @@ class N2D(ClusterMixin, BaseEstimator):
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)
 
 
-def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_seeds=None,
+def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_seeds=None, epochs=None,
                     progress=print) -> list[dict]:
     """N2D's metrics on the way through training: every snapshot an
     ``snnl n2d --snapshot-every N`` run keeps (``checkpoints/seedS-epochE.pt``)
@@ -313,6 +313,8 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_
     UMAP, the mixture and the silhouette's sample, instead of once with the
     training seed: on a fixed autoencoder this stage alone moves N2D's ACC by
     a few hundredths, so one scoring cannot tell a trend over epochs from it.
+    ``epochs``: score only the snapshots of these epochs (each scoring of
+    Fashion-MNIST takes minutes), every one of which must exist.
     Rows ``{seed, epoch, scoring_seed, acc, nmi, ari, ...}`` sorted by seed,
     epoch and scoring seed."""
     import re
@@ -334,6 +336,13 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_
                    if (m := pattern.fullmatch(path.name)))
     if not found:
         raise FileNotFoundError(f"no snapshots in {run_dir / 'checkpoints'}: train with --snapshot-every N")
+    if epochs is not None:
+        missing = sorted(set(epochs) - {epoch for _, epoch, _ in found})
+        if missing:
+            kept = sorted({epoch for _, epoch, _ in found})
+            raise FileNotFoundError(f"no snapshot of epoch(s) {missing} in {run_dir / 'checkpoints'} "
+                                    f"(it has epochs {kept})")
+        found = [entry for entry in found if entry[1] in set(epochs)]
     config.manifold.check_dependencies()
     data = train_and_test(config.dataset, data_dir=config.data_dir, **config.dataset_options)
     k = config.n_clusters or data.n_classes

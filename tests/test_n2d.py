@@ -249,5 +249,17 @@ def test_snapshots_are_scored_like_the_run(tmp_path, capsys):
     assert main(["snapshots", str(out), "--output", str(tmp_path / "bad.json"), "--scoring-seeds", "3,3"]) == 2
     assert "seeds must not repeat" in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
     assert main(["snapshots", str(out), "--output", str(scores)]) == 2  # never over an existing file
+    # some snapshots only; an epoch without one is refused before any scoring
+    chosen = tmp_path / "chosen.json"
+    assert main(["snapshots", str(out), "--output", str(chosen), "--epochs", "4"]) == 0
+    assert [r["acc"] for r in json.loads(chosen.read_text())["snapshots"]] == [rows[-1]["acc"]]
+    capsys.readouterr()
+    assert main(["snapshots", str(out), "--output", str(tmp_path / "y.json"), "--epochs", "3,4"]) == 2
+    err = capsys.readouterr().err
+    assert "no snapshot of epoch(s) [3]" in err and "it has epochs [2, 4]" in err and "ACC" not in err
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal of the option's value
+        main(["snapshots", str(out), "--output", str(tmp_path / "y.json"), "--epochs", "0"])
+    assert refused.value.code == 2
+    assert "positive epochs" in capsys.readouterr().err and not (tmp_path / "y.json").exists()
     assert main(["snapshots", str(tmp_path), "--output", str(tmp_path / "x.json")]) == 2
     assert "config.json not found" in capsys.readouterr().err
