@@ -30,22 +30,24 @@ def cmd_loss(args) -> int:
     return 0
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _integers(text: str, what: str) -> tuple[int, ...]:
+    """A comma-separated list of integers, at least one ``what``."""
     try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+        values = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("needs at least one seed")
-    return seeds
+    if not values:
+        raise argparse.ArgumentTypeError(f"needs at least one {what}")
+    return values
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return _integers(text, "seed")
 
 
 def _epochs(text: str) -> tuple[int, ...]:
-    try:
-        epochs = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes comma-separated epochs, got {text!r}") from None
-    if not epochs or min(epochs) < 1:
+    epochs = _integers(text, "epoch")
+    if min(epochs) < 1:
         raise argparse.ArgumentTypeError(f"takes positive epochs, got {text!r}")
     return epochs
 

@@ -337,12 +337,12 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_
     if not found:
         raise FileNotFoundError(f"no snapshots in {run_dir / 'checkpoints'}: train with --snapshot-every N")
     if epochs is not None:
-        missing = sorted(set(epochs) - {epoch for _, epoch, _ in found})
+        kept = sorted({epoch for _, epoch, _ in found})
+        missing = sorted(set(epochs) - set(kept))
         if missing:
-            kept = sorted({epoch for _, epoch, _ in found})
             raise FileNotFoundError(f"no snapshot of epoch(s) {missing} in {run_dir / 'checkpoints'} "
                                     f"(it has epochs {kept})")
-        found = [entry for entry in found if entry[1] in set(epochs)]
+        found = [entry for entry in found if entry[1] in epochs]
     config.manifold.check_dependencies()
     data = train_and_test(config.dataset, data_dir=config.data_dir, **config.dataset_options)
     k = config.n_clusters or data.n_classes
