@@ -185,7 +185,8 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _encode(self, X01):
         if isinstance(self.model_, PCA):
             return self.model_.transform(X01).astype(np.float32)
-        return encode_in_batches(self.model_, X01).numpy()
+        # float64: a row's code must not depend on the rows beside it (encode_in_batches)
+        return encode_in_batches(self.model_, X01, dtype=torch.float64).numpy()
 
     def transform(self, X):
         check_is_fitted(self, "model_")

@@ -13,6 +13,8 @@ Initialisation (``init``), biases always at zero:
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -101,12 +103,23 @@ class Autoencoder(nn.Module):
 
 
 @torch.no_grad()
-def encode_in_batches(model: Autoencoder, x, *, batch_size: int = 4096, device=None) -> "torch.Tensor":
-    """Codes of ``x`` (numpy or tensor, any device) computed batch by batch; returned on the CPU."""
+def encode_in_batches(model: Autoencoder, x, *, batch_size: int = 4096, device=None,
+                      dtype: torch.dtype = torch.float32) -> "torch.Tensor":
+    """Codes of ``x`` (numpy or tensor, any device) computed batch by batch; returned on the CPU in float32.
+
+    ``dtype``: what the layers compute in.  float64 makes each row's code
+    independent of the other rows in its batch: a float32 matrix product's
+    last bit depends on where a row falls among the threads' and the kernel's
+    row blocks, which a float64 product rounded to float32 all but never shows
+    (scikit-learn's estimator checks compare ``transform`` of permuted rows
+    exactly, to rtol 1e-7).
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    encoder = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     x = torch.as_tensor(x)
-    out = [model.encode(x[i : i + batch_size].to(device, torch.float32)).cpu() for i in range(0, len(x), batch_size)]
+    out = [encoder.encode(x[i : i + batch_size].to(device, dtype)).to(torch.float32).cpu()
+           for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, model.code_dim)
