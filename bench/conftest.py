@@ -28,8 +28,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("snnl benchmarks")
     group.addoption("--loss-sizes", default="smoke", choices=sorted(LOSS_SIZES), help="size grid of the loss benchmark")
     group.addoption(
-        "--loss-backends", default="reference,compiled,chunked,blocked,triton",
-        help="comma-separated subset of reference,compiled,chunked,blocked,triton",
+        "--loss-backends", default="reference,compiled,blocked,triton",
+        help="comma-separated subset of reference,compiled,blocked,triton",
     )
     group.addoption("--scaling-sizes", default="smoke", choices=sorted(SCALING_SIZES),
                     help="numbers of points of the scaling benchmark")

@@ -1,6 +1,6 @@
 """Plot a loss benchmark JSON and print it as a Markdown table: time and extra
 peak memory against batch size, one line per backend, one column per latent
-dimension; the table adds each backend's speed relative to ``chunked`` and to
+dimension; the table adds the blocked path's speed relative to the eager reference and to
 ``torch.compile(reference)`` and, from a CPU run, the time as a multiple of
 the machine's bounds (``bench.measure.loss_bounds``).
 
@@ -47,8 +47,9 @@ def _time(ms: float) -> str:
 
 
 def markdown(rows: dict, bounds: dict) -> str:
+    # (older result files also hold the since-removed chunked backend)
     backends = [b for b in ("reference", "compiled", "chunked", "blocked", "triton") if any(k[0] == b for k in rows)]
-    lines = ["| d | b | " + " | ".join(backends) + " | blocked vs chunked | vs compiled | blocked / bound (naive, symmetric) |",
+    lines = ["| d | b | " + " | ".join(backends) + " | blocked vs eager | vs compiled | blocked / bound (naive, symmetric) |",
              "|---|---|" + "---|" * (len(backends) + 3)]
     for dim in sorted({d for _, d in rows}):
         for batch in sorted({b for (_, d), series in rows.items() if d == dim for b in series}):
@@ -62,7 +63,7 @@ def markdown(rows: dict, bounds: dict) -> str:
             multiple = (f"{blocked[0] / bound['naive']:.2f}, {blocked[0] / bound['symmetric']:.2f}"
                         if blocked and "naive" in bound else "—")
             lines.append(f"| {dim} | {batch:,} | " + " | ".join(cells) +
-                         f" | {ratio(rows.get(('chunked', dim), {}).get(batch))} | "
+                         f" | {ratio(rows.get(('reference', dim), {}).get(batch))} | "
                          f"{ratio(rows.get(('compiled', dim), {}).get(batch))} | {multiple} |")
     return "\n".join(lines)
 

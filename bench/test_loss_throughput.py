@@ -1,9 +1,9 @@
 """Soft nearest neighbor loss, forward + backward, side by side in one run.
 
-Backends: the eager b x b reference, ``torch.compile`` of that reference, the
-chunked PyTorch path (row blocks against the batch), the blocked CPU path
-(symmetric block pairs, compiled tiles) and the fused Triton kernels.  All are
-called without the public function's input validation, so only the
+Backends: every one in ``snnl.loss.registry`` this machine can run (the eager
+b x b ``reference`` formula, the ``blocked`` CPU path, the fused ``triton``
+kernels) and ``compiled``: ``torch.compile`` of the reference formula.  All
+go through the public function with ``check_values=False``, so only the
 computation is timed; the cosine distance, fp32, mean reduction and T = 0.5.
 
     python -m pytest bench/test_loss_throughput.py --loss-sizes smoke
@@ -16,7 +16,8 @@ and exp rates (``snnl.machine`` in the JSON) and each case records its time
 as a multiple of two bounds built from them (``bench.measure.loss_bounds``).
 Cases that cannot fit the device's free memory, or backends this machine
 cannot run, are listed under ``not_run`` in the JSON with the reason instead
-of crashing the run.
+of crashing the run.  First calls are measured apart, in fresh processes
+(``bench/first_call.py``).
 """
 
 from __future__ import annotations
@@ -26,54 +27,31 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from snnl.loss.blocked import blocked_rows
-from snnl.loss.chunked import chunked_rows
-from snnl.loss.reference import reference_rows
-from snnl.loss.rowwise import reduce_rows
-from snnl.loss.validation import triton_available
+from snnl import soft_nearest_neighbor_loss
+from snnl.loss import registry
 
 from .conftest import LOSS_SIZES
 from .measure import PeakMemory, available_bytes, loss_bounds
 
 TEMPERATURE = 0.5
-EPS = 1e-5
 # Live b x b fp32 temporaries of one eager reference step (forward + backward),
 # measured on CPU at b = 4096: about 6.  Used to skip sizes that cannot fit.
 REFERENCE_MATRICES = 7
 
 
-def reference_loss(z, labels, t):
-    return reduce_rows(reference_rows(z, labels, t, "cosine", EPS), "mean")
+def loss_with(backend: str):
+    def loss(z, labels, t):
+        return soft_nearest_neighbor_loss(z, labels, t, backend=backend, check_values=False)
+    return loss
 
 
 @functools.cache
 def compiled_reference():
-    return torch.compile(reference_loss, dynamic=False)
+    return torch.compile(loss_with("reference"), dynamic=False)
 
 
-def chunked_loss(z, labels, t):
-    return reduce_rows(chunked_rows(F.normalize(z, dim=1), labels, t, True, EPS), "mean")
-
-
-def blocked_loss(z, labels, t):
-    return reduce_rows(blocked_rows(z, labels, t, False, EPS), "mean")  # normalises z itself
-
-
-def triton_loss(z, labels, t):
-    from snnl.loss.fused import fused_rows
-
-    return reduce_rows(fused_rows(z, labels, t, True, EPS), "mean")  # the kernels normalise z themselves
-
-
-BACKENDS = {
-    "reference": lambda: reference_loss,
-    "compiled": compiled_reference,
-    "chunked": lambda: chunked_loss,
-    "blocked": lambda: blocked_loss,
-    "triton": lambda: triton_loss,
-}
+BACKENDS = {"compiled": compiled_reference, **{name: functools.partial(loss_with, name) for name in registry.BACKENDS}}
 
 
 def pytest_generate_tests(metafunc):
@@ -91,7 +69,7 @@ def pytest_generate_tests(metafunc):
 
 def test_loss_forward_backward(benchmark, device, not_run, cpu_rates, backend, batch, dim):
     params = {"backend": backend, "batch": batch, "dim": dim, "device": device.type}
-    if backend == "triton" and (device.type != "cuda" or not triton_available()):
+    if backend == "triton" and (device.type != "cuda" or not registry.triton_available()):
         not_run("triton needs a CUDA device (the CPU interpreter is a test tool, not a performance path)", **params)
     if backend in ("reference", "compiled"):
         need = REFERENCE_MATRICES * batch * batch * 4

@@ -8,7 +8,7 @@ of the [0, 1] pixels) with the true labels; cosine distance, T = 0.5, fp32,
 ``backend="auto"`` (``blocked`` on a CPU).  The eager reference would hold
 several 70,000 x 70,000 matrices (about 20 GB each in fp32) and is not run.
 Reported: the time of each forward + backward call after a warm-up call on
-a small batch (which compiles the tiles), the extra peak memory of the call
+a small batch (the worker threads start), the extra peak memory of the call
 (resident-set high-water mark) and the machine's bound for it from its own
 GEMM and exp rates measured in the same run (``bench.measure``).
 """
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         loss.backward()
         return float(loss), x.grad
 
-    step(z[:4096], labels[:4096])  # warm-up: compiles the tiles
+    step(z[:4096], labels[:4096])  # warm-up: the worker threads, the allocator
     times, peaks = [], []
     for _ in range(args.rounds):
         memory = PeakMemory(torch.device("cpu"))

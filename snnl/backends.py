@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from .cluster import faiss_status
-from .loss.compiled import compile_enabled
-from .loss.validation import triton_available
+from .loss.registry import BACKENDS, triton_available
 from .manifold import cuml_status, umap_learn_status
 
 
@@ -17,13 +16,10 @@ def backend_report() -> list[dict]:
              "why": f"CUDA device: {device}" if cuda else "torch sees no CUDA device"}]
 
     if cuda and triton_available():
-        loss = ("triton", "CUDA tensors and Triton importable: the fused kernels")
+        loss = ("triton", f"CUDA tensors and Triton importable: {BACKENDS['triton'].summary}")
     else:
-        compiled = ("elementwise work compiled by torch.compile" if compile_enabled()
-                    else "elementwise work eager (SNNL_COMPILE=0)")
-        loss = ("blocked", f"{'no CUDA device' if not cuda else 'Triton is not importable'}: symmetric block "
-                f"pairs, one exp per pair, {compiled}, O(b * block) memory; the fastest CPU path at every "
-                "batch size measured")
+        loss = ("blocked", f"{'no CUDA device' if not cuda else 'Triton is not importable'}: "
+                f"{BACKENDS['blocked'].summary}, {BACKENDS['blocked'].memory} memory")
     rows.append({"step": "SNNL loss (backend='auto')", "backend": loss[0], "why": loss[1]})
 
     has_faiss, faiss_gpu, faiss_why = faiss_status()

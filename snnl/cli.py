@@ -24,9 +24,11 @@ def cmd_loss(args) -> int:
         f"classes={args.classes} T={args.temperature} on {device}"
     )
     rows = compare_backends(args.batch, args.dim, args.classes, args.temperature, args.distance, device, args.seed)
-    print(f"{'backend':<10} {'loss':>12} {'max |grad - ref|':>17} {'forward+backward':>17}")
+    print(f"{'backend':<10} {'loss':>12} {'max |grad - ref|':>17} {'first call':>12} {'then (median)':>14}")
     for row in rows:
-        print(f"{row['backend']:<10} {row['loss']:>12.6f} {row['max_grad_diff']:>17.2e} {row['seconds'] * 1e3:>14.1f} ms")
+        print(f"{row['backend']:<10} {row['loss']:>12.6f} {row['max_grad_diff']:>17.2e} "
+              f"{row['first_seconds'] * 1e3:>9.1f} ms {row['seconds'] * 1e3:>11.1f} ms")
+    print("(forward + backward; the first call in this process apart from the median of the next five)")
     return 0
 
 
@@ -201,13 +203,13 @@ def cmd_snapshots(args) -> int:
 
 
 def cmd_kernels(lab_argv: list[str]) -> int:
-    """The compiled-code lab (``snnl.kernels.lab``), in a child process
+    """The compiled-code lab (``snnl.kernel_tools.lab``), in a child process
     without TRITON_INTERPRET, whatever this one has set; its options pass through."""
     import os
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.call([sys.executable, "-m", "snnl.kernels.lab", *lab_argv], env=env)
+    return subprocess.call([sys.executable, "-m", "snnl.kernel_tools.lab", *lab_argv], env=env)
 
 
 def cmd_backends(args) -> int:
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cluster import KMEANS_BACKENDS, PROTOCOLS
     from .config import PRESETS
     from .data import dataset_names
-    from .loss.validation import BACKENDS
+    from .loss.registry import CHOICES as LOSS_BACKENDS
     from .manifold import MANIFOLDS, UMAP_BACKENDS, ManifoldConfig
     from .n2d import CLUSTERERS, N2DConfig
     from .pipeline import PROJECTIONS, ExperimentConfig
@@ -313,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)")
     run.add_argument("--alpha", type=float)
     run.add_argument("--code-dim", type=int)
-    run.add_argument("--loss-backend", choices=list(BACKENDS), help="(default: auto)")
+    run.add_argument("--loss-backend", choices=LOSS_BACKENDS, help="(default: auto)")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     run.add_argument("--kmeans-protocol", choices=PROTOCOLS, help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})")
     run.add_argument("--kmeans-restarts", type=int, help=f"(default: {_default(ExperimentConfig, 'kmeans_restarts')})")

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .loss.registry import CHOICES as BACKEND_CHOICES
+from .loss.validation import DISTANCES
 from .temperature import AnnealingTemperature, FixedTemperature
 
 
@@ -63,8 +65,8 @@ class TrainConfig:
             "method": ("autoencoder", "pca"),
             "temperature": ("annealing", "fixed"),
             "combine": ("sum", "min"),
-            "distance": ("cosine", "euclidean"),
-            "loss_backend": ("auto", "reference", "chunked", "blocked", "triton"),
+            "distance": DISTANCES,
+            "loss_backend": BACKEND_CHOICES,
             "code_activation": ("sigmoid", "linear"),
             "output_activation": ("sigmoid", "linear"),
             "init": ("he", "glorot"),

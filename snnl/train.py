@@ -112,7 +112,7 @@ def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_ro
         return reconstruction, reconstruction, []
     labels = yb if config.supervised else torch.zeros_like(yb)
     per_layer = [
-        distributed.global_soft_nearest_neighbor_loss(
+        distributed.global_loss_share(
             h, labels, temperature, distance=config.distance, eps=config.eps, backend=config.loss_backend
         )
         for h in hidden

@@ -10,13 +10,6 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
-# The blocked backend's elementwise work runs eagerly in the tests: the same
-# functions, without a torch.compile per shape and dtype (minutes on a cold
-# machine).  tests/test_loss_blocked.py switches compilation on where it
-# checks the compiled code against the reference.
-os.environ.setdefault("SNNL_COMPILE", "0")
-
-
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
@@ -27,3 +20,20 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiles small enough that the tests' batches span several of them: 7-row
+    blocks on the CPU path; 16 x 16 tiles and 64-wide feature chunks for the
+    fused kernels (d > 64 takes their chunked path; the interpreter's time
+    grows with the square of the number of chunks)."""
+    from snnl.loss.backends import blocked, triton
+
+    monkeypatch.setattr(blocked, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(blocked, "MIN_BLOCK_ROWS", 7)
+    try:
+        from snnl.kernels.configs import TileConfig
+    except ImportError:  # no Triton: its tests are skipped
+        return
+    monkeypatch.setattr(triton, "CONFIG", TileConfig(16, 16, 64))

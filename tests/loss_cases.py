@@ -1,8 +1,16 @@
-"""Shared inputs and comparisons for the loss tests."""
+"""Shared inputs and the one comparison of a backend with the reference."""
 
 from __future__ import annotations
 
+import math
+import zlib
+
 import torch
+
+from snnl.loss import ops, registry
+from snnl.loss.backends import reference
+from snnl.loss.functional import compute_dtype
+from snnl.loss.rowwise import rows_loss
 
 LABEL_PATTERNS = ("few_classes", "singletons", "one_class", "all_distinct", "large_negative")
 
@@ -30,6 +38,22 @@ def make_points(b: int, d: int, distance: str, dtype, generator: torch.Generator
         # Keep typical squared distances O(1) so no temperature saturates the loss.
         z = z / d**0.5
     return z.to(dtype)
+
+
+def backend_rows(backend: str, distance: str, eps: float):
+    """Per-row losses of ``backend`` through its operators (the path of the
+    public function below its checks), the inputs cast as the function casts
+    them: rows(z, labels, t, keys=None, key_labels=None, self_offset=-1)."""
+    entry = registry.BACKENDS[backend]
+
+    def rows(z, labels, t, keys=None, key_labels=None, self_offset=ops.NO_SELF_PAIR):
+        dtype = compute_dtype(z.dtype)
+        if entry.casts_inputs:
+            z, keys = z.to(dtype), None if keys is None else keys.to(dtype)
+        return ops.rows(z, keys, labels, key_labels, t.to(dtype), backend, 0 if keys is None else self_offset,
+                        distance, eps, "tf32x3")[0]
+
+    return rows
 
 
 def rows_and_grads(fn, z, labels, temperature, weights):
@@ -80,17 +104,58 @@ def assert_close_scaled(actual, expected, rtol, row_floor=None):
         f"{expected.flatten()[worst]} (tolerance {tolerance.flatten()[worst]:.3g})")
 
 
+def _unit_rows_loss(x, labels, temperature, eps):
+    """The cosine loss of rows already of unit length, without normalising
+    them again: the reference's formula with x as given."""
+    logits = (x @ x.T - 1.0) / temperature
+    eye = torch.eye(x.shape[0], dtype=torch.bool)
+    logits = logits.masked_fill(eye, -math.inf)
+    same = (labels[:, None] == labels[None, :]) & ~eye
+    has_same = same.any(1)
+    same_logits = logits.masked_fill(~same, -math.inf).masked_fill(~has_same[:, None], 0.0)
+    lse_same = torch.where(has_same, torch.logsumexp(same_logits, 1), -math.inf)
+    return rows_loss(torch.logsumexp(logits, 1), lse_same, eps)
+
+
 def normalisation_terms(z, labels, temperature, weights, eps):
     """Per row, |d objective / d x_i| / |z_i| for the unit rows x = z / |z| of
     the cosine distance: the size of the terms that the normalisation's
     Jacobian (I - x x^T) / |z| cancels.  Rounding errors, the reference's
     included, scale with this, not with the result (for 1-d points the exact
-    gradient is 0 and the reference returns noise).  d objective / d x comes
-    from ``chunked``, which takes the unit rows as they are."""
-    from snnl.loss.chunked import chunked_rows
-
+    gradient is 0 and the reference returns noise)."""
     x = torch.nn.functional.normalize(z.detach().double(), dim=1).requires_grad_(True)
-    rows = chunked_rows(x, labels, temperature.detach().double(), True, eps)
+    rows = _unit_rows_loss(x, labels, temperature.detach().double(), eps)
     objective = torch.where(torch.isfinite(rows), rows * weights, torch.zeros_like(rows)).sum()
     (grad_x,) = torch.autograd.grad(objective, [x])
     return grad_x.abs().amax(dim=1) / z.detach().double().norm(dim=1)
+
+
+def compare(backend, b, d, pattern, temperature, distance, eps, dtype=torch.float64, rtol=1e-9, grad_rtol=1e-8):
+    """``backend``'s per-row losses and their gradients (z and a learned T) against
+    the float64 reference on the same rounded inputs.  The default tolerances
+    are float64's: the backends differ from the reference only in summation
+    order (1e-9 relative for the losses, 1e-8 of the largest gradient entry are
+    ample for sums over a few hundred terms at T >= 0.01, whose logits reach
+    200 in magnitude); float32 callers pass a few hundred ulps."""
+    # crc32, not hash(): str hashes change from process to process
+    g = torch.Generator().manual_seed(zlib.crc32(repr((b, d, pattern, temperature, distance, eps)).encode()))
+    z = make_points(b, d, distance, dtype, g)
+    labels = make_labels(pattern, b, g)
+    t = torch.tensor(temperature, dtype=compute_dtype(dtype))
+    weights = torch.randn(b, generator=g, dtype=torch.float64)
+    oracle = backend_rows("reference", distance, eps)
+    expected = rows_and_grads(oracle, z.double(), labels, t.double(), weights)
+    actual = rows_and_grads(backend_rows(backend, distance, eps), z, labels, t, weights)
+    assert_close_rows(actual[0], expected[0], rtol=rtol, atol=rtol)
+    floor = normalisation_terms(z, labels, t, weights, eps) if distance == "cosine" else None
+    assert_close_scaled(actual[1], expected[1], grad_rtol, floor)
+    # dL/dT = sum_i w_i dl_i/dT cancels: judge its error against the terms
+    t_scale = temperature_gradient_scale(oracle, z, labels, t, weights)
+    torch.testing.assert_close(actual[2].double(), expected[2], rtol=grad_rtol, atol=grad_rtol * max(t_scale, 1e-6))
+    return actual
+
+
+def reference_rows(z, labels, temperature, distance, eps, **kw):
+    """The oracle's per-row losses (keys / key_labels / self_offset as ``reference.rows``)."""
+    return reference.rows(z, kw.get("keys"), labels, kw.get("key_labels"), temperature, kw.get("self_offset", 0),
+                          distance, eps)[0]

@@ -1,47 +1,19 @@
-"""The blocked backend's own machinery: the exact pass for far rows, the
-compiled elementwise work, determinism and the fallback when compilation
-fails.  Its agreement with the reference over the whole grid of shapes,
-labels and temperatures is in test_loss_backends.py (run eagerly there)."""
+"""The CPU path's own machinery: the exact pass for far rows, tiles and their
+order, the worker threads and determinism.  Its agreement with the reference
+over the whole grid of shapes, labels and temperatures is in
+test_loss_backends.py."""
 
-import warnings
+import threading
 import zlib
 
 import pytest
 import torch
 
 from snnl import soft_nearest_neighbor_loss
-from snnl.loss import blocked, shared_exp
-from snnl.loss import compiled as compiled_module
-from snnl.loss.blocked import _bounds, _tile_pairs, blocked_rows
-from snnl.loss.reference import reference_rows
+from snnl.loss import shared_exp, workers
+from snnl.loss.backends.blocked import block_bounds, tile_pairs
 
-from .loss_cases import (
-    assert_close_rows,
-    assert_close_scaled,
-    make_labels,
-    make_points,
-    normalisation_terms,
-    rows_and_grads,
-    temperature_gradient_scale,
-)
-
-
-def check(b, d, pattern, temperature, distance, eps, block_rows, dtype=torch.float64, rtol=1e-9, grad_rtol=1e-8):
-    g = torch.Generator().manual_seed(zlib.crc32(repr((b, d, pattern, temperature, distance, eps)).encode()))
-    z = make_points(b, d, distance, dtype, g)
-    labels = make_labels(pattern, b, g)
-    t = torch.tensor(temperature, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
-    weights = torch.randn(b, generator=g, dtype=torch.float64)
-    reference = lambda z, y, t: reference_rows(z, y, t, distance, eps)  # noqa: E731
-    expected = rows_and_grads(reference, z.double(), labels, t.double(), weights)
-    actual = rows_and_grads(lambda z, y, t: blocked_rows(z, y, t, distance == "euclidean", eps, block_rows),
-                            z, labels, t, weights)
-    assert_close_rows(actual[0], expected[0], rtol=rtol, atol=rtol)
-    floor = normalisation_terms(z, labels, t, weights, eps) if distance == "cosine" else None
-    assert_close_scaled(actual[1], expected[1], grad_rtol, floor)
-    t_scale = temperature_gradient_scale(reference, z, labels, t, weights)
-    torch.testing.assert_close(actual[2].double(), expected[2], rtol=grad_rtol, atol=grad_rtol * max(t_scale, 1e-6))
-    return actual
+from .loss_cases import backend_rows, compare, make_labels, make_points, reference_rows
 
 
 @pytest.fixture
@@ -58,23 +30,25 @@ def exact_rows_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("block_rows", [1024, 16])
+@pytest.mark.parametrize("tiles", ["small", "default"])
 @pytest.mark.parametrize("dtype,temperature", [(torch.float64, 0.0005), (torch.float32, 0.005)])
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 @pytest.mark.parametrize("eps", [0.0, 1e-5])
-def test_far_rows_are_recomputed_exactly(exact_rows_calls, block_rows, dtype, temperature, distance, eps):
+def test_far_rows_are_recomputed_exactly(request, exact_rows_calls, tiles, dtype, temperature, distance, eps):
     # At these temperatures random points in 40 dimensions have neighbours more
     # than FAR * T away: their shared-shift sums underflow, and the exact pass
     # must restore them, loss and gradients (eps = 0 is the unforgiving case:
     # the loss is lse_all - lse_same with no eps to hide an error).
+    if tiles == "small":
+        request.getfixturevalue("small_tiles")
     rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 2e-4)
-    check(60, 40, "few_classes", temperature, distance, eps, block_rows, dtype, rtol, grad_rtol)
+    compare("blocked", 60, 40, "few_classes", temperature, distance, eps, dtype, rtol, grad_rtol)
     assert sum(exact_rows_calls) > 0, "no far rows: the test does not reach the exact pass"
 
 
-def test_no_far_rows_at_ordinary_temperatures(exact_rows_calls):
-    check(200, 30, "few_classes", 0.1, "cosine", 0.0, 64)
-    check(200, 30, "few_classes", 0.1, "euclidean", 1e-5, 64)
+def test_no_far_rows_at_ordinary_temperatures(small_tiles, exact_rows_calls):
+    compare("blocked", 200, 30, "few_classes", 0.1, "cosine", 0.0)
+    compare("blocked", 200, 30, "few_classes", 0.1, "euclidean", 1e-5)
     assert exact_rows_calls == []
 
 
@@ -88,105 +62,82 @@ def test_rows_whose_same_class_sum_underflows_keep_their_neighbours(exact_rows_c
     z[2:, 2] = torch.tensor([0.0, 0.01, 0.02, 0.03])
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     t = torch.tensor(0.02)
-    rows = blocked_rows(z, labels, t, False, 0.0)
+    rows = backend_rows("blocked", "cosine", 0.0)(z, labels, t)
     expected = reference_rows(z.double(), labels, t.double(), "cosine", 0.0)
     assert torch.isfinite(rows[:2]).all() and exact_rows_calls
     torch.testing.assert_close(rows.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_results_are_deterministic():
-    g = torch.Generator().manual_seed(3)
-    z = torch.randn(300, 20, generator=g)
-    labels = torch.randint(0, 7, (300,), generator=g)
-    runs = []
-    for _ in range(2):
-        zz = z.clone().requires_grad_(True)
-        loss = blocked_rows(zz, labels, torch.tensor(0.3), False, 1e-5, 64).sum()
+def _loss_and_grads(z, labels, t, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        zz, tt = z.clone().requires_grad_(True), t.clone().requires_grad_(True)
+        loss = soft_nearest_neighbor_loss(zz, labels, tt, backend="blocked")
         loss.backward()
-        runs.append((loss.detach(), zz.grad))
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+        return loss.detach(), zz.grad, tt.grad
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_results_are_bitwise_the_same_whatever_the_threads():
+    # tiles are added in a fixed order whichever worker computed them
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2000, 20, generator=g)
+    labels = torch.randint(0, 7, (2000,), generator=g)
+    t = torch.tensor(0.3)
+    runs = [_loss_and_grads(z, labels, t, threads) for threads in (1, 2, 2, 3)]
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert torch.equal(a, b)
 
 
 def test_blocks_and_tile_pairs():
-    assert _bounds(10, 1024) == [(0, 10)]
-    bounds = _bounds(2049, 1024)
-    assert len(bounds) == 3 and bounds[0][0] == 0 and bounds[-1][1] == 2049
+    assert block_bounds(10) == [(0, 10)]
+    assert len(block_bounds(1024)) == 4  # small batches get smaller blocks, so that they are shared out
+    bounds = block_bounds(2049)
+    assert len(bounds) == 5 and bounds[0][0] == 0 and bounds[-1][1] == 2049
     assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1  # no sliver at the end
-    square = _tile_pairs(bounds, bounds, True)
-    assert len(square) == 6 and sum(columns for *_, columns in square) == 3  # 3 diagonal, 3 serving both ways
-    assert len(_tile_pairs(bounds[:2], bounds, False)) == 6
+    assert max(b - a for a, b in block_bounds(100_000)) <= 512
+    square = tile_pairs(3, 3, True)
+    assert len(square) == 6 and sum(i == j for i, j in square) == 3  # 3 diagonal, 3 serving both ways
+    assert len(tile_pairs(2, 3, False)) == 6
 
 
-# --------------------------------------------------------------------------- compiled
+def test_workers_apply_in_order_and_reraise():
+    applied = []
+    workers.run_in_order(50, lambda k: k * k, lambda k, r: applied.append((k, r)), workers=3)
+    assert applied == [(k, k * k) for k in range(50)]
+
+    def compute(k):
+        if k == 7:
+            raise ArithmeticError("tile 7")
+        return k
+
+    with pytest.raises(ArithmeticError, match="tile 7"):
+        workers.run_in_order(20, compute, lambda k, r: None, workers=2)
 
 
-@pytest.fixture
-def compiled(monkeypatch):
-    monkeypatch.setenv("SNNL_COMPILE", "1")
+def test_workers_run_single_threaded_and_leave_the_callers_threads_alone():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = set()
+        workers.run_in_order(8, lambda k: (threading.get_ident(), torch.get_num_threads()),
+                             lambda k, r: seen.add(r), workers=2)
+        assert {threads for _, threads in seen} == {1}
+        assert threading.get_ident() not in {ident for ident, _ in seen}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
-# Each case compiles its variants once (a few seconds each on a cold machine):
-# the dense tile (small batches), the tiles of both kinds (off-diagonal pairs
-# and diagonal ones, one-hot and pairwise label sums), queries against keys,
-# the normalisation, both distances and both float types.
-COMPILED_CASES = [
-    # b, d, pattern, T, distance, eps, block_rows, dtype
-    (150, 70, "few_classes", 0.5, "cosine", 1e-5, 1024, torch.float32),
-    (150, 70, "few_classes", 0.5, "cosine", 1e-5, 64, torch.float32),
-    (150, 33, "all_distinct", 0.1, "cosine", 0.0, 64, torch.float32),
-    (150, 33, "singletons", 0.5, "euclidean", 1e-5, 1024, torch.float32),
-    (150, 33, "few_classes", 0.5, "euclidean", 0.0, 64, torch.float32),
-    (97, 16, "few_classes", 0.2, "cosine", 0.0, 1024, torch.float64),
-]
-
-
-@pytest.mark.parametrize("b,d,pattern,temperature,distance,eps,block_rows,dtype", COMPILED_CASES)
-def test_compiled_matches_reference_and_eager(compiled, monkeypatch, b, d, pattern, temperature, distance, eps,
-                                              block_rows, dtype):
-    rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 1e-4)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="snnl:")  # a compilation failure would warn and fall back
-        actual = check(b, d, pattern, temperature, distance, eps, block_rows, dtype, rtol, grad_rtol)
-    monkeypatch.setenv("SNNL_COMPILE", "0")
-    eager = check(b, d, pattern, temperature, distance, eps, block_rows, dtype, rtol, grad_rtol)
-    # the same arithmetic, fused differently: rounding-level differences only
-    torch.testing.assert_close(actual[0], eager[0], rtol=50 * torch.finfo(dtype).eps, atol=0)
-
-
-def test_compiled_queries_against_keys(compiled):
-    from snnl.loss.functional import soft_nearest_neighbor_rows
-
-    g = torch.Generator().manual_seed(11)
-    z = torch.randn(150, 24, generator=g)
-    labels = torch.randint(0, 5, (150,), generator=g)
-    zq = z.clone().requires_grad_(True)
-    rows = torch.cat([
-        blocked_rows(zq[a:b], labels[a:b], torch.tensor(0.4), False, 1e-5, 64, keys=zq, key_labels=labels, offset=a)
-        for a, b in [(0, 70), (70, 150)]
-    ])
-    rows.sum().backward()
-    zr = z.clone().requires_grad_(True)
-    expected = soft_nearest_neighbor_rows(zr, labels, zr, labels, 0.4, offset=0, backend="reference")
-    expected.sum().backward()
-    torch.testing.assert_close(rows, expected, rtol=2e-5, atol=2e-5)
-    assert_close_scaled(zq.grad, zr.grad, 1e-4)
-
-
-def test_compilation_failure_falls_back_to_eager_once(compiled, monkeypatch):
-    def broken(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C++ compiler here")
-        return run
-
-    fresh = compiled_module.Compiled(blocked.dense_forward)
-    monkeypatch.setattr(blocked, "_dense_forward", fresh)
-    monkeypatch.setattr(torch, "compile", broken)
-    z, labels = torch.randn(20, 5), torch.randint(0, 3, (20,))
-    with pytest.warns(UserWarning, match="torch.compile of dense_forward failed .*running it eagerly"):
-        first = soft_nearest_neighbor_loss(z, labels, backend="blocked")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message="snnl:")  # warned once only
-        second = soft_nearest_neighbor_loss(z, labels, backend="blocked")
-    assert fresh.failed and torch.equal(first, second)
-    expected = soft_nearest_neighbor_loss(z.double(), labels, backend="reference")
-    torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-6)
+def test_nan_in_points_gives_nan_loss_when_values_are_not_checked():
+    # check_values=False (and compiled code, which skips the check): no
+    # quietly finite loss from a NaN input
+    g = torch.Generator().manual_seed(zlib.crc32(b"nan"))
+    z = make_points(50, 6, "cosine", torch.float32, g)
+    labels = make_labels("few_classes", 50, g)
+    z[3, 2] = float("nan")
+    for backend in ("reference", "blocked"):
+        assert torch.isnan(soft_nearest_neighbor_loss(z, labels, backend=backend, check_values=False))

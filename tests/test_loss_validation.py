@@ -9,7 +9,7 @@ import torch
 
 from snnl import SNNLoss, soft_nearest_neighbor_loss
 
-BACKENDS = ["reference", "chunked", "blocked", "triton", "auto"]
+BACKENDS = ["reference", "blocked", "triton", "auto"]
 
 
 def batch(b=8, d=3):
@@ -25,9 +25,9 @@ def test_non_finite_z(backend, bad):
         soft_nearest_neighbor_loss(z, y, backend=backend)
 
 
-@pytest.mark.parametrize("shape", [(8,), (2, 4, 3), ()])
-def test_z_not_2d(shape):
-    with pytest.raises(ValueError, match="z must be 2-D"):
+@pytest.mark.parametrize("shape", [(8,), (2, 4, 3, 1), ()])
+def test_z_not_2d_or_3d(shape):
+    with pytest.raises(ValueError, match=r"z must be \(batch, features\) or \(batch, views, features\)"):
         soft_nearest_neighbor_loss(torch.randn(shape), torch.zeros(8, dtype=torch.long))
 
 
@@ -75,6 +75,8 @@ def test_bad_temperature_types():
     z, y = batch()
     with pytest.raises(ValueError, match="temperature must be a scalar"):
         soft_nearest_neighbor_loss(z, y, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="temperature must be a scalar"):
+        soft_nearest_neighbor_loss(z, y, torch.ones(1, 1))
     with pytest.raises(TypeError, match="temperature must be a float"):
         soft_nearest_neighbor_loss(z, y, "hot")
     with pytest.raises(TypeError, match="temperature must be a float"):
@@ -91,6 +93,7 @@ def test_bad_temperature_types():
         ({"backend": "cuda"}, "backend must be one of"),
         ({"eps": -1e-5}, "eps must be a finite number >= 0"),
         ({"eps": math.nan}, "eps must be a finite number >= 0"),
+        ({"precision": "fp16"}, "precision must be one of"),
     ],
 )
 def test_bad_options(kwargs, match):
@@ -111,7 +114,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     z, y = batch()
-    with pytest.raises(RuntimeError, match="needs CUDA tensors.*TRITON_INTERPRET=1"):
+    with pytest.raises(RuntimeError, match="needs CUDA tensors.*TRITON_INTERPRET=1.*backend='blocked'"):
         soft_nearest_neighbor_loss(z, y, backend="triton")
     assert os.environ.get("TRITON_INTERPRET") is None
 

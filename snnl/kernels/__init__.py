@@ -1,3 +1,17 @@
-"""Triton code only: ``@triton.jit`` kernels and the launchers that pick grids
-and block sizes.  Importing this package imports Triton; the loss layer does
-so lazily, only when the ``triton`` backend is used."""
+"""The fused Triton kernels of the loss.
+
+- ``tiles``: the ``@triton.jit`` helpers every pair kernel is made of
+- ``pair_kernels``: the forward and backward pair kernels and their launchers
+- ``rows``: the O(b * d) kernels around them (operands, finishing passes)
+- ``configs``: every choice of the compiled code (tiles, warps, stages,
+  candidates for autotuning, the split of the key range), and ``Launch``
+
+Importing a module of this package imports Triton (this file does not); the
+loss layer imports them only when the ``triton`` backend runs.  The tools
+that compile, model and count these kernels are ``snnl.kernel_tools``.
+"""
+
+# How the kernels multiply fp32 operands on the tensor cores: three TF32
+# products (fp32-level accuracy, the default), one (about 1e-3 relative), or
+# the FMA units.  The loss layer validates ``precision`` against this list.
+PRECISIONS = ("tf32x3", "tf32", "ieee")

@@ -1,4 +1,4 @@
-"""The O(b * d) kernels around the pair kernels (``soft_nearest_neighbor``):
+"""The O(b * d) kernels around the pair kernels (``pair_kernels``):
 one launch each where torch would take several small operations and, for
 the far rows, host synchronisations.
 
@@ -11,6 +11,9 @@ the far rows, host synchronisations.
   that underflowed the shared scale) an exact pass over all keys with the
   rows' own running maximum, inside the same launch.  Which tiles need it
   is decided on the GPU: no ``nonzero``, no synchronisation.
+- ``coefficients``: the backward kernels' per-row inputs from the rows'
+  log-sum-exps and the upstream gradient (where torch took some forty small
+  operations).
 - ``finish_backward``: the parts of the backward launches added in a fixed
   order, turned into the gradient of the raw points (through the
   normalisation for the cosine distance; the padding dropped, the input
@@ -29,8 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .soft_nearest_neighbor import (LOG2E, Launch, TileConfig, _acc_dtype, _check_padding, _key_logits, _products,
-                                    _row_tile, _split_tf32, feature_block)
+from .configs import Launch, TileConfig, feature_block
+from .pair_kernels import _acc_dtype, _check_padding, _products
+from .tiles import LOG2E, _key_logits, _row_tile, _split_tf32
 
 LN2 = tl.constexpr(0.6931471805599453)
 ROWS_PER_PROGRAM = 32  # prepare and finish_backward: 32 rows x up to 64 features per step
@@ -94,12 +98,12 @@ def _logaddexp(a, b):
 
 @triton.jit
 def _finish_forward_kernel(
-    Q, Q_LO, K, K_LO, Q_LABELS, K_LABELS, Q_SQ, K_SQ, TEMPERATURE, SUMS, LSE, LOSS,
+    Q, Q_LO, K, K_LO, Q_LABELS, K_LABELS, Q_SQ, K_SQ, TEMPERATURE, SUMS, LSE_ALL, LSE_SAME, LOSS,
     n_queries, n_keys, offset, dim, q_stride, k_stride, splits, far, log_eps,
     EPS_ZERO: tl.constexpr, EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
     WHOLE_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """LSE (2, n_queries) = (log S_i, log N_i) from SUMS (splits, 2, n_queries)
+    """LSE_ALL = log S_i, LSE_SAME = log N_i (n_queries each) from SUMS (splits, 2, n_queries)
     (see ``_forward_kernel``), added part after part.  A row is far when
     log S_i < -far, or log N_i < -far, or N_i underflowed to 0 although the
     row has same-class keys (then log N_i reads -2 far; whether it has any is
@@ -161,8 +165,8 @@ def _finish_forward_kernel(
         exact_lse_same = tl.where(exact_same > 0.0, (max_same + tl.log2(exact_same)) * LN2, float("-inf"))
         lse_all = tl.where(is_far, exact_lse_all, lse_all)
         lse_same = tl.where(is_far, exact_lse_same, lse_same)
-    tl.store(LSE + row0 + rows_local, lse_all, mask=row_ok)
-    tl.store(LSE + n_queries + row0 + rows_local, lse_same, mask=row_ok)
+    tl.store(LSE_ALL + row0 + rows_local, lse_all, mask=row_ok)
+    tl.store(LSE_SAME + row0 + rows_local, lse_same, mask=row_ok)
     has_same = lse_same > float("-inf")
     if EPS_ZERO:  # lse_all - lse_same, +inf without a same-class neighbour
         loss = tl.where(has_same, lse_all - tl.where(has_same, lse_same, 0.0), float("inf"))
@@ -237,6 +241,52 @@ def _finish_backward_kernel(GRAD, HSUM, WEIGHTED, FAR_GRAD, FAR_HSUM, FAR_WEIGHT
         tl.store(OUT + row0 * dim + rows[:, None] * dim + ks[None, :], grad.to(OUT.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _coefficients_kernel(LSE_ALL, LSE_SAME, GRAD_ROWS, COEF, SAME_COEF, EXACT, ANY_FAR, n, far, log_eps,
+                         EPS_ZERO: tl.constexpr, BLOCK_R: tl.constexpr):
+    """The backward kernels' per-row inputs from the rows' log-sum-exps and
+    the upstream gradient: COEF = g_all / S and SAME_COEF = g_same / N
+    for the shared-exp terms (0 for far rows and rows without a same-class
+    key), EXACT (4, n) = (e_all, e_same, lse_all log2(e), lse_same log2(e))
+    for the far rows' exact terms (0 elsewhere), and ANY_FAR[0] raised to 1
+    when some row is far (``snnl.loss.rowwise.row_coefficients`` and
+    ``snnl.loss.shared_exp.shared_coefficients``, in one launch)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    ok = rows < n
+    lse_all = tl.load(LSE_ALL + rows, mask=ok, other=0.0)
+    lse_same = tl.load(LSE_SAME + rows, mask=ok, other=float("-inf"))
+    g = tl.load(GRAD_ROWS + rows, mask=ok, other=0.0).to(lse_all.dtype)
+    has_same = lse_same > float("-inf")
+    if EPS_ZERO:
+        g_all = tl.where(has_same, g, 0.0)
+        g_same = tl.where(has_same, -g, 0.0)
+    else:
+        # p: the share of the outer log's argument that is not eps; q: of the inner one's
+        log_ratio = lse_same - _logaddexp(tl.zeros_like(lse_all) + log_eps, lse_all)
+        p = tl.where(has_same, _sigmoid(log_ratio - log_eps), 0.0)
+        q = _sigmoid(lse_all - log_eps)
+        g_all = g * p * q
+        g_same = -g * p
+    far_all = lse_all < -far
+    far_same = (has_same & (lse_same < -far)) | far_all
+    shared_same = has_same & (far_same == 0)
+    coef = tl.where(far_all, 0.0, g_all * tl.exp(-tl.where(far_all, 0.0, lse_all)))
+    same_coef = tl.where(shared_same, g_same * tl.exp(-tl.where(shared_same, lse_same, 0.0)), 0.0)
+    exact_same = far_same & has_same
+    tl.store(COEF + rows, coef, mask=ok)
+    tl.store(SAME_COEF + rows, same_coef, mask=ok)
+    tl.store(EXACT + rows, tl.where(far_all, g_all, 0.0), mask=ok)
+    tl.store(EXACT + n + rows, tl.where(exact_same, g_same, 0.0), mask=ok)
+    tl.store(EXACT + 2 * n + rows, tl.where(far_all, lse_all, 0.0) * LOG2E, mask=ok)
+    tl.store(EXACT + 3 * n + rows, tl.where(exact_same, lse_same, 0.0) * LOG2E, mask=ok)
+    tl.atomic_max(ANY_FAR, tl.max(tl.where(ok & far_same, 1, 0), axis=0))  # a flag: the same whatever the order
+
+
 # --------------------------------------------------------------------------- launches
 
 
@@ -304,22 +354,23 @@ def finish_forward_launch(queries, keys, query_labels, key_labels, query_sq, key
                           far: float, eps: float, *, precision: str = "tf32x3"
                           ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor]]:
     """The launch that turns the forward parts ``sums`` into (lse_all, lse_same),
-    exact for far rows, and the rows' losses; and its outputs (2, n_queries)
-    and (n_queries,).  ``queries`` / ``keys``: (hi, lo) from ``prepare``, as
+    exact for far rows, and the rows' losses; and its outputs ((lse_all,
+    lse_same), loss), each (n_queries,).  ``queries`` / ``keys``: (hi, lo) from ``prepare``, as
     given to ``forward_launch``."""
     (q, q_lo), (k, k_lo) = queries, keys
     n_queries, width = q.shape
     config = exact_config(_chunk_of(width, q.dtype), q.dtype)
     _check_padding(q, k, config)
-    lse = torch.empty((2, n_queries), dtype=sums.dtype, device=q.device)
+    lse = (torch.empty(n_queries, dtype=sums.dtype, device=q.device),
+           torch.empty(n_queries, dtype=sums.dtype, device=q.device))
     loss = torch.empty(n_queries, dtype=sums.dtype, device=q.device)
     euclidean = query_sq is not None
     products = _products(q, precision)
     products.pop("GRAD_SPLIT")  # no gradient product here
     launch = Launch(
         _finish_forward_kernel, (triton.cdiv(n_queries, config.block_m),),
-        (q, q_lo, k, k_lo, query_labels, key_labels, query_sq if euclidean else lse, key_sq if euclidean else lse,
-         temperature, sums, lse, loss, n_queries, k.shape[0], offset, width, q.stride(0), k.stride(0), sums.shape[0],
+        (q, q_lo, k, k_lo, query_labels, key_labels, query_sq if euclidean else loss, key_sq if euclidean else loss,
+         temperature, sums, *lse, loss, n_queries, k.shape[0], offset, width, q.stride(0), k.stride(0), sums.shape[0],
          far, math.log(eps) if eps > 0 else 0.0),
         dict(EPS_ZERO=eps == 0, EUCLIDEAN=euclidean, FP64=q.dtype == torch.float64, **products,
              WHOLE_D=width <= config.block_d,
@@ -348,3 +399,22 @@ def finish_backward_launch(parts, far_parts, x, norms, temperature, cosine: bool
                     dict(EUCLIDEAN=not cosine, FP64=grad.dtype == torch.float64, BLOCK_R=ROWS_PER_PROGRAM,
                          BLOCK_W=_step(dim)), _row_config())
     return launch, (out, t_share)
+
+
+COEFFICIENT_ROWS = 256  # rows per program of the coefficients kernel (elementwise)
+
+
+def coefficients_launch(lse_all: torch.Tensor, lse_same: torch.Tensor, grad_rows: torch.Tensor, eps: float,
+                        far: float) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The launch of the backward kernels' per-row inputs (``_coefficients_kernel``),
+    and its outputs (coef, same_coef, exact (4, n), any_far (1,) int32)."""
+    n = lse_all.shape[0]
+    coef = torch.empty_like(lse_all)
+    same_coef = torch.empty_like(coef)
+    exact = torch.empty((4, n), dtype=lse_all.dtype, device=lse_all.device)
+    any_far = torch.zeros(1, dtype=torch.int32, device=lse_all.device)
+    launch = Launch(_coefficients_kernel, (triton.cdiv(n, COEFFICIENT_ROWS),),
+                    (lse_all, lse_same, grad_rows, coef, same_coef, exact, any_far, n, far,
+                     math.log(eps) if eps > 0 else 0.0),
+                    dict(EPS_ZERO=eps == 0, BLOCK_R=COEFFICIENT_ROWS), TileConfig(COEFFICIENT_ROWS, 16, 16, 4, 1))
+    return launch, (coef, same_coef, exact, any_far)

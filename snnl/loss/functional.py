@@ -1,21 +1,14 @@
-"""``soft_nearest_neighbor_loss``: validation, backend dispatch, reduction."""
+"""``soft_nearest_neighbor_loss``: the forms of the loss, checks, dispatch, reduction."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 
-from . import validation
-from .blocked import blocked_rows
-from .chunked import chunked_rows
-from .reference import reference_rows
-from .compiled import Compiled
-from .rowwise import reduce_rows
-
-
-# mean / sum over the finite rows: one fused kernel (and one backward) on the
-# GPU instead of about ten small ones around the fused loss's few
-_reduce_rows = Compiled(reduce_rows)
+from . import ops, registry, validation
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -23,120 +16,236 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def resolve_backend(backend: str, z: torch.Tensor) -> str:
-    """``auto``: the fused kernels for CUDA tensors when Triton imports, else
-    ``blocked`` (symmetric block pairs, compiled tiles: the fastest path on
-    CPUs at every batch size measured, bench/results/loss-cpu-*.json)."""
-    if backend != "auto":
-        return backend
-    if z.device.type == "cuda" and validation.triton_available():
-        return "triton"
-    return "blocked"
+@dataclass
+class Rows:
+    """A batch as the backends see it: 2-D queries (and keys), one label each.
+
+    ``shape``: the leading shape of the caller's ``z`` ((b,) or (b, views)),
+    which ``reduction="none"`` returns; ``weight`` and ``counted`` (rows not
+    ignored) per row, or None for all ones / all counted."""
+
+    queries: torch.Tensor
+    query_labels: torch.Tensor
+    keys: torch.Tensor | None
+    key_labels: torch.Tensor | None
+    weight: torch.Tensor | None
+    counted: torch.Tensor | None
+    shape: tuple[int, ...]
+
+
+def _flatten(x, labels, name: str, label_name: str, first_id: int = 0, other_views: bool = False):
+    """(n * views, d) points and one label each: a (n, views, d) batch's views
+    share their sample's label, or with no labels its id (each sample's views
+    are its positives; ``other_views``: the keys hold views too, so one view
+    here is enough)."""
+    n = x.shape[0]
+    views = x.shape[1] if x.dim() == 3 else 1
+    if labels is None:
+        if not other_views and views < 2:
+            raise ValueError(f"{label_name} may be left out only for a multi-view batch (samples, views >= 2, "
+                             f"features), where each sample's views are its positives, or with keys (key i a view "
+                             f"of sample i); {name} has shape {tuple(x.shape)}: pass {label_name}")
+        labels = torch.arange(first_id, first_id + n, device=x.device)
+    else:
+        validation.check_labels(labels, label_name, n, name, x.device)
+    if views > 1 or x.dim() == 3:
+        return x.reshape(n * views, x.shape[-1]), labels.repeat_interleave(views)
+    return x, labels
+
+
+def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_index=None, first_id: int = 0) -> Rows:
+    """The checks of everything but the options and the values, and the batch
+    as ``Rows``.  ``first_id``: the first sample id when ``labels`` is None
+    (under torch.distributed, this process's first row of the global batch)."""
+    validation.check_points(z, "z")
+    if keys is None and key_labels is not None:
+        raise ValueError("key_labels were given without keys")
+    queries, query_labels = _flatten(z, labels, "z", "labels", first_id, other_views=keys is not None)
+    if keys is None and queries.shape[0] < 2:
+        raise ValueError(f"z must hold at least 2 rows (the loss compares rows with each other), got "
+                         f"{queries.shape[0]}")
+    flat_keys = None
+    if keys is not None:
+        validation.check_points(keys, "keys")
+        if keys.shape[-1] != z.shape[-1] or keys.dtype != z.dtype or keys.device != z.device:
+            raise ValueError(f"keys must have z's features ({z.shape[-1]}), dtype ({z.dtype}) and device ({z.device}), "
+                             f"got {keys.shape[-1]} features, {keys.dtype}, {keys.device}")
+        if labels is None:
+            if key_labels is not None:
+                raise ValueError("labels were left out (each sample's views are its positives) but key_labels "
+                                 "were given: give both or neither")
+            if keys.shape[0] != z.shape[0]:
+                raise ValueError(f"without labels, key i is a view of sample i: keys must hold z's {z.shape[0]} "
+                                 f"samples, got {keys.shape[0]}")
+            flat_keys, key_labels = _flatten_views(keys, torch.arange(first_id, first_id + keys.shape[0],
+                                                                      device=keys.device))
+        else:
+            if key_labels is None:
+                raise ValueError("keys need key_labels (one class id per key)")
+            validation.check_labels(key_labels, "key_labels", keys.shape[0], "keys", keys.device)
+            flat_keys, key_labels = _flatten_views(keys, key_labels)
+    shape = tuple(z.shape[:-1])
+    flat_weight = None
+    if weight is not None:
+        validation.check_weight(weight, shape, z.device)
+        flat_weight = (weight if weight.shape == shape else weight[:, None].expand(shape)).reshape(-1)
+    counted = None if ignore_index is None else query_labels != ignore_index
+    return Rows(queries, query_labels, flat_keys, key_labels, flat_weight, counted, shape)
+
+
+def _flatten_views(x, labels):
+    if x.dim() == 3:
+        return x.reshape(-1, x.shape[-1]), labels.repeat_interleave(x.shape[1])
+    return x, labels
+
+
+def row_losses(batch: Rows, temperature, *, distance: str, eps: float, backend: str, precision: str,
+               check_values: bool, reduction: str, self_offset: int = ops.NO_SELF_PAIR):
+    """(per-row losses in the compute dtype, whether each row has a same-class
+    key or None when ``reduction`` does not need it): the backend's rows,
+    with autocast off, after the value checks."""
+    queries, keys = batch.queries, batch.keys
+    dtype = compute_dtype(queries.dtype)
+    given = temperature if isinstance(temperature, torch.Tensor) else None  # a number is checked already
+    temperature = validation.check_temperature(temperature, queries.device, dtype)
+    if check_values and validation.values_readable(queries, keys, given, batch.weight):
+        points = {"z": queries} if keys is None else {"z": queries, "keys": keys}
+        validation.check_values(points, given, batch.weight)
+    chosen = registry.resolve(backend, queries)
+    chosen.check_usable(queries)
+    if chosen.casts_inputs:
+        queries = queries.to(dtype)
+        keys = None if keys is None else keys.to(dtype)
+    if keys is None:
+        self_offset = 0
+    # the loss's own arithmetic is fp32 (fp64) whatever autocast would pick
+    with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
+        return ops.rows(queries, keys, batch.query_labels, batch.key_labels, temperature, chosen.name, self_offset,
+                        distance, eps, precision, with_positives=reduction == "mean_over_positives")
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+
+
+def reduction_terms(rows, has_positive, batch: Rows, reduction: str):
+    """(sum over the counted rows of weight * loss, the counted weight): the
+    mean is their ratio.  Counted: not +inf (eps = 0 leaves rows without a
+    same-class key out as +inf; a NaN stays in, so that a NaN input is a NaN
+    loss, never a quietly smaller one), not ``ignore_index``, and for
+    ``mean_over_positives`` with a same-class key.  Rows not counted are
+    selected away, never multiplied by 0: they get no gradient and no NaN."""
+    counted = rows != math.inf
+    if batch.counted is not None:
+        counted = counted & batch.counted
+    if reduction == "mean_over_positives":
+        counted = counted & has_positive
+    if batch.weight is None:
+        return torch.where(counted, rows, 0.0).sum(), counted.sum()
+    weight = batch.weight.to(rows.dtype)
+    return torch.where(counted, rows * weight, 0.0).sum(), torch.where(counted, weight, 0.0).sum()
+
+
+def reduce(rows, has_positive, batch: Rows, reduction: str):
+    if reduction == "none":
+        out = rows
+        if batch.weight is not None:
+            weight = batch.weight.to(rows.dtype)
+            out = torch.where(weight == 0, 0.0, rows * weight)  # weight 0: no loss, not inf * 0
+        if batch.counted is not None:
+            out = torch.where(batch.counted, out, 0.0)  # ignored rows: 0, like torch's ignore_index
+        return out.reshape(batch.shape)
+    total, weight = reduction_terms(rows, has_positive, batch, reduction)
+    if reduction == "sum":
+        return total
+    # no row counted: 0 (there is no same-class pair to pull together)
+    return total / torch.where(weight > 0, weight, 1).to(total.dtype)
 
 
 def soft_nearest_neighbor_loss(
     z: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None = None,
     temperature: float | torch.Tensor = 1.0,
     *,
+    keys: torch.Tensor | None = None,
+    key_labels: torch.Tensor | None = None,
     distance: str = "cosine",
     eps: float = 1e-5,
     reduction: str = "mean",
+    weight: torch.Tensor | None = None,
+    ignore_index: int | None = None,
     backend: str = "auto",
     precision: str = "tf32x3",
+    check_values: bool = True,
 ) -> torch.Tensor:
-    """Soft nearest neighbor loss (Frosst, Papernot & Hinton, 2019) of a batch.
+    """Soft nearest neighbor loss (Frosst, Papernot & Hinton, 2019).
 
-    For rows z_i with labels y_i and logits s_ij = -d_ij / T (j != i):
+    For query rows z_i with labels y_i, keys k_j with labels y'_j and logits
+    s_ij = -d(z_i, k_j) / T:
 
         l_i = -log(eps + N_i / (eps + S_i)),
-        S_i = sum_{j != i} exp(s_ij),   N_i = sum_{j != i, y_j = y_i} exp(s_ij).
+        S_i = sum_j exp(s_ij),   N_i = sum_{j: y'_j = y_i} exp(s_ij).
+
+    The keys are the batch itself unless given; then the pair (i, i) is left
+    out exactly.
 
     Args:
-        z: (b, d) floating-point batch, b >= 2.
-        labels: (b,) integer class ids on z's device.
-        temperature: T > 0, a float or a 0-dim tensor; a tensor that requires
-            grad receives a gradient (a learned temperature).
+        z: the batch, (b, d) floating point, or (b, views, d): several views
+            of each sample (augmentations), each view a row.
+        labels: (b,) integer class ids on z's device; views share their
+            sample's.  Left out for a multi-view batch, each sample's views
+            are its positives and every other sample's views its negatives
+            (the SimCLR / NT-Xent form; with labels, SupCon's).
+        temperature: T > 0: a number, or a 0-dim or shape-(1,) tensor; a
+            tensor that requires grad receives a gradient (a learned T).
+        keys, key_labels: reference points to compare the queries ``z`` with
+            instead of the batch itself (a memory bank, a fixed reference set),
+            (m, d) or (m, views, d), and their labels.  Nothing is left out:
+            the keys are not the queries.  Without labels, key i is a view of
+            sample i (``key_labels`` not given).
         distance: ``"cosine"`` (1 - cosine similarity) or ``"euclidean"``
             (squared Euclidean distance).
-        eps: stability constant of the authors' convention (1e-5).  With
-            ``eps=0`` the loss is logsumexp_all - logsumexp_same; rows with no
-            same-class neighbour are then ``+inf`` in ``reduction="none"`` and
-            are left out of ``mean`` and ``sum`` (0 if every row is left out).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-row vector).
-        backend: ``"auto"`` (Triton for CUDA tensors when available, else
-            ``"chunked"``), ``"reference"`` (b x b matrices, the oracle),
-            ``"chunked"`` (PyTorch, O(b * block) memory) or ``"triton"`` (fused
+        eps: the paper authors' stability constant (1e-5).  With ``eps=0`` the
+            loss is logsumexp_all - logsumexp_same; rows with no same-class key
+            are then ``+inf`` and left out of every reduction.
+        reduction: ``"mean"`` (over the rows; with eps > 0 a row without a
+            same-class key counts its constant -log(eps), the authors'
+            convention), ``"mean_over_positives"`` (over the rows that have
+            one: TF Similarity's and pytorch-metric-learning's), ``"sum"`` or
+            ``"none"`` (z's leading shape, weights applied).
+        weight: per-row weights, (b,) or for a multi-view batch (b,) or
+            (b, views): the mean is sum(w l) / sum(w) over the rows counted.
+        ignore_index: a label whose rows have no loss of their own (unlabelled
+            rows) but still count among the other rows' keys, as negatives.
+        backend: ``"auto"`` (``"triton"`` for CUDA tensors when Triton is
+            installed, else ``"blocked"``), or a name in
+            ``snnl.loss.registry.BACKENDS``: ``"reference"`` (b x b matrices,
+            the oracle), ``"blocked"`` (the CPU path), ``"triton"`` (the fused
             kernels; CPU tensors only under TRITON_INTERPRET=1).
         precision: the fused kernels' fp32 products on the tensor cores:
             ``"tf32x3"`` (three TF32 products: fp32-level accuracy, the
             default), ``"tf32"`` (one: about 1e-3 relative error in the dot
-            products, fastest) or ``"ieee"`` (fp32 FMA, no tensor cores).
-            The other backends compute in full fp32 (or fp64) and ignore it.
+            products) or ``"ieee"`` (fp32 FMA, no tensor cores).  The other
+            backends compute in full fp32 (or fp64) and ignore it.
+        check_values: check the points for NaN/Inf, a tensor T for T > 0 and
+            the weights for w >= 0 (one host read per call, a synchronisation
+            on a GPU).  Skipped by itself under ``torch.compile``, CUDA-graph
+            capture, fake tensors and ``torch.func``, where a NaN input gives a
+            NaN loss.
 
     Returns:
-        The reduced loss, or the per-row losses for ``reduction="none"``; fp64
-        for fp64 input, fp32 otherwise (half-precision input is accumulated in
-        fp32).
+        The reduced loss, or the per-row losses for ``reduction="none"``: fp64
+        for fp64 input, fp32 otherwise, also under autocast (the loss's
+        arithmetic runs with autocast off; half inputs are accumulated in fp32).
+
+    Works as a PyTorch operator: ``torch.compile(fullgraph=True)`` with no
+    graph break, CUDA graphs (no synchronisation with ``check_values=False``
+    or inside compiled code), fake and meta tensors, ``torch.export``,
+    ``torch.func.grad`` / ``vmap`` / ``jvp``, and exact second-order
+    gradients on every backend (see ``snnl.loss.ops``).
     """
-    eps = validation.check_options(distance, eps, reduction, backend, precision)
-    validation.check_batch(z, labels)
-    temperature = validation.check_temperature(temperature, z.device, compute_dtype(z.dtype))
-    return _reduce_rows(_dispatch(z, labels, temperature, distance, eps, backend, precision=precision), reduction)
-
-
-def soft_nearest_neighbor_rows(
-    queries: torch.Tensor,
-    query_labels: torch.Tensor,
-    keys: torch.Tensor,
-    key_labels: torch.Tensor,
-    temperature: float | torch.Tensor = 1.0,
-    *,
-    offset: int,
-    distance: str = "cosine",
-    eps: float = 1e-5,
-    backend: str = "auto",
-    precision: str = "tf32x3",
-) -> torch.Tensor:
-    """Per-row losses of ``queries`` against ``keys``; query i is key ``offset + i``.
-
-    The building block of the global-batch loss under torch.distributed
-    (``snnl.distributed``): a process's own rows against the gathered batch.
-    Gradients flow to both ``queries`` and ``keys``.  Same options and
-    conventions as ``soft_nearest_neighbor_loss`` (no reduction).
-    """
-    eps = validation.check_options(distance, eps, "none", backend, precision)
-    validation.check_batch(keys, key_labels)
-    validation.check_queries(queries, query_labels, keys, offset)
-    temperature = validation.check_temperature(temperature, keys.device, compute_dtype(keys.dtype))
-    return _dispatch(queries, query_labels, temperature, distance, eps, backend, precision=precision,
-                     keys=keys, key_labels=key_labels, offset=offset)
-
-
-def _dispatch(z, labels, temperature, distance, eps, backend, *, precision="tf32x3", keys=None, key_labels=None,
-              offset=0):
-    """Per-row losses with the chosen backend (inputs already validated)."""
-    dtype = temperature.dtype
-    backend = resolve_backend(backend, z)
-    cosine = distance == "cosine"
-    rectangular = dict(keys=keys, key_labels=key_labels, offset=offset)
-    if backend == "reference":
-        if keys is not None:
-            rectangular["keys"] = keys.to(dtype)
-        return reference_rows(z.to(dtype), labels, temperature, distance, eps, **rectangular)
-    if backend == "blocked":  # takes the raw points: it normalises them itself, fused
-        if keys is not None:
-            rectangular["keys"] = keys.to(dtype)
-        return blocked_rows(z.to(dtype), labels, temperature, not cosine, eps, **rectangular)
-    if backend == "chunked":
-        prepare = (lambda x: F.normalize(x.to(dtype), dim=1)) if cosine else (lambda x: x.to(dtype))
-        if keys is not None:
-            rectangular["keys"] = prepare(keys)
-        return chunked_rows(prepare(z), labels, temperature, cosine, eps, **rectangular)
-    validation.check_triton_usable(z)
-    rectangular["precision"] = precision
-    from .fused import fused_rows
-
-    # The raw points: the kernels normalise them (cosine, in fp32 for half
-    # inputs, which stay half for the tensor cores) and accumulate in fp32.
-    return fused_rows(z, labels, temperature, cosine, eps, **rectangular)
+    eps = validation.check_options(distance, eps, reduction, backend, precision, ignore_index)
+    batch = prepare_rows(z, labels, keys, key_labels, weight, ignore_index)
+    rows, has_positive = row_losses(batch, temperature, distance=distance, eps=eps, backend=backend,
+                                    precision=precision, check_values=check_values, reduction=reduction)
+    return reduce(rows, has_positive, batch, reduction)

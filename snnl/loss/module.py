@@ -17,7 +17,9 @@ class SNNLoss(nn.Module):
     ``learn_temperature=True`` makes T a parameter (Frosst et al. learn it).  It
     is stored as log T so that gradient steps keep it positive; read it with
     ``.temperature``.  A temperature passed to ``forward`` (e.g. from an
-    annealing schedule) overrides the stored one for that call.
+    annealing schedule) overrides the stored one for that call.  ``forward``
+    takes the per-call arguments (``keys``, ``key_labels``, ``weight``); the
+    rest are fixed here.
     """
 
     def __init__(
@@ -28,14 +30,16 @@ class SNNLoss(nn.Module):
         distance: str = "cosine",
         eps: float = 1e-5,
         reduction: str = "mean",
+        ignore_index: int | None = None,
         backend: str = "auto",
         precision: str = "tf32x3",
+        check_values: bool = True,
     ):
         super().__init__()
-        self.eps = validation.check_options(distance, eps, reduction, backend, precision)
-        self.precision = precision
+        self.eps = validation.check_options(distance, eps, reduction, backend, precision, ignore_index)
         validation.check_temperature(temperature, torch.device("cpu"), torch.float64)
-        self.distance, self.reduction, self.backend = distance, reduction, backend
+        self.distance, self.reduction, self.backend, self.precision = distance, reduction, backend, precision
+        self.ignore_index, self.check_values = ignore_index, check_values
         log_t = torch.tensor(math.log(float(temperature)))
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_t)
@@ -46,22 +50,18 @@ class SNNLoss(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor, temperature=None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, temperature=None, *, keys=None,
+                key_labels=None, weight=None) -> torch.Tensor:
         return soft_nearest_neighbor_loss(
-            z,
-            labels,
-            self.temperature if temperature is None else temperature,
-            distance=self.distance,
-            eps=self.eps,
-            reduction=self.reduction,
-            backend=self.backend,
-            precision=self.precision,
-        )
+            z, labels, self.temperature if temperature is None else temperature, keys=keys, key_labels=key_labels,
+            distance=self.distance, eps=self.eps, reduction=self.reduction, weight=weight,
+            ignore_index=self.ignore_index, backend=self.backend, precision=self.precision,
+            check_values=self.check_values)
 
     def extra_repr(self) -> str:
         learned = isinstance(self.log_temperature, nn.Parameter)
         return (
             f"temperature={float(self.temperature.detach()):.4g}, learn_temperature={learned}, "
-            f"distance={self.distance!r}, eps={self.eps}, reduction={self.reduction!r}, backend={self.backend!r}, "
-            f"precision={self.precision!r}"
+            f"distance={self.distance!r}, eps={self.eps}, reduction={self.reduction!r}, "
+            f"ignore_index={self.ignore_index!r}, backend={self.backend!r}, precision={self.precision!r}"
         )

@@ -26,15 +26,18 @@ import torch
 
 
 def rows_loss(lse_all: torch.Tensor, lse_same: torch.Tensor, eps: float) -> torch.Tensor:
-    """Per-row loss from the two per-row log-sum-exps (differentiable)."""
+    """Per-row loss from the two per-row log-sum-exps (differentiable, to any
+    order).  Rows without a same-class neighbour are selected, not computed:
+    with eps > 0 their loss is the constant -log(eps), with eps == 0 it is
+    +inf; the formula sees a finite stand-in for their -inf, so that no
+    derivative of theirs (second order included) is inf * 0 = NaN."""
     has_same = torch.isfinite(lse_same)
+    safe_same = torch.where(has_same, lse_same, torch.zeros_like(lse_same))
     if eps == 0.0:
-        # Select, do not subtract, so the rows left out get no gradient (and no NaN).
-        safe_same = torch.where(has_same, lse_same, torch.zeros_like(lse_same))
-        return torch.where(has_same, lse_all - safe_same, torch.full_like(lse_all, math.inf))
+        return torch.where(has_same, lse_all - safe_same, math.inf)
     log_eps = torch.full_like(lse_all, math.log(eps))
-    log_ratio = lse_same - torch.logaddexp(log_eps, lse_all)  # log(N / (eps + S))
-    return -torch.logaddexp(log_eps, log_ratio)
+    log_ratio = safe_same - torch.logaddexp(log_eps, lse_all)  # log(N / (eps + S))
+    return torch.where(has_same, -torch.logaddexp(log_eps, log_ratio), -math.log(eps))
 
 
 def row_coefficients(
@@ -56,16 +59,3 @@ def row_coefficients(
     p = torch.where(has_same, torch.sigmoid(log_ratio - log_eps), zeros)
     q = torch.sigmoid(lse_all - log_eps)
     return grad_rows * p * q, -grad_rows * p
-
-
-def reduce_rows(rows: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Apply ``reduction``; rows that are ``+inf`` (eps == 0, no same-class
-    neighbour) are left out of ``mean`` and ``sum``.  If every row is left out
-    the result is 0: there is no same-class pair to pull together."""
-    if reduction == "none":
-        return rows
-    kept = torch.isfinite(rows)
-    total = torch.where(kept, rows, torch.zeros_like(rows)).sum()
-    if reduction == "sum":
-        return total
-    return total / kept.sum().clamp_min(1)

@@ -1,35 +1,50 @@
-"""Argument checks for the public loss: once, at the top, naming the argument.
+"""Argument checks for the public loss: at the top, naming the argument.
 
-Bad input must fail loudly here rather than turn into a NaN somewhere in a
-training run.  The data-dependent checks (NaN/Inf in z, the value of a tensor
-temperature) cost one device synchronisation per call.
+Two kinds:
+
+- metadata checks (types, shapes, dtypes, devices, option values): always,
+  and free: they read no tensor's values, so they hold inside compiled code
+  and under fake tensors;
+- value checks (NaN/Inf in the points, a tensor temperature <= 0, weights
+  below 0): in eager calls on real tensors, one host read for all of them
+  together (a device synchronisation on a GPU).  ``check_values=False``
+  skips them; they are skipped by themselves where values cannot be read
+  without breaking what runs: under ``torch.compile`` (a graph break),
+  during CUDA-graph capture, on fake or meta tensors and under ``torch.func``
+  transforms.  There a NaN in the points gives a NaN loss: every backend
+  propagates it (tests/test_loss_op.py).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
 
 import torch
 
+from ..kernels import PRECISIONS
+from .registry import CHOICES as BACKEND_CHOICES
+
 DISTANCES = ("cosine", "euclidean")
-REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "reference", "chunked", "blocked", "triton")
-PRECISIONS = ("tf32x3", "tf32", "ieee")  # snnl.kernels.soft_nearest_neighbor.PRECISIONS
+# "mean_over_positives": the mean over the rows that have a same-class key
+# (TF Similarity's and pytorch-metric-learning's convention); "mean" keeps the
+# paper authors' (rows without one count -log(eps) when eps > 0)
+REDUCTIONS = ("mean", "sum", "none", "mean_over_positives")
 
 
-def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
+def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
 
 
-def check_options(distance, eps, reduction, backend, precision="tf32x3") -> float:
-    _choice("distance", distance, DISTANCES)
-    _choice("reduction", reduction, REDUCTIONS)
-    _choice("backend", backend, BACKENDS)
-    _choice("precision", precision, PRECISIONS)
+def check_options(distance, eps, reduction, backend, precision, ignore_index=None) -> float:
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("backend", backend, BACKEND_CHOICES)
+    check_choice("precision", precision, PRECISIONS)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an integer label or None, got {ignore_index!r}")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     eps = float(eps)
@@ -38,113 +53,106 @@ def check_options(distance, eps, reduction, backend, precision="tf32x3") -> floa
     return eps
 
 
-def check_batch(z, labels) -> None:
-    if not isinstance(z, torch.Tensor):
-        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
-    if not z.is_floating_point():
-        raise TypeError(f"z must have a floating-point dtype, got {z.dtype}")
-    if z.dim() != 2:
-        raise ValueError(f"z must be 2-D (batch, features), got shape {tuple(z.shape)}")
-    b, d = z.shape
-    if b < 2:
-        raise ValueError(f"z must hold at least 2 rows (the loss compares rows with each other), got {b}")
-    if d < 1:
-        raise ValueError("z has no features (shape (b, 0))")
+def check_points(x, name: str) -> None:
+    """A (n, d) or (n, views, d) floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {x.dtype}")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"{name} must be (batch, features) or (batch, views, features), got shape {tuple(x.shape)}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+
+
+def check_labels(labels, name: str, n: int, points: str, device) -> None:
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of integer class ids, got {type(labels).__name__}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must have an integer dtype (class ids), got {labels.dtype}")
-    if tuple(labels.shape) != (b,):
-        raise ValueError(f"labels must have shape ({b},) to match z's {b} rows, got {tuple(labels.shape)}")
-    if labels.device != z.device:
-        raise ValueError(f"z is on {z.device} but labels are on {labels.device}; put them on the same device")
-    _check_finite(z, "z")
+        raise TypeError(f"{name} must have an integer dtype (class ids), got {labels.dtype}")
+    if tuple(labels.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match {points}'s {n} samples, got {tuple(labels.shape)}")
+    if labels.device != device:
+        raise ValueError(f"{points} is on {device} but {name} are on {labels.device}; put them on the same device")
 
 
-def _check_finite(x, name: str) -> None:
-    """NaN or Inf anywhere in ``x`` is an error naming the first bad row.
-
-    One pass: the sum of a tensor with a NaN or an Inf is NaN or infinite.
-    Only when it is (or when finite values overflow it) are the rows checked
-    one by one."""
-    # detached: reading a number out of a tensor that requires grad makes torch warn
-    total = x.detach().sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    if math.isfinite(float(total)):
-        return  # one reduction and its synchronisation
-    finite = torch.isfinite(x).all(dim=1)
-    if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten()
-        raise ValueError(
-            f"{name} contains NaN or Inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
-            "the loss of such a batch is undefined"
-        )
-
-
-def check_queries(queries, query_labels, keys, offset) -> None:
-    """Queries compared with keys: same features, device and dtype; rows in range."""
-    if not isinstance(queries, torch.Tensor) or not isinstance(query_labels, torch.Tensor):
-        raise TypeError("queries and query_labels must be torch.Tensors")
-    if queries.dim() != 2 or queries.shape[1] != keys.shape[1]:
-        raise ValueError(f"queries must be 2-D with {keys.shape[1]} features like the keys, got shape {tuple(queries.shape)}")
-    if queries.dtype != keys.dtype or queries.device != keys.device:
-        raise ValueError("queries and keys must share dtype and device")
-    if query_labels.dtype == torch.bool or query_labels.is_floating_point() or tuple(query_labels.shape) != (queries.shape[0],):
-        raise ValueError(f"query_labels must be integer class ids of shape ({queries.shape[0]},)")
-    if query_labels.device != queries.device:
-        raise ValueError("queries and query_labels must be on the same device")
-    if isinstance(offset, bool) or int(offset) != offset or offset < 0 or offset + queries.shape[0] > keys.shape[0]:
-        raise ValueError(
-            f"offset must place the {queries.shape[0]} queries inside the {keys.shape[0]} keys, got offset={offset!r}"
-        )
-    _check_finite(queries, "queries")
+def check_weight(weight, shape: tuple[int, ...], device) -> None:
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating-point torch.Tensor, got {getattr(weight, 'dtype', type(weight))}")
+    if tuple(weight.shape) not in (shape, shape[:1]):
+        raise ValueError(f"weight must have shape {shape[:1]} (per sample) or {shape} (per view), got "
+                         f"{tuple(weight.shape)}")
+    if weight.device != device:
+        raise ValueError(f"z is on {device} but weight is on {weight.device}; put them on the same device")
 
 
 def check_temperature(temperature, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A 0-dim tensor on ``device`` in ``dtype``; a tensor input keeps its autograd graph."""
+    """A 0-dim tensor on ``device`` in ``dtype``; a tensor input keeps its
+    autograd graph.  A number is checked here; a tensor's value is a value
+    check (``check_values``)."""
     if isinstance(temperature, torch.Tensor):
-        if temperature.dim() != 0:
-            raise ValueError(f"temperature must be a scalar (0-dim tensor), got shape {tuple(temperature.shape)}")
+        if temperature.numel() != 1 or temperature.dim() > 1:
+            raise ValueError(f"temperature must be a scalar (a 0-dim or shape-(1,) tensor), got shape "
+                             f"{tuple(temperature.shape)}")
         if not temperature.is_floating_point():
             raise TypeError(f"temperature tensor must be floating-point, got {temperature.dtype}")
-        value = float(temperature.detach())
-        tensor = temperature.to(device=device, dtype=dtype)
-    elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        return temperature.reshape(()).to(device=device, dtype=dtype)
+    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
         value = float(temperature)
-        tensor = None
-    else:
-        raise TypeError(f"temperature must be a float or a 0-dim tensor, got {type(temperature).__name__}")
-    if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"temperature must be finite and > 0, got {value}")
-    if tensor is None:  # filled on the device: no copy from the host, which would synchronise
-        tensor = torch.full((), value, device=device, dtype=dtype)
-    return tensor
+        if not (math.isfinite(value) and value > 0.0):
+            raise ValueError(f"temperature must be finite and > 0, got {value}")
+        # filled on the device: no copy from the host, which would synchronise
+        return torch.full((), value, device=device, dtype=dtype)
+    raise TypeError(f"temperature must be a float or a scalar tensor, got {type(temperature).__name__}")
 
 
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+def values_readable(*tensors: torch.Tensor | None) -> bool:
+    """Whether reading values breaks nothing here (see the module docstring)."""
+    if torch.compiler.is_compiling():
         return False
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return False
+    for x in tensors:
+        if x is None:
+            continue
+        if x.device.type == "meta" or isinstance(x, torch._subclasses.FakeTensor):
+            return False
+        if torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return False
     return True
 
 
-def check_triton_usable(z: torch.Tensor) -> None:
-    if not triton_available():
-        raise ImportError(
-            "backend='triton' needs Triton: it ships with the CUDA builds of torch; "
-            "elsewhere `pip install triton` (CPU tensors then also need TRITON_INTERPRET=1)"
-        )
-    if z.device.type == "cuda":
+def check_values(points: dict[str, torch.Tensor], temperature: torch.Tensor | None,
+                 weight: torch.Tensor | None) -> None:
+    """NaN/Inf in the points, a temperature that is not finite and > 0, a
+    weight that is not finite and >= 0: a ``ValueError`` naming the first
+    problem.  One host read for all of them (one synchronisation on a GPU)."""
+    def finite(x):  # x - x is 0 unless x is NaN or infinite: two kernels, where isfinite is four
+        return (x - x) == 0
+
+    flags = []
+    for x in points.values():
+        # detached: reading a number out of a tensor that requires grad makes torch warn;
+        # the sum of a tensor holding a NaN or an Inf is not finite
+        flags.append(finite(x.detach().sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)))
+    if temperature is not None:
+        t = temperature.detach().reshape(())
+        flags.append(finite(t) & (t > 0))
+    if weight is not None:
+        w = weight.detach()
+        flags.append(finite(w.sum()) & (w.min() >= 0) if w.numel() else torch.ones((), dtype=torch.bool))
+    ok = flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()
+    if bool(ok):
         return
-    if z.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        if z.dtype == torch.bfloat16:
-            # Triton's interpreter computes bf16 products wrongly (3.9: loss 8.81
-            # instead of 1.37, NaN gradients): refuse rather than return numbers.
-            raise TypeError("backend='triton' under the Triton interpreter (CPU tensors) cannot compute bfloat16 "
-                            "inputs correctly; use float32 or float16 there, or backend='blocked'")
-        return
-    raise RuntimeError(
-        f"backend='triton' needs CUDA tensors (z is on {z.device}); CPU tensors run only under the "
-        "Triton interpreter, with TRITON_INTERPRET=1 set before Triton is imported. "
-        "Use backend='chunked' (or 'auto') on the CPU."
-    )
+    # something is wrong: find it (the error path may read as much as it likes)
+    for name, x in points.items():
+        finite = torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ValueError(f"{name} contains NaN or Inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+                             "the loss of such a batch is undefined")
+    if temperature is not None and not (math.isfinite(float(temperature.detach())) and float(temperature.detach()) > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {float(temperature.detach())}")
+    if weight is not None:
+        raise ValueError("weight must be finite and >= 0 everywhere")
+    # the sum of finite values overflowed: the points are finite after all

@@ -1,8 +1,8 @@
 """The compiled-code lab: every launch the loss makes, compiled for real
 NVIDIA targets on a machine without a GPU, and what the code says.
 
-    python -m snnl.kernels.lab --batch 8192 --dim 128            # or: snnl kernels ...
-    python -m snnl.kernels.lab --batch 8192 --dim 128 --json out.json
+    python -m snnl.kernel_tools.lab --batch 8192 --dim 128            # or: snnl kernels ...
+    python -m snnl.kernel_tools.lab --batch 8192 --dim 128 --json out.json
 
 For a problem (b, d, dtype, distance, precision) and targets (sm_80, sm_90 by
 default) it builds the launches the loss makes (forward and backward, every
@@ -13,7 +13,7 @@ with ``triton.compile`` for the target and reports, per launch: registers,
 spill stores and loads (ptxas), shared memory, the grid and its number of
 programs, and the SASS instruction mix, in the whole kernel and in its main
 loop (tensor-core MMAs, FFMA, MUFU.EX2, local-memory traffic).  The analytic
-performance model built on these counts is ``snnl.kernels.model``.
+performance model built on these counts is ``snnl.kernel_tools.model``.
 
 Nothing here runs a kernel: it needs no GPU and no driver, only Triton's
 bundled ptxas and cuobjdump.  Run it in a process without TRITON_INTERPRET
@@ -140,8 +140,7 @@ def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = 
     binding sees the real sizes, strides and alignments."""
     import torch
 
-    from . import rows
-    from . import soft_nearest_neighbor as kernels
+    from ..kernels import configs, pair_kernels, rows
     from ..loss.shared_exp import FAR
 
     torch_dtype = _torch_dtype(dtype)
@@ -157,34 +156,36 @@ def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = 
     coefs = (torch.empty(batch, dtype=acc), torch.empty(batch, dtype=acc), torch.empty((4, batch), dtype=acc))
     any_far = torch.empty(1, dtype=torch.int32)
     first_sums = first_parts = None
-    for config in kernels.candidate_configs("forward", batch, dim, torch_dtype, capability, euclidean):
-        launch, sums = kernels.forward_launch(points, points, labels, labels, sq, sq, temperature, 0, config=config,
+    for config in configs.candidate_configs("forward", batch, dim, torch_dtype, capability, euclidean):
+        launch, sums = pair_kernels.forward_launch(points, points, labels, labels, sq, sq, temperature, 0, config=config,
                                               precision=precision)
         launches.append(("forward", launch))
         first_sums = sums if first_sums is None else first_sums
     finish, _ = rows.finish_forward_launch(points, points, labels, labels, sq, sq, temperature, 0, first_sums,
                                            FAR[acc], 1e-5, precision=precision)
     launches.append(("finish-forward", finish))
-    for config in kernels.candidate_configs("backward", batch, dim, torch_dtype, capability, euclidean):
+    coefficients, _ = rows.coefficients_launch(first_sums[0, 0], first_sums[0, 1], first_sums[0, 0], 1e-5, FAR[acc])
+    launches.append(("coefficients", coefficients))
+    for config in configs.candidate_configs("backward", batch, dim, torch_dtype, capability, euclidean):
         if distributed:  # a process's rows (a quarter of the batch here) against the gathered batch
             queries = tuple(p[: batch // 4] for p in points)
             q_coefs = tuple(c[..., : batch // 4] for c in coefs)
-            launch, parts = kernels.backward_launch(queries, points, labels[: batch // 4], labels, sq, sq,
+            launch, parts = pair_kernels.backward_launch(queries, points, labels[: batch // 4], labels, sq, sq,
                                                     temperature, q_coefs, None, 0, True, config=config,
                                                     precision=precision, any_far=any_far)
             launches.append(("backward-queries", launch))
-            launch, _ = kernels.backward_launch(points, queries, labels, labels[: batch // 4], sq, sq, temperature,
+            launch, _ = pair_kernels.backward_launch(points, queries, labels, labels[: batch // 4], sq, sq, temperature,
                                                 None, q_coefs, 0, False, config=config, precision=precision,
                                                 any_far=any_far)
             launches.append(("backward-keys", launch))
         else:
-            launch, parts = kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs,
+            launch, parts = pair_kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs,
                                                     0, True, config=config, precision=precision, any_far=any_far)
             launches.append(("backward", launch))
         first_parts = parts if first_parts is None else first_parts
     # the far rows' exact terms (no trips unless some row is far)
-    far, far_parts = kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs, 0,
-                                             True, config=kernels.far_pass_config(dim, torch_dtype),
+    far, far_parts = pair_kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs, 0,
+                                             True, config=configs.far_pass_config(dim, torch_dtype),
                                              precision=precision, any_far=any_far, far_pass=True)
     launches.append(("backward-far", far))
     finish, _ = rows.finish_backward_launch(first_parts, far_parts, x, aux, temperature, not euclidean)
@@ -323,7 +324,7 @@ def run(args) -> int:
                        "precision": args.precision},
            "compiled_with": {"triton": triton.__version__, "torch": torch.__version__,
                              "python": platform.python_version(),
-                             "command": "python -m snnl.kernels.lab " + " ".join(sys.argv[1:])},
+                             "command": "python -m snnl.kernel_tools.lab " + " ".join(sys.argv[1:])},
            "launches": [asdict(r) for r in reports]}
     if args.model:
         from .model import estimate_problem, format_estimates
@@ -338,7 +339,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m snnl.kernels.lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m snnl.kernel_tools.lab", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -1,5 +1,5 @@
 """An analytic performance model of the loss on NVIDIA GPUs, built on the
-compiled code (``snnl.kernels.lab``).  A MODEL, NOT A MEASUREMENT: no GPU has
+compiled code (``snnl.kernel_tools.lab``).  A MODEL, NOT A MEASUREMENT: no GPU has
 run these kernels; every constant is stated below and every count comes from
 the SASS and the launch geometry.
 
@@ -21,8 +21,8 @@ The row kernels around them (``snnl.kernels.rows``: operands, the parts
 added, the gradient of the points; the backward far pass, whose loop has no
 trips without far rows) are their bytes at HBM bandwidth plus a launch.  The
 torch work left around the kernels is counted, not guessed
-(``snnl.kernels.torch_ops``: the operations, torch.compile'd helpers and
-host synchronisations of one call), each operation a launch overhead, each
+(``snnl.kernel_tools.op_counts``: the torch operations and host
+synchronisations of one call), each operation a launch overhead, each
 synchronisation SYNC_S.
 
 The eager reference and ``torch.compile`` of it, in the same model: their
@@ -77,11 +77,6 @@ GPUS = {
 }
 
 COMPILED_BYTES_PER_PAIR = 30  # see the module docstring
-# Inductor kernels per torch.compile'd helper call: an assumption, on the safe
-# side of what Inductor makes of them for the CPU (one kernel each: the
-# backward's coefficients, the mean and the mean's backward; read from its
-# generated code with the FX-graph cache off); on a GPU it may split a reduction.
-COMPILED_KERNELS_PER_CALL = 2
 SYNC_S = 10e-6  # one host synchronisation (assumption)
 
 
@@ -139,7 +134,7 @@ def launch_time(report, dtype: str) -> dict:
             **{f"{k}_s": v for k, v in terms.items()}}
 
 
-ROW_ROLES = ("prepare", "finish-forward", "backward-far", "finish-backward")
+ROW_ROLES = ("prepare", "finish-forward", "coefficients", "backward-far", "finish-backward")
 
 
 def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> dict:
@@ -156,6 +151,7 @@ def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> di
     moved = {
         "prepare": 2 * batch * dim * size + batch * padded * size * split + batch * acc,  # x twice, hi/lo, norms
         "finish-forward": (parts.get("forward", 1) + 1) * 2 * batch * acc,  # the parts in, lse out
+        "coefficients": 9 * batch * acc,  # lse_all, lse_same, the upstream gradient in; six per-row values out
         "backward-far": batch * padded * acc + 2 * batch * acc,  # its part, zeros without far rows
         "finish-backward": ((parts.get("backward", 1) + 1) * (batch * padded + 2 * batch) * acc * 2  # read twice
                             + 2 * batch * dim * size + batch * dim * size + batch * acc),
@@ -166,15 +162,11 @@ def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> di
 
 def glue_time(counts: dict, gpu: Gpu) -> float:
     """The rest of a loss call around the kernels, from the operations counted
-    by ``snnl.kernels.torch_ops`` (one call's forward and backward): each
-    torch operation a launch; each torch.compile'd helper
-    COMPILED_KERNELS_PER_CALL launches (an assumption: Inductor fuses each
-    helper's elementwise work and reductions into one or two kernels); each
-    host synchronisation SYNC_S (the host waits, then the GPU waits for its
-    next launch)."""
+    by ``snnl.kernel_tools.op_counts`` (one call's forward and backward): each
+    torch operation a launch; each host synchronisation SYNC_S (the host
+    waits, then the GPU waits for its next launch)."""
     total = counts["total"]
-    launches = total["torch"] + COMPILED_KERNELS_PER_CALL * total["compiled"]
-    return launches * gpu.torch_op_s + total["sync"] * SYNC_S
+    return total["torch"] * gpu.torch_op_s + total["sync"] * SYNC_S
 
 
 _EAGER_BYTES_PER_PAIR: dict = {}
@@ -189,14 +181,13 @@ def eager_bytes_per_pair(batch: int = 512, dim: int = 128) -> float:
         import torch
         from torch.profiler import ProfilerActivity, profile
 
-        from ..loss.reference import reference_rows
-        from ..loss.rowwise import reduce_rows
+        from ..loss import soft_nearest_neighbor_loss
 
         z = torch.randn(batch, dim, requires_grad=True)
         y = torch.randint(0, 10, (batch,))
         t = torch.tensor(0.5)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            reduce_rows(reference_rows(z, y, t, "cosine", 1e-5), "mean").backward()
+            soft_nearest_neighbor_loss(z, y, t, backend="reference").backward()
         total = 0
         for event in prof.events():
             if not event.name.startswith("aten::") or event.name in ("aten::mm", "aten::empty", "aten::empty_like",
@@ -234,10 +225,10 @@ def estimate_problem(reports, batch: int, dim: int, dtype: str, counts: dict | N
     """Per target: the fastest configuration of each pair launch in the model
     (what autotuning would pick were the model right), the row kernels, the
     torch work counted around them (``counts`` from
-    ``snnl.kernels.torch_ops``; counted here when not given), and the
+    ``snnl.kernel_tools.op_counts``; counted here when not given), and the
     baselines."""
     if counts is None:
-        from .torch_ops import count_in_subprocess
+        from .op_counts import count_in_subprocess
 
         # the same operations at any size (tests/test_compiled_code.py); bf16
         # counted as fp16, which the interpreter computes correctly

@@ -1,0 +1,51 @@
+"""The readable oracle: the b x b matrices in plain PyTorch, autograd does the rest.
+
+Every fast path is tested against this function.  It is also a fair
+competitor in the benchmarks: it is how the loss is usually written.  Being
+plain PyTorch, it works under every transform (``torch.func``, forward-mode
+AD, double backward to any order, ``torch.compile``); the fast backends use
+it for what their operators do not compute themselves (forward-mode AD,
+second-order gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..rowwise import rows_loss
+
+
+def pairwise_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
+    """Cosine distance 1 - <a_i/|a_i|, b_j/|b_j|>, or squared Euclidean distance."""
+    if distance == "cosine":
+        return 1.0 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    # The expansion loses a few digits to cancellation for near points; clamp
+    # the rounding error below zero.  Every backend uses this same formula.
+    a_sq, b_sq = (a * a).sum(dim=1), (b * b).sum(dim=1)
+    return (a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min(0.0)
+
+
+def rows(queries: torch.Tensor, keys: torch.Tensor | None, query_labels: torch.Tensor,
+         key_labels: torch.Tensor | None, temperature: torch.Tensor, self_offset: int, distance: str,
+         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-query loss, whether the query has a same-class key) against the
+    keys (``keys`` None: the queries themselves); query i is key
+    ``self_offset + i`` and that pair is left out (``self_offset`` < 0: the
+    keys are not the queries, nothing is left out)."""
+    if keys is None:
+        keys, key_labels, self_offset = queries, query_labels, 0
+    logits = -pairwise_distance(queries, keys, distance) / temperature
+    query_index = torch.arange(queries.shape[0], device=queries.device)
+    key_index = torch.arange(keys.shape[0], device=queries.device)
+    self_pair = (query_index[:, None] + self_offset == key_index[None, :]) & (self_offset >= 0)
+    logits = logits.masked_fill(self_pair, float("-inf"))  # w_ii = 0 exactly
+    lse_all = torch.logsumexp(logits, dim=1)
+
+    same = (query_labels[:, None] == key_labels[None, :]) & ~self_pair
+    has_same = same.any(dim=1)
+    # logsumexp of an all -inf row has a NaN gradient: such rows get dummy
+    # finite logits, and rows_loss selects their constant loss
+    same_logits = logits.masked_fill(~same, float("-inf")).masked_fill(~has_same[:, None], 0.0)
+    lse_same = torch.where(has_same, torch.logsumexp(same_logits, dim=1), float("-inf"))
+    return rows_loss(lse_all, lse_same, eps), has_same
