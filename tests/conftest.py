@@ -25,13 +25,17 @@ def _seed():
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Tiles small enough that the tests' batches span several of them: 7-row
-    blocks on the CPU path; 16 x 16 tiles and 64-wide feature chunks for the
+    blocks on the CPU path (and chunks of 5 far rows against 7 keys in its
+    exact pass); 16 x 16 tiles and 64-wide feature chunks for the
     fused kernels (d > 64 takes their chunked path; the interpreter's time
     grows with the square of the number of chunks)."""
+    from snnl.loss import shared_exp
     from snnl.loss.backends import blocked, triton
 
     monkeypatch.setattr(blocked, "BLOCK_ROWS", 7)
     monkeypatch.setattr(blocked, "MIN_BLOCK_ROWS", 7)
+    monkeypatch.setattr(shared_exp, "EXACT_ROWS", 5)
+    monkeypatch.setattr(shared_exp, "EXACT_KEYS", 7)
     try:
         from snnl.kernels.configs import TileConfig
     except ImportError:  # no Triton: its tests are skipped

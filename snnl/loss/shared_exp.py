@@ -76,23 +76,45 @@ def shared_coefficients(lse_all, lse_same, eps: float, grad_rows, far: float):
     return coef, same_coef, g_all, g_same, far_all, far_same
 
 
-def _exact_logits(rows, keys, row_labels, key_labels, row_ids, row_aux, key_aux, temperature, euclidean):
-    """Logits of a few rows against all keys with the masks (self pairs, same
-    class, unclamped distances)."""
+# The exact pass takes the far rows in chunks of this many rows against key
+# blocks of EXACT_KEYS, so that its memory stays a few blocks (not far rows x
+# keys: at T = 0.01 every row of random 70-d points can be far).
+EXACT_ROWS = 256
+EXACT_KEYS = 2048
+
+
+def _exact_logits(rows, keys, row_labels, key_labels, row_ids, key_ids, row_aux, key_aux, temperature, euclidean):
+    """Logits of a few rows against a block of keys with the masks (self
+    pairs, same class, unclamped distances)."""
     s, unclamped = logits(rows, keys, row_aux, key_aux, temperature, euclidean)
-    not_self = row_ids[:, None] != torch.arange(keys.shape[0], device=keys.device)[None, :]
+    not_self = row_ids[:, None] != key_ids[None, :]
     same = (row_labels[:, None] == key_labels[None, :]) & not_self
     return s, not_self, same, unclamped
 
 
+def _chunks(index: torch.Tensor, n_keys: int):
+    """(row chunk of ``index``, key block start, key block stop), chunk by chunk."""
+    for r0 in range(0, index.numel(), EXACT_ROWS):
+        chunk = index[r0 : r0 + EXACT_ROWS]
+        yield chunk, [(j0, min(n_keys, j0 + EXACT_KEYS)) for j0 in range(0, n_keys, EXACT_KEYS)]
+
+
 def exact_forward(index, q, k, q_labels, k_labels, q_ids, q_aux, k_aux, temperature, euclidean, lse_all, lse_same):
-    """Recompute lse_all and lse_same of the rows ``index`` exactly, in place."""
+    """Recompute lse_all and lse_same of the rows ``index`` exactly, in place:
+    a log-sum-exp over the key blocks, merged as it goes."""
     if not index.numel():
         return
-    s, not_self, same, _ = _exact_logits(q[index], k, q_labels[index], k_labels, q_ids[index], q_aux[index], k_aux,
-                                         temperature, euclidean)
-    lse_all[index] = torch.logsumexp(s.masked_fill(~not_self, -math.inf), dim=1)
-    lse_same[index] = torch.logsumexp(s.masked_fill(~same, -math.inf), dim=1)
+    key_ids = torch.arange(k.shape[0], device=k.device)
+    for chunk, blocks in _chunks(index, k.shape[0]):
+        total = torch.full((chunk.numel(),), -math.inf, dtype=lse_all.dtype, device=lse_all.device)
+        same_total = total.clone()
+        for j0, j1 in blocks:
+            s, not_self, same, _ = _exact_logits(q[chunk], k[j0:j1], q_labels[chunk], k_labels[j0:j1], q_ids[chunk],
+                                                 key_ids[j0:j1], q_aux[chunk], k_aux[j0:j1], temperature, euclidean)
+            total = torch.logaddexp(total, torch.logsumexp(s.masked_fill(~not_self, -math.inf), dim=1))
+            same_total = torch.logaddexp(same_total, torch.logsumexp(s.masked_fill(~same, -math.inf), dim=1))
+        lse_all[chunk] = total
+        lse_same[chunk] = same_total
 
 
 def exact_backward(far_all, far_same, q, k, q_labels, k_labels, q_ids, q_aux, k_aux, temperature, euclidean,
@@ -103,17 +125,22 @@ def exact_backward(far_all, far_same, q, k, q_labels, k_labels, q_ids, q_aux, k_
     index = torch.nonzero(far_same).flatten()
     if not index.numel():
         return 0.0
-    s, not_self, same, unclamped = _exact_logits(q[index], k, q_labels[index], k_labels, q_ids[index], q_aux[index],
-                                                 k_aux, temperature, euclidean)
-    p_all = torch.exp(s - lse_all[index, None]).masked_fill(~not_self, 0.0)
-    finite_same = torch.where(lse_same[index].isfinite(), lse_same[index], 0.0)
-    p_same = torch.exp(s - finite_same[:, None]).masked_fill(~same, 0.0)
-    h = torch.where(far_all[index, None], g_all[index, None] * p_all, 0.0) + g_same[index, None] * p_same
-    weighted = (h * s.masked_fill(~not_self, 0.0)).sum()
-    if euclidean:
-        h = h * unclamped
-        hsum_q[index] += h.sum(1)
-        hsum_k += h.sum(0)
-    raw_q[index] += (h @ k).to(raw_q.dtype)
-    raw_k += (h.T @ q[index]).to(raw_k.dtype)
+    key_ids = torch.arange(k.shape[0], device=k.device)
+    weighted = 0.0
+    for chunk, blocks in _chunks(index, k.shape[0]):
+        finite_same = torch.where(lse_same[chunk].isfinite(), lse_same[chunk], 0.0)
+        for j0, j1 in blocks:
+            s, not_self, same, unclamped = _exact_logits(q[chunk], k[j0:j1], q_labels[chunk], k_labels[j0:j1],
+                                                         q_ids[chunk], key_ids[j0:j1], q_aux[chunk], k_aux[j0:j1],
+                                                         temperature, euclidean)
+            p_all = torch.exp(s - lse_all[chunk, None]).masked_fill(~not_self, 0.0)
+            p_same = torch.exp(s - finite_same[:, None]).masked_fill(~same, 0.0)
+            h = torch.where(far_all[chunk, None], g_all[chunk, None] * p_all, 0.0) + g_same[chunk, None] * p_same
+            weighted = weighted + (h * s.masked_fill(~not_self, 0.0)).sum()
+            if euclidean:
+                h = h * unclamped
+                hsum_q[chunk] += h.sum(1)
+                hsum_k[j0:j1] += h.sum(0)
+            raw_q[chunk] += (h @ k[j0:j1]).to(raw_q.dtype)
+            raw_k[j0:j1] += (h.T @ q[chunk]).to(raw_k.dtype)
     return weighted
