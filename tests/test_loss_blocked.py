@@ -11,6 +11,7 @@ import torch
 
 from snnl import soft_nearest_neighbor_loss
 from snnl.loss import shared_exp, workers
+from snnl.loss.backends import blocked
 from snnl.loss.backends.blocked import block_bounds, tile_pairs
 
 from .loss_cases import backend_rows, compare, make_labels, make_points, reference_rows
@@ -44,6 +45,36 @@ def test_far_rows_are_recomputed_exactly(request, exact_rows_calls, tiles, dtype
     rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 2e-4)
     compare("blocked", 60, 40, "few_classes", temperature, distance, eps, dtype, rtol, grad_rtol)
     assert sum(exact_rows_calls) > 0, "no far rows: the test does not reach the exact pass"
+
+
+@pytest.fixture
+def rescaled_rows(monkeypatch):
+    """Counts the rows the far rows' pass took at their own scale."""
+    calls = []
+    original = blocked._Points.take
+
+    def spy(self, index):
+        calls.append(index.numel())
+        return original(self, index)
+
+    monkeypatch.setattr(blocked._Points, "take", spy)
+    return calls
+
+
+@pytest.mark.parametrize("tiles", ["small", "default"])
+@pytest.mark.parametrize("dtype,temperature", [(torch.float64, 0.0011), (torch.float32, 0.011)])
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+def test_far_rows_whose_sums_survived_take_their_own_scale(request, exact_rows_calls, rescaled_rows, tiles, dtype,
+                                                           temperature, eps):
+    # Random 70-d points at these temperatures: rows are far (their sums below
+    # exp(-FAR): all of them in fp32, about half in fp64) but keep some terms:
+    # the far rows' pass recomputes them at the scale of their own
+    # log-sum-exp, through the tiles, and none needs the exact pass
+    if tiles == "small":
+        request.getfixturevalue("small_tiles")
+    rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 2e-4)
+    compare("blocked", 120, 70, "few_classes", temperature, "cosine", eps, dtype, rtol, grad_rtol)
+    assert rescaled_rows and rescaled_rows[0] >= 40 and exact_rows_calls == []
 
 
 def test_no_far_rows_at_ordinary_temperatures(small_tiles, exact_rows_calls):

@@ -16,10 +16,12 @@ The price of the common shift: a row whose sums fall below exp(-FAR[dtype])
 (its neighbours, or its same-class neighbours, all more than about FAR * T
 away) may have lost precision to underflow.  Such "far" rows get their
 log-sum-exps and their gradient terms from an exact pass with their own
-maximum (on the CPU ``exact_forward`` and ``exact_backward`` below; on the
-GPU ``snnl.kernels.rows``' finish_forward and the backward kernel's
-FAR_PASS, with no host synchronisation): at ordinary temperatures there are
-none, at T = 0.01 there can be a few.
+maximum: on the CPU the tiles again at the row's own scale (its largest
+logit forward, its log-sum-exp backward) and ``exact_forward`` /
+``exact_backward`` below for what even that scale loses; on the GPU
+``snnl.kernels.rows``' finish_forward and the backward kernel's FAR_PASS,
+with no host synchronisation.  At ordinary temperatures there are none; at
+T = 0.01 random 70-d points are all far.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import torch
 from .rowwise import row_coefficients
 
 # A row whose sum of exp(s) is below exp(-FAR) may have lost precision to
-# underflow.  fp32: exp() is subnormal below exp(-87); with the row's sum at
-# least exp(-50), all its subnormal terms together (at most 2^17 of them below
-# exp(-87)) are under exp(-75), far below one rounding error of the sum.
+# underflow.  fp32: exp() is subnormal below exp(-87) (the CPU path drops such
+# terms: they are slow to compute); with the row's sum at least exp(-50), all
+# its terms below exp(-87) together (at most 2^17 of them) are under
+# exp(-75), far below one rounding error of the sum.
 FAR = {torch.float32: 50.0, torch.float64: 600.0}
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -43,6 +44,12 @@ class _Pool:
             # then set this thread's own (OpenMP and MKL keep it per thread)
             torch.get_num_threads()
             torch.set_num_threads(1)
+            # subnormal results (exp of logits below -87 in fp32) flushed to 0:
+            # x86 computes with them a hundred times slower, and the loss never
+            # needs them (rows whose sums are that small are recomputed at
+            # their own scale: ``snnl.loss.shared_exp``).  Per thread: the
+            # caller's own setting is left alone
+            torch.set_flush_denormal(True)
             barrier.wait()  # one call per thread
 
         for future in [self.executor.submit(single_threaded) for _ in range(n)]:
@@ -61,21 +68,43 @@ def _get_pool(n: int) -> _Pool:
     with _pool_lock:
         # a forked child (a DataLoader worker) inherits the object but not its threads
         if _pool is None or _pool.n != n or _pool.pid != os.getpid():
+            if _pool is not None and _pool.pid == os.getpid():
+                _pool.executor.shutdown(wait=False)  # another thread count: its idle threads end
             _pool = _Pool(n)
         return _pool
+
+
+@contextmanager
+def caller_single_threaded(x: torch.Tensor) -> Iterator[int]:
+    """Yields the workers for tiles of ``x``: torch's thread count on the CPU
+    (0 on a GPU, whose work is asynchronous anyway: the tiles run in the
+    caller), and meanwhile runs the calling thread's own torch operations
+    single-threaded."""
+    threads = torch.get_num_threads()
+    if x.device.type != "cpu":
+        yield 0
+        return
+    if threads == 1:
+        yield 1
+        return
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_in_order(n_tasks: int, compute: Callable[[int], object], apply: Callable[[int, object], None],
                  workers: int | None = None) -> None:
     """``apply(k, compute(k))`` for k = 0 .. n_tasks - 1, the ``apply`` calls in
-    order of k; ``compute`` calls on ``workers`` threads (default: torch's
-    thread count), inline when there is one worker or one task."""
-    threads = workers or torch.get_num_threads()
-    workers = min(threads, n_tasks)
-    if workers <= 1:
+    order of k; ``compute`` calls on ``workers`` threads of the pool (default:
+    torch's thread count; 0: inline in the caller)."""
+    threads = torch.get_num_threads() if workers is None else workers
+    if threads == 0 or n_tasks == 0:
         for k in range(n_tasks):
             apply(k, compute(k))
         return
+    workers = min(threads, n_tasks)
     window = WINDOW_PER_WORKER * workers
     ready = threading.Condition()
     state = {"next": 0, "applied": 0, "error": None}

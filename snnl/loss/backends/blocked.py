@@ -37,15 +37,16 @@ import torch
 
 from ..rowwise import rows_loss
 from ..shared_exp import FAR, exact_backward, exact_forward, far_rows, log_sums, shared_coefficients
-from ..workers import run_in_order
+from ..workers import caller_single_threaded, run_in_order
 
 # Rows of a block.  512^2 tiles (1 MiB in fp32) keep the products near the
 # GEMM's peak and give a 4,096 batch 36 tiles to share out: enough that a
 # descheduled worker's last tile is a small part of a pass.
 BLOCK_ROWS = 512
 # Smaller batches get smaller blocks, down to this, so that they too are
-# shared out (below two such blocks a batch is one tile).
-MIN_BLOCK_ROWS = 128
+# shared out; below it a tile's few operations cost more in calls than in
+# work (b = 1,024, 2 threads: 6.1 ms with 256-row blocks, 6.9 ms with 128)
+MIN_BLOCK_ROWS = 256
 # Up to this many classes among the keys, sums per class come from thin
 # products with one-hot label matrices (columns padded to a multiple of 16:
 # MKL's thin products run 4x faster with 16 columns than with 10); with more,
@@ -53,6 +54,13 @@ MIN_BLOCK_ROWS = 128
 ONEHOT_MAX_CLASSES = 32
 # F.normalize's floor on the norm (every backend uses it)
 NORM_EPS = 1e-12
+# exp() of a logit below -SUBNORMAL[dtype] is subnormal, which the CPU
+# computes a hundred times slower (1M fp32 exps of -100: 35 ms against 0.4 ms
+# for -10, one thread, here).  Such terms are dropped (exactly 0): no sum that
+# the shared scale keeps can resolve them (``shared_exp.FAR``), and rows whose
+# sums are that small are recomputed at their own scale.  The worker threads
+# flush subnormal results to 0 too (``workers``).
+SUBNORMAL = {torch.float32: 87.0, torch.float64: 708.0}
 
 
 @dataclass
@@ -66,7 +74,12 @@ class _Points:
     codes: torch.Tensor  # labels as dense int64 codes (shared by queries and keys)
     onehot: torch.Tensor | None  # (n, classes padded to 16), or None with many classes
     ids: torch.Tensor  # the rows' indices among the keys (self pairs), or past their end: none
-    first_id: int  # ids[0], known on the host
+    first_id: int | None  # ids[0], known on the host; None for a subset of the rows (``take``)
+
+    def take(self, index: torch.Tensor) -> "_Points":
+        """The rows ``index`` (the far rows' pass)."""
+        return _Points(self.x[index], self.aux[index], self.left[index], self.right[index], self.codes[index],
+                       None if self.onehot is None else self.onehot[index], self.ids[index], None)
 
 
 def _prepare(z, temperature, euclidean: bool):
@@ -127,50 +140,83 @@ def tile_pairs(n_row_blocks: int, n_col_blocks: int, square: bool) -> list[tuple
     return [(i, j) for i in range(n_row_blocks) for j in range(n_col_blocks)]
 
 
-def _zero_self_pairs(w, q: _Points, k: _Points, i0: int, i1: int, j0: int, j1: int) -> None:
-    """w = 0 on the tile's self pairs: query i is key ids[i], on one diagonal."""
+def _fill_self_pairs(w, q: _Points, k: _Points, i0: int, i1: int, j0: int, j1: int, value: float = 0.0) -> None:
+    """w = ``value`` on the tile's self pairs: query i is key ids[i], on one
+    diagonal (on scattered entries for a subset of the rows, ``first_id`` None)."""
+    if q.first_id is None:
+        ids = q.ids[i0:i1]
+        rows = torch.nonzero((ids >= j0) & (ids < j1)).flatten()
+        w[rows, ids[rows] - j0] = value
+        return
     if q.first_id >= k.x.shape[0]:
         return  # the keys are not the queries
     shift = q.first_id + i0 - j0  # the column of row i0's self pair, in tile coordinates
     if -w.shape[0] < shift < w.shape[1]:
-        w.diagonal(shift).zero_()
+        w.diagonal(shift).fill_(value)
 
 
-def _weights(q: _Points, k: _Points, i0, i1, j0, j1, euclidean: bool, backward: bool):
-    """exp(s) of the tile, in place of the logits, 0 on self pairs; in the
-    backward pass also 0 where a Euclidean distance was clamped at 0 (the
-    clamp passes no gradient; forward, such a pair is distance 0: w = 1)."""
+def _floor(q: _Points, k: _Points, temperature, euclidean: bool) -> float | None:
+    """The logit below which a term is dropped (its exp would be subnormal),
+    or None when no logit of these points can be so small (on the CPU, from
+    the distances' bound: 2 for the cosine, (|x|max + |y|max)^2 Euclidean)."""
+    limit = SUBNORMAL[q.x.dtype]
+    if q.x.device.type != "cpu":
+        return -limit
+    reach = float((q.aux.max().sqrt() + k.aux.max().sqrt()) ** 2) if euclidean else 2.0
+    return -limit if reach / float(temperature) >= limit else None
+
+
+def _weights(q: _Points, k: _Points, i0, i1, j0, j1, euclidean: bool, backward: bool, floor, shift=None):
+    """exp(s - shift_i) of the tile (shift 0 by default: the shared scale), in
+    place of the logits, 0 on self pairs and below ``floor``; in the backward
+    pass also 0 where a Euclidean distance was clamped at 0 (the clamp passes
+    no gradient; forward, such a pair is distance 0: s = 0)."""
     s = q.left[i0:i1] @ k.right[j0:j1].T
     if euclidean:
         if backward:
             s.masked_fill_(s > 0.0, -math.inf)
         else:
             s.clamp_max_(0.0)
+    if shift is not None:
+        s.sub_(shift[i0:i1, None])
+    if floor is not None:
+        torch.nn.functional.threshold_(s, floor, -math.inf)  # s if s > floor else -inf, in one pass
     w = s.exp_()
-    _zero_self_pairs(w, q, k, i0, i1, j0, j1)
+    _fill_self_pairs(w, q, k, i0, i1, j0, j1)
     return w
 
 
-def _block_sizes(q: _Points, k: _Points, square: bool):
+def _tiles(q: _Points, k: _Points, square: bool):
     q_blocks = block_bounds(q.x.shape[0])
     k_blocks = q_blocks if square else block_bounds(k.x.shape[0])
     return q_blocks, k_blocks, tile_pairs(len(q_blocks), len(k_blocks), square)
 
 
-def saved_shapes(queries, keys, precision: str) -> list:
-    """``forward`` keeps nothing for the backward pass but its inputs and the
-    log-sum-exps: the backward pass recomputes each tile."""
-    return []
+def _row_max(q: _Points, k: _Points, euclidean: bool, workers: int):
+    """max_j s_ij per query (the self pair left out)."""
+    q_blocks, k_blocks, pairs = _tiles(q, k, False)
+    best = torch.full((q.x.shape[0],), -math.inf, dtype=q.x.dtype, device=q.x.device)
+
+    def compute(t):
+        (i0, i1), (j0, j1) = q_blocks[pairs[t][0]], k_blocks[pairs[t][1]]
+        s = q.left[i0:i1] @ k.right[j0:j1].T
+        if euclidean:
+            s.clamp_max_(0.0)
+        _fill_self_pairs(s, q, k, i0, i1, j0, j1, -math.inf)
+        return s.amax(1)
+
+    def add(t, tile_max):
+        i0, i1 = q_blocks[pairs[t][0]]
+        torch.maximum(best[i0:i1], tile_max, out=best[i0:i1])
+
+    run_in_order(len(pairs), compute, add, workers=workers)
+    return best
 
 
-def forward(queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float,
-            precision: str):
-    """(rows, lse_all, lse_same, []) of the queries against the keys (``keys``
-    None: the queries themselves, square).  Inputs in the compute dtype;
-    ``precision`` is the fused kernels' (products here are full fp32 or fp64)."""
-    euclidean, square = distance == "euclidean", keys is None
-    q, k, same_count = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
-    q_blocks, k_blocks, pairs = _block_sizes(q, k, square)
+def _sums(q: _Points, k: _Points, square: bool, euclidean: bool, workers: int, floor, shift=None):
+    """(S, N) per query: sum_j exp(s_ij - shift_i) over all keys and over its
+    class's, tile by tile."""
+    q_blocks, k_blocks, pairs = _tiles(q, k, square)
     n = q.x.shape[0]
     sum_all, sum_same = q.x.new_zeros(n), q.x.new_zeros(n)
     onehot_t = None if q.onehot is None or not square else q.onehot.T.contiguous()  # Y^T for Y^T @ W
@@ -178,7 +224,7 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
     def compute(t):
         bi, bj = pairs[t]
         (i0, i1), (j0, j1) = q_blocks[bi], k_blocks[bj]
-        w = _weights(q, k, i0, i1, j0, j1, euclidean, backward=False)
+        w = _weights(q, k, i0, i1, j0, j1, euclidean, backward=False, floor=floor, shift=shift)
         columns = square and bi != bj
         if q.onehot is not None:
             per_class = w @ k.onehot[j0:j1]
@@ -201,35 +247,29 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
             sum_all[j0:j1] += cols[0]
             sum_same[j0:j1] += cols[1]
 
-    run_in_order(len(pairs), compute, add, workers=_workers(q.x))
-    far = FAR[q.x.dtype]
-    lse_all, lse_same = log_sums(sum_all, sum_same, same_count, far)
-    exact_forward(far_rows(lse_all, lse_same, far), q.x, k.x, query_labels, query_labels if square else key_labels,
-                  q.ids, q.aux, k.aux, temperature, euclidean, lse_all, lse_same)
-    return rows_loss(lse_all, lse_same, eps), lse_all, lse_same, []
+    run_in_order(len(pairs), compute, add, workers=workers)
+    return sum_all, sum_same
 
 
-def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
-             self_offset: int, distance: str, eps: float, precision: str, temperature_grad: bool):
-    """(grad_queries, grad_keys or None, grad_temperature or None)."""
-    euclidean, square = distance == "euclidean", keys is None
-    q, k, _ = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
-    q_blocks, k_blocks, pairs = _block_sizes(q, k, square)
-    far = FAR[q.x.dtype]
-    coef, same_coef, g_all, g_same, far_all, far_same = shared_coefficients(lse_all, lse_same, eps, grad_rows, far)
-    # M_ij = a_i + [same] c_i (the rows' terms), plus a_j + [same] c_j in the
-    # square case (the columns': s is symmetric, H = G + G^T).  Each side's
-    # term is formed in one rounding (with eps = 0 and one class a = -c
-    # exactly, so the term is exactly 0, as its derivative is): with few
-    # classes M = P_I @ Y_J^T (+ Y_I @ Q_J^T), P_ik = a_i + c_i Y_ik, where
-    # every product but one per side is an exact 0
+def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, temperature_grad: bool, workers: int,
+                   floor, shift=None):
+    """(sum_j H_ij R_j per query, sum_i H_ij R_i per key (the same tensor in
+    the square case), sum H * s) for H_ij = exp(s_ij - shift_i) M_ij,
+    M_ij = a_i + [same] c_i (the rows' terms), plus a_j + [same] c_j in the
+    square case (the columns': s is symmetric, H = G + G^T).  R = [x, 1, ...]:
+    its column of ones gives the sums of H.
+
+    Each side's term of M is formed in one rounding (with eps = 0 and one
+    class a = -c exactly, so the term is exactly 0, as its derivative is):
+    with few classes M = P_I @ Y_J^T (+ Y_I @ Q_J^T), P_ik = a_i + c_i Y_ik,
+    where every product but one per side is an exact 0."""
+    q_blocks, k_blocks, pairs = _tiles(q, k, square)
     if q.onehot is not None:
-        rows_term = coef[:, None] + same_coef[:, None] * q.onehot
+        rows_term = a[:, None] + c[:, None] * q.onehot
         u, v = (torch.cat([rows_term, q.onehot], 1), torch.cat([q.onehot, rows_term], 1)) if square else (
             rows_term, k.onehot)
     else:
-        with_same = coef + same_coef
-    # accumulators: sum_j H_ij R_j per query and sum_i H_ij R_i per key (R = [x, 1, ...])
+        with_same = a + c
     acc_q = torch.zeros_like(q.right)
     acc_k = acc_q if square else torch.zeros_like(k.right)
     shares: list[torch.Tensor] = []  # sum H * s per tile (the temperature's gradient)
@@ -237,19 +277,19 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
     def compute(t):
         bi, bj = pairs[t]
         (i0, i1), (j0, j1) = q_blocks[bi], k_blocks[bj]
-        w = _weights(q, k, i0, i1, j0, j1, euclidean, backward=True)
+        w = _weights(q, k, i0, i1, j0, j1, euclidean, backward=True, floor=floor, shift=shift)
         if q.onehot is not None:
             m = u[i0:i1] @ v[j0:j1].T
         else:
             same = q.codes[i0:i1, None] == k.codes[None, j0:j1]
             if square:
-                m = torch.where(same, with_same[i0:i1, None] + with_same[None, j0:j1],
-                                coef[i0:i1, None] + coef[None, j0:j1])
+                m = torch.where(same, with_same[i0:i1, None] + with_same[None, j0:j1], a[i0:i1, None] + a[None, j0:j1])
             else:
-                m = torch.where(same, with_same[i0:i1, None], coef[i0:i1, None])
+                m = torch.where(same, with_same[i0:i1, None], a[i0:i1, None])
         h = w.mul_(m)
         rows = h @ k.right[j0:j1]
-        # sum_ij H_ij s_ij = sum_i L_i . (H R)_i; a diagonal tile's H = G + G^T holds its pairs' terms twice
+        # sum_ij H_ij s_ij = sum_i L_i . (H R)_i (L, the unshifted logits' operand);
+        # a diagonal tile's H = G + G^T holds its pairs' terms twice
         share = (q.left[i0:i1] * rows).sum() * (0.5 if square and bi == bj else 1.0) if temperature_grad else None
         cols = None if square and bi == bj else h.T @ q.right[i0:i1]
         return rows, cols, share
@@ -264,21 +304,82 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
         if share is not None:
             shares.append(share)
 
-    run_in_order(len(pairs), compute, add, workers=_workers(q.x))
-    d = q.x.shape[1]
-    raw_q, hsum_q = acc_q[:, :d].contiguous(), acc_q[:, d].contiguous()
-    raw_k, hsum_k = (raw_q, hsum_q) if square else (acc_k[:, :d].contiguous(), acc_k[:, d].contiguous())
-    # the far rows' terms, each with its own maximum
-    share = exact_backward(far_all, far_same, q.x, k.x, query_labels, query_labels if square else key_labels, q.ids,
-                           q.aux, k.aux, temperature, euclidean, lse_all, lse_same, g_all, g_same,
-                           raw_q, hsum_q, raw_k, hsum_k)
-    grad_q = _points_gradient(raw_q, hsum_q, q, temperature, euclidean)
-    grad_k = None if square else _points_gradient(raw_k, hsum_k, k, temperature, euclidean)
-    grad_t = None
-    if temperature_grad:
-        weighted = (torch.stack(shares).sum() if shares else temperature.new_zeros(())) + share
-        grad_t = -weighted / temperature  # s = -d / T: ds/dT = -s / T
-    return grad_q, grad_k, grad_t
+    run_in_order(len(pairs), compute, add, workers=workers)
+    return acc_q, acc_k, torch.stack(shares).sum() if shares else q.x.new_zeros(())
+
+
+def saved_shapes(queries, keys, precision: str) -> list:
+    """``forward`` keeps nothing for the backward pass but its inputs and the
+    log-sum-exps: the backward pass recomputes each tile."""
+    return []
+
+
+def forward(queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float,
+            precision: str):
+    """(rows, lse_all, lse_same, []) of the queries against the keys (``keys``
+    None: the queries themselves, square).  Inputs in the compute dtype;
+    ``precision`` is the fused kernels' (products here are full fp32 or fp64)."""
+    with caller_single_threaded(queries) as workers:
+        euclidean, square = distance == "euclidean", keys is None
+        q, k, same_count = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
+        far, floor = FAR[q.x.dtype], _floor(q, k, temperature, euclidean)
+        lse_all, lse_same = log_sums(*_sums(q, k, square, euclidean, workers, floor), same_count, far)
+        index = far_rows(lse_all, lse_same, far)
+        if index.numel():
+            # the far rows again at their own scale, their largest logit: every
+            # sum over all keys is at least 1 then
+            rows = q.take(index)
+            scale = _row_max(rows, k, euclidean, workers)
+            sum_all, sum_same = _sums(rows, k, False, euclidean, workers, floor, shift=scale)
+            kept = sum_same > math.exp(-far)  # a same-class sum that lost no precision
+            lse_all[index] = scale + torch.log(sum_all)
+            lse_same[index] = torch.where(kept, scale + torch.log(sum_same), -math.inf)
+            # same-class sums far below the total: exactly, with their own running maximum
+            exact_forward(index[~kept & (same_count[index] > 0)], q.x, k.x, query_labels,
+                          query_labels if square else key_labels, q.ids, q.aux, k.aux, temperature, euclidean,
+                          lse_all, lse_same)
+        return rows_loss(lse_all, lse_same, eps), lse_all, lse_same, []
+
+
+def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
+             self_offset: int, distance: str, eps: float, precision: str, temperature_grad: bool):
+    """(grad_queries, grad_keys or None, grad_temperature or None)."""
+    with caller_single_threaded(queries) as workers:
+        euclidean, square = distance == "euclidean", keys is None
+        q, k, _ = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
+        far, floor = FAR[q.x.dtype], _floor(q, k, temperature, euclidean)
+        coef, same_coef, g_all, g_same, far_all, far_same = shared_coefficients(lse_all, lse_same, eps, grad_rows,
+                                                                                far)
+        acc_q, acc_k, share = _gradient_sums(q, k, coef, same_coef, square, euclidean, temperature_grad, workers,
+                                             floor)
+        index = torch.nonzero(far_same).flatten()  # the rows whose terms the shared scale left out
+        exact = torch.zeros_like(far_same)
+        if index.numel():
+            # their terms at their own scale lse_all: H = exp(s - lse_all) (a + [same] c) with
+            # a = g_all (far_all rows), c = g_same exp(lse_all - lse_same); where that factor
+            # would overflow, exactly
+            has_same = torch.isfinite(lse_same[index])
+            gap = torch.where(has_same, lse_all[index] - lse_same[index], 0.0)
+            shifted = gap <= far / 2
+            rows, gap = index[shifted], gap[shifted]
+            a = torch.where(far_all[rows], g_all[rows], 0.0)
+            c = torch.where(has_same[shifted], g_same[rows] * torch.exp(gap), 0.0)
+            far_q, far_k, far_share = _gradient_sums(q.take(rows), k, a, c, False, euclidean, temperature_grad,
+                                                     workers, floor, shift=lse_all[rows])
+            acc_q[rows] += far_q
+            acc_k += far_k
+            share = share + far_share
+            exact[index[~shifted]] = True
+        d = q.x.shape[1]
+        raw_q, hsum_q = acc_q[:, :d].contiguous(), acc_q[:, d].contiguous()
+        raw_k, hsum_k = (raw_q, hsum_q) if square else (acc_k[:, :d].contiguous(), acc_k[:, d].contiguous())
+        share = share + exact_backward(far_all & exact, far_same & exact, q.x, k.x, query_labels,
+                                       query_labels if square else key_labels, q.ids, q.aux, k.aux, temperature,
+                                       euclidean, lse_all, lse_same, g_all, g_same, raw_q, hsum_q, raw_k, hsum_k)
+        grad_q = _points_gradient(raw_q, hsum_q, q, temperature, euclidean)
+        grad_k = None if square else _points_gradient(raw_k, hsum_k, k, temperature, euclidean)
+        grad_t = -share / temperature if temperature_grad else None  # s = -d / T: ds/dT = -s / T
+        return grad_q, grad_k, grad_t
 
 
 def _points_gradient(raw, hsum, points: _Points, temperature, euclidean: bool):
@@ -290,9 +391,3 @@ def _points_gradient(raw, hsum, points: _Points, temperature, euclidean: bool):
     g = raw / temperature
     radial = torch.where(points.aux > NORM_EPS, (points.x * g).sum(1), 0.0)
     return (g - points.x * radial[:, None]) / points.aux[:, None]
-
-
-def _workers(x: torch.Tensor) -> int:
-    """Worker threads: torch's thread count on the CPU; one (the caller) on a
-    GPU, whose work is asynchronous anyway."""
-    return torch.get_num_threads() if x.device.type == "cpu" else 1
