@@ -15,3 +15,6 @@ that compile, model and count these kernels are ``snnl.kernel_tools``.
 # products (fp32-level accuracy, the default), one (about 1e-3 relative), or
 # the FMA units.  The loss layer validates ``precision`` against this list.
 PRECISIONS = ("tf32x3", "tf32", "ieee")
+# F.normalize's floor on a row's norm: every backend normalises as it does
+# (the reference through F.normalize itself)
+NORM_EPS = 1e-12

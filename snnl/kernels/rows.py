@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import NORM_EPS as _NORM_EPS
 from .configs import Launch, TileConfig, feature_block
 from .pair_kernels import _acc_dtype, _check_padding, _products
 from .tiles import LOG2E, _key_logits, _row_tile, _split_tf32
@@ -41,7 +42,7 @@ ROWS_PER_PROGRAM = 32  # prepare and finish_backward: 32 rows x up to 64 feature
 # the running maxima of the exact pass start here rather than at -inf, so that
 # a tile with no key of a row's class rescales by 2^0, never by 2^(-inf + inf)
 _FLOOR = tl.constexpr(-1.0e30)
-NORM_EPS = tl.constexpr(1e-12)  # F.normalize's floor on the norm, as every backend
+NORM_EPS = tl.constexpr(_NORM_EPS)  # F.normalize's floor on the norm, as every backend
 
 
 # --------------------------------------------------------------------------- kernels

@@ -9,11 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops, registry, validation
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; everything else accumulates in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .rowwise import compute_dtype
 
 
 @dataclass

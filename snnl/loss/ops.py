@@ -41,13 +41,10 @@ from torch import Tensor
 
 from . import registry
 from .backends import reference
+from .rowwise import compute_dtype
 
 # rows' self_offset when the keys are not the queries: no pair is left out
 NO_SELF_PAIR = -1
-
-
-def _acc(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _reference_vjp(self_offset: int, distance: str, eps: float, query_labels, key_labels):
@@ -117,16 +114,21 @@ def _define(backend: registry.Backend):
     impl = backend.module
     name = backend.name
 
+    # the kernels compute, they never record a graph (autograd goes through
+    # _Rows / _Backward; a graph that calls the operators directly, as an
+    # exported program does, gets their values)
+    @torch.no_grad()
     def forward(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision):
         rows, lse_all, lse_same, saved = impl.forward(queries, keys, query_labels, key_labels, temperature,
                                                       self_offset, distance, eps, precision)
         return rows, lse_all, lse_same, list(saved)
 
     def forward_fake(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision):
-        n, acc = queries.shape[0], _acc(queries)
+        n, acc = queries.shape[0], compute_dtype(queries.dtype)
         saved = [queries.new_empty(shape, dtype=dtype) for shape, dtype in impl.saved_shapes(queries, keys, precision)]
         return queries.new_empty(n, dtype=acc), queries.new_empty(n, dtype=acc), queries.new_empty(n, dtype=acc), saved
 
+    @torch.no_grad()
     def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
                  self_offset, distance, eps, precision, temperature_grad):
         grad_q, grad_k, grad_t = impl.backward(grad_rows, queries, keys, query_labels, key_labels, temperature,

@@ -25,6 +25,12 @@ import math
 import torch
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What the loss computes and returns in: fp64 for fp64, else fp32 (half
+    inputs are accumulated in fp32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def rows_loss(lse_all: torch.Tensor, lse_same: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-row loss from the two per-row log-sum-exps (differentiable, to any
     order).  Rows without a same-class neighbour are selected, not computed:

@@ -75,13 +75,13 @@ def _get_pool(n: int) -> _Pool:
 
 
 @contextmanager
-def caller_single_threaded(x: torch.Tensor) -> Iterator[int]:
-    """Yields the workers for tiles of ``x``: torch's thread count on the CPU
-    (0 on a GPU, whose work is asynchronous anyway: the tiles run in the
-    caller), and meanwhile runs the calling thread's own torch operations
-    single-threaded."""
+def caller_single_threaded(x: torch.Tensor, tiles: int) -> Iterator[int]:
+    """Yields the workers for ``tiles`` tiles of ``x``: torch's thread count on
+    the CPU (0 on a GPU, whose work is asynchronous anyway, and for a single
+    tile: they run in the caller), and meanwhile runs the calling thread's own
+    torch operations single-threaded when there are tiles to share out."""
     threads = torch.get_num_threads()
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or tiles <= 1:
         yield 0
         return
     if threads == 1:
@@ -98,9 +98,9 @@ def run_in_order(n_tasks: int, compute: Callable[[int], object], apply: Callable
                  workers: int | None = None) -> None:
     """``apply(k, compute(k))`` for k = 0 .. n_tasks - 1, the ``apply`` calls in
     order of k; ``compute`` calls on ``workers`` threads of the pool (default:
-    torch's thread count; 0: inline in the caller)."""
+    torch's thread count; 0, or a single task: inline in the caller)."""
     threads = torch.get_num_threads() if workers is None else workers
-    if threads == 0 or n_tasks == 0:
+    if threads == 0 or n_tasks <= 1:  # (one task: handing it to a thread would only add the hand-over)
         for k in range(n_tasks):
             apply(k, compute(k))
         return

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...kernels import NORM_EPS
 from ..rowwise import rows_loss
 from ..shared_exp import FAR, exact_backward, exact_forward, far_rows, log_sums, shared_coefficients
 from ..workers import caller_single_threaded, run_in_order
@@ -52,8 +53,6 @@ MIN_BLOCK_ROWS = 256
 # MKL's thin products run 4x faster with 16 columns than with 10); with more,
 # labels are compared pair by pair.
 ONEHOT_MAX_CLASSES = 32
-# F.normalize's floor on the norm (every backend uses it)
-NORM_EPS = 1e-12
 # exp() of a logit below -SUBNORMAL[dtype] is subnormal, which the CPU
 # computes a hundred times slower (1M fp32 exps of -100: 35 ms against 0.4 ms
 # for -10, one thread, here).  Such terms are dropped (exactly 0): no sum that
@@ -65,33 +64,71 @@ SUBNORMAL = {torch.float32: 87.0, torch.float64: 708.0}
 
 @dataclass
 class _Points:
-    """One side of the pairs (queries or keys), prepared for the tiles."""
+    """One side of the pairs (queries or keys), prepared for the tiles.
 
-    x: torch.Tensor  # unit rows (cosine) or the points (Euclidean)
+    ``right`` is R = [x, 1] (cosine) or [x, 1, |x|^2] (Euclidean): the tiles'
+    products H @ R give sum_j H_ij x_j and, from the column of ones, sum_j
+    H_ij at once.  The logits: s = scale (<x_i, x_j> - 1) for the cosine
+    distance (one product with a scaled bias, ``torch.addmm``: no scaled copy
+    of the points), s = L_i . R_j with L = [2x / T, -|x|^2 / T, -1 / T] for
+    the Euclidean one."""
+
+    right: torch.Tensor  # R (x is a view of its first columns)
     aux: torch.Tensor  # norms (cosine) or squared norms (Euclidean)
-    left: torch.Tensor  # L: s = L_i . R_j
-    right: torch.Tensor  # R
+    left: torch.Tensor | None  # L (Euclidean)
+    scale: float  # 1 / T
     codes: torch.Tensor  # labels as dense int64 codes (shared by queries and keys)
     onehot: torch.Tensor | None  # (n, classes padded to 16), or None with many classes
     ids: torch.Tensor  # the rows' indices among the keys (self pairs), or past their end: none
     first_id: int | None  # ids[0], known on the host; None for a subset of the rows (``take``)
 
+    @property
+    def x(self) -> torch.Tensor:
+        """The unit rows (cosine) or the points (Euclidean)."""
+        return self.right[:, : self.dim]
+
+    @property
+    def dim(self) -> int:
+        return self.right.shape[1] - (1 if self.left is None else 2)
+
     def take(self, index: torch.Tensor) -> "_Points":
         """The rows ``index`` (the far rows' pass)."""
-        return _Points(self.x[index], self.aux[index], self.left[index], self.right[index], self.codes[index],
-                       None if self.onehot is None else self.onehot[index], self.ids[index], None)
+        return _Points(self.right[index], self.aux[index], None if self.left is None else self.left[index],
+                       self.scale, self.codes[index], None if self.onehot is None else self.onehot[index],
+                       self.ids[index], None)
+
+    def logits(self, keys: "_Points", i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+        """s of rows i0:i1 against keys j0:j1 (Euclidean distances not yet clamped)."""
+        if self.left is None:
+            x, y = self.x[i0:i1], keys.x[j0:j1]
+            return torch.addmm(x.new_full((), -self.scale), x, y.T, alpha=self.scale)
+        return self.left[i0:i1] @ keys.right[j0:j1].T
+
+    def logit_share(self, rows: torch.Tensor, i0: int, i1: int) -> torch.Tensor:
+        """sum_i L_i . (H R)_i over rows i0:i1 = sum_ij H_ij s_ij, from ``rows`` = (H R)_i."""
+        if self.left is None:  # L = scale [x, -1]
+            d = self.dim
+            return self.scale * ((self.x[i0:i1] * rows[:, :d]).sum() - rows[:, d].sum())
+        return (self.left[i0:i1] * rows).sum()
 
 
 def _prepare(z, temperature, euclidean: bool):
+    """(R, aux, L, 1 / T): see ``_Points``."""
+    n, d = z.shape
+    scale = 1.0 / float(temperature)  # on the CPU a read of memory; on a GPU one synchronisation
     if euclidean:
-        sq = (z * z).sum(1)
-        one = torch.ones_like(sq)
-        left = torch.cat([z * (2.0 / temperature), (-sq / temperature)[:, None], (-one / temperature)[:, None]], 1)
-        return z, sq, left, torch.cat([z, one[:, None], sq[:, None]], 1)
-    norm = torch.linalg.vector_norm(z, dim=1).clamp_min(NORM_EPS)
-    x = z / norm[:, None]
-    one = torch.ones_like(norm)
-    return x, norm, torch.cat([x / temperature, (-one / temperature)[:, None]], 1), torch.cat([x, one[:, None]], 1)
+        right = z.new_empty(n, d + 2)
+        right[:, :d] = z
+        right[:, d] = 1.0
+        sq = torch.linalg.vector_norm(z, dim=1).square_()
+        right[:, d + 1] = sq
+        left = torch.cat([z * (2.0 * scale), (-scale * sq)[:, None], z.new_full((n, 1), -scale)], 1)
+        return right, sq, left, scale
+    norm = torch.linalg.vector_norm(z, dim=1).clamp_min_(NORM_EPS)
+    right = z.new_empty(n, d + 1)
+    torch.div(z, norm[:, None], out=right[:, :d])
+    right[:, d] = 1.0
+    return right, norm, None, scale
 
 
 def _sides(queries, keys, query_labels, key_labels, temperature, self_offset: int, euclidean: bool):
@@ -112,8 +149,8 @@ def _sides(queries, keys, query_labels, key_labels, temperature, self_offset: in
         onehot[torch.arange(len(codes), device=codes.device), codes] = 1.0
     start = (0 if square else self_offset) if self_pairs else n_keys  # beyond the keys: no self pair
     q_ids = torch.arange(start, start + n_q, device=queries.device)
-    q = _Points(*_prepare(queries, temperature, euclidean), q_codes, None if onehot is None else onehot[:n_q], q_ids,
-                start)
+    q = _Points(*_prepare(queries, temperature, euclidean), q_codes, None if onehot is None else onehot[:n_q],
+                q_ids, start)
     if square:
         return q, q, same_count
     k = _Points(*_prepare(keys, temperature, euclidean), k_codes, None if onehot is None else onehot[n_q:],
@@ -171,7 +208,7 @@ def _weights(q: _Points, k: _Points, i0, i1, j0, j1, euclidean: bool, backward: 
     place of the logits, 0 on self pairs and below ``floor``; in the backward
     pass also 0 where a Euclidean distance was clamped at 0 (the clamp passes
     no gradient; forward, such a pair is distance 0: s = 0)."""
-    s = q.left[i0:i1] @ k.right[j0:j1].T
+    s = q.logits(k, i0, i1, j0, j1)
     if euclidean:
         if backward:
             s.masked_fill_(s > 0.0, -math.inf)
@@ -184,6 +221,11 @@ def _weights(q: _Points, k: _Points, i0, i1, j0, j1, euclidean: bool, backward: 
     w = s.exp_()
     _fill_self_pairs(w, q, k, i0, i1, j0, j1)
     return w
+
+
+def _tile_count(queries, keys) -> int:
+    n_q = len(block_bounds(queries.shape[0]))
+    return len(tile_pairs(n_q, n_q if keys is None else len(block_bounds(keys.shape[0])), keys is None))
 
 
 def _tiles(q: _Points, k: _Points, square: bool):
@@ -199,7 +241,7 @@ def _row_max(q: _Points, k: _Points, euclidean: bool, workers: int):
 
     def compute(t):
         (i0, i1), (j0, j1) = q_blocks[pairs[t][0]], k_blocks[pairs[t][1]]
-        s = q.left[i0:i1] @ k.right[j0:j1].T
+        s = q.logits(k, i0, i1, j0, j1)
         if euclidean:
             s.clamp_max_(0.0)
         _fill_self_pairs(s, q, k, i0, i1, j0, j1, -math.inf)
@@ -253,11 +295,11 @@ def _sums(q: _Points, k: _Points, square: bool, euclidean: bool, workers: int, f
 
 def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, temperature_grad: bool, workers: int,
                    floor, shift=None):
-    """(sum_j H_ij R_j per query, sum_i H_ij R_i per key (the same tensor in
-    the square case), sum H * s) for H_ij = exp(s_ij - shift_i) M_ij,
+    """(sum_j H_ij x_j and sum_j H_ij per query, sum_i H_ij x_i and sum_i
+    H_ij per key (the same tensors in the square case), sum H * s) for
+    H_ij = exp(s_ij - shift_i) M_ij,
     M_ij = a_i + [same] c_i (the rows' terms), plus a_j + [same] c_j in the
-    square case (the columns': s is symmetric, H = G + G^T).  R = [x, 1, ...]:
-    its column of ones gives the sums of H.
+    square case (the columns': s is symmetric, H = G + G^T).
 
     Each side's term of M is formed in one rounding (with eps = 0 and one
     class a = -c exactly, so the term is exactly 0, as its derivative is):
@@ -270,8 +312,9 @@ def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, 
             rows_term, k.onehot)
     else:
         with_same = a + c
-    acc_q = torch.zeros_like(q.right)
-    acc_k = acc_q if square else torch.zeros_like(k.right)
+    d = q.dim
+    raw_q, hsum_q = q.x.new_zeros(q.x.shape), q.x.new_zeros(q.x.shape[0])
+    raw_k, hsum_k = (raw_q, hsum_q) if square else (k.x.new_zeros(k.x.shape), k.x.new_zeros(k.x.shape[0]))
     shares: list[torch.Tensor] = []  # sum H * s per tile (the temperature's gradient)
 
     def compute(t):
@@ -290,7 +333,7 @@ def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, 
         rows = h @ k.right[j0:j1]
         # sum_ij H_ij s_ij = sum_i L_i . (H R)_i (L, the unshifted logits' operand);
         # a diagonal tile's H = G + G^T holds its pairs' terms twice
-        share = (q.left[i0:i1] * rows).sum() * (0.5 if square and bi == bj else 1.0) if temperature_grad else None
+        share = q.logit_share(rows, i0, i1) * (0.5 if square and bi == bj else 1.0) if temperature_grad else None
         cols = None if square and bi == bj else h.T @ q.right[i0:i1]
         return rows, cols, share
 
@@ -298,14 +341,16 @@ def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, 
         bi, bj = pairs[t]
         (i0, i1), (j0, j1) = q_blocks[bi], k_blocks[bj]
         rows, cols, share = parts
-        acc_q[i0:i1] += rows
+        raw_q[i0:i1] += rows[:, :d]
+        hsum_q[i0:i1] += rows[:, d]
         if cols is not None:
-            acc_k[j0:j1] += cols
+            raw_k[j0:j1] += cols[:, :d]
+            hsum_k[j0:j1] += cols[:, d]
         if share is not None:
             shares.append(share)
 
     run_in_order(len(pairs), compute, add, workers=workers)
-    return acc_q, acc_k, torch.stack(shares).sum() if shares else q.x.new_zeros(())
+    return raw_q, hsum_q, raw_k, hsum_k, torch.stack(shares).sum() if shares else q.x.new_zeros(())
 
 
 def saved_shapes(queries, keys, precision: str) -> list:
@@ -319,7 +364,7 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
     """(rows, lse_all, lse_same, []) of the queries against the keys (``keys``
     None: the queries themselves, square).  Inputs in the compute dtype;
     ``precision`` is the fused kernels' (products here are full fp32 or fp64)."""
-    with caller_single_threaded(queries) as workers:
+    with caller_single_threaded(queries, _tile_count(queries, keys)) as workers:
         euclidean, square = distance == "euclidean", keys is None
         q, k, same_count = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
         far, floor = FAR[q.x.dtype], _floor(q, k, temperature, euclidean)
@@ -344,14 +389,14 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
 def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
              self_offset: int, distance: str, eps: float, precision: str, temperature_grad: bool):
     """(grad_queries, grad_keys or None, grad_temperature or None)."""
-    with caller_single_threaded(queries) as workers:
+    with caller_single_threaded(queries, _tile_count(queries, keys)) as workers:
         euclidean, square = distance == "euclidean", keys is None
         q, k, _ = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
         far, floor = FAR[q.x.dtype], _floor(q, k, temperature, euclidean)
         coef, same_coef, g_all, g_same, far_all, far_same = shared_coefficients(lse_all, lse_same, eps, grad_rows,
                                                                                 far)
-        acc_q, acc_k, share = _gradient_sums(q, k, coef, same_coef, square, euclidean, temperature_grad, workers,
-                                             floor)
+        raw_q, hsum_q, raw_k, hsum_k, share = _gradient_sums(q, k, coef, same_coef, square, euclidean,
+                                                             temperature_grad, workers, floor)
         index = torch.nonzero(far_same).flatten()  # the rows whose terms the shared scale left out
         exact = torch.zeros_like(far_same)
         if index.numel():
@@ -364,15 +409,14 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
             rows, gap = index[shifted], gap[shifted]
             a = torch.where(far_all[rows], g_all[rows], 0.0)
             c = torch.where(has_same[shifted], g_same[rows] * torch.exp(gap), 0.0)
-            far_q, far_k, far_share = _gradient_sums(q.take(rows), k, a, c, False, euclidean, temperature_grad,
-                                                     workers, floor, shift=lse_all[rows])
-            acc_q[rows] += far_q
-            acc_k += far_k
-            share = share + far_share
+            far = _gradient_sums(q.take(rows), k, a, c, False, euclidean, temperature_grad, workers, floor,
+                                 shift=lse_all[rows])
+            raw_q[rows] += far[0]
+            hsum_q[rows] += far[1]
+            raw_k += far[2]
+            hsum_k += far[3]
+            share = share + far[4]
             exact[index[~shifted]] = True
-        d = q.x.shape[1]
-        raw_q, hsum_q = acc_q[:, :d].contiguous(), acc_q[:, d].contiguous()
-        raw_k, hsum_k = (raw_q, hsum_q) if square else (acc_k[:, :d].contiguous(), acc_k[:, d].contiguous())
         share = share + exact_backward(far_all & exact, far_same & exact, q.x, k.x, query_labels,
                                        query_labels if square else key_labels, q.ids, q.aux, k.aux, temperature,
                                        euclidean, lse_all, lse_same, g_all, g_same, raw_q, hsum_q, raw_k, hsum_k)
@@ -383,11 +427,13 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
 
 
 def _points_gradient(raw, hsum, points: _Points, temperature, euclidean: bool):
-    """From sum_j H_ij x_j (and sum_j H_ij) to the gradient of the raw points."""
-    if euclidean:  # s_ij = -|x_i - x_j|^2 / T
-        return -2.0 * (hsum[:, None] * points.x - raw) / temperature
+    """From sum_j H_ij x_j (and sum_j H_ij) to the gradient of the raw points,
+    in place of ``raw``."""
+    if euclidean:  # s_ij = -|x_i - x_j|^2 / T: -2 (hsum_i x_i - raw_i) / T
+        return raw.addcmul_(points.x, hsum[:, None], value=-1.0).mul_(2.0 * points.scale)
     # s_ij = (<x_i, x_j> - 1) / T with x = z / |z|: the Jacobian (I - x x^T) / |z|
     # (just 1 / NORM_EPS where |z| was floored)
-    g = raw / temperature
-    radial = torch.where(points.aux > NORM_EPS, (points.x * g).sum(1), 0.0)
-    return (g - points.x * radial[:, None]) / points.aux[:, None]
+    g = raw.mul_(points.scale)
+    radial = (points.x[:, None, :] @ g[:, :, None]).view(-1)  # <x_i, g_i>, no (n, d) temporary
+    radial = torch.where(points.aux > NORM_EPS, radial, 0.0)
+    return g.addcmul_(points.x, radial[:, None], value=-1.0).div_(points.aux[:, None])

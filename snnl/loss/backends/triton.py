@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rowwise import compute_dtype
 from ..shared_exp import FAR
 
 # A TileConfig to use instead of the tuned one (the tests force small tiles
@@ -35,10 +36,6 @@ def _kernels():
     from ...kernels import configs, pair_kernels, rows
 
     return configs, pair_kernels, rows
-
-
-def _acc(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _key_offset(keys, self_offset: int) -> int:
@@ -81,7 +78,7 @@ def saved_shapes(queries, keys, precision: str) -> list[tuple[tuple[int, ...], t
     """The shapes and dtypes of ``forward``'s kept operands, from metadata only
     (the operator's fake implementation)."""
     configs, _, _ = _kernels()
-    acc = _acc(queries)
+    acc = compute_dtype(queries.dtype)
 
     def side(x):
         block_d = CONFIG.block_d if CONFIG is not None else configs.feature_block(x.shape[1], x.dtype)
@@ -114,8 +111,9 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
                                                             temperature, offset, config=c, precision=precision),
                 max(queries.shape[0], n_keys), queries.shape[1], queries.dtype, precision, not cosine, config,
                 queries.device)
+    far = FAR[compute_dtype(queries.dtype)]
     finish, (lse, loss) = rows.finish_forward_launch(q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, temperature,
-                                                     offset, sums, FAR[_acc(queries)], eps, precision=precision)
+                                                     offset, sums, far, eps, precision=precision)
     finish.run()
     return loss, lse[0], lse[1], _pack(q_ops, q_aux, k_ops, k_aux, square)
 
@@ -131,8 +129,8 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
     key_labels = query_labels if square else key_labels.contiguous()
     q_ops, q_aux, k_ops, k_aux = _unpack(saved, square)
     q_sq, k_sq = (None, None) if cosine else (q_aux, k_aux)
-    coefficients, (coef, same_coef, exact, any_far) = rows.coefficients_launch(lse_all, lse_same, grad_rows, eps,
-                                                                               FAR[_acc(queries)])
+    far = FAR[compute_dtype(queries.dtype)]
+    coefficients, (coef, same_coef, exact, any_far) = rows.coefficients_launch(lse_all, lse_same, grad_rows, eps, far)
     coefficients.run()
     coefs = (coef, same_coef, exact)
     dim = queries.shape[1]
@@ -148,8 +146,8 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
         parts = _run("backward", launch_for, n_max, dim, rows_ops[0].dtype, precision, not cosine, config,
                      rows_ops[0].device)
         # the far rows' exact terms: no trips unless some row is far
-        far, far_parts = launch_for(config or configs.far_pass_config(dim, rows_ops[0].dtype), far_pass=True)
-        far.run()
+        far_launch, far_parts = launch_for(config or configs.far_pass_config(dim, rows_ops[0].dtype), far_pass=True)
+        far_launch.run()
         finish, (grad, t_share) = rows.finish_backward_launch(parts, far_parts, points, aux, temperature, cosine)
         finish.run()
         return grad, t_share
