@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         x = x.clone().requires_grad_(True)
         loss = soft_nearest_neighbor_loss(x, y, 0.5)
         loss.backward()
-        return float(loss), x.grad
+        return float(loss.detach()), x.grad
 
     step(z[:4096], labels[:4096])  # warm-up: the worker threads, the allocator
     times, peaks = [], []

@@ -33,7 +33,6 @@ def small_tiles(monkeypatch):
     from snnl.loss.backends import blocked, triton
 
     monkeypatch.setattr(blocked, "BLOCK_ROWS", 7)
-    monkeypatch.setattr(blocked, "MIN_BLOCK_ROWS", 7)
     monkeypatch.setattr(shared_exp, "EXACT_ROWS", 5)
     monkeypatch.setattr(shared_exp, "EXACT_KEYS", 7)
     try:

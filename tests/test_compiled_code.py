@@ -252,8 +252,8 @@ def test_a_loss_call_makes_few_launches_and_one_synchronisation():
     assert small["backward"]["operations"] == large["backward"]["operations"]
     assert small["total"]["triton"] == 7 and small["total"]["operator"] == 2 and small["total"]["sync"] == 1
     assert [op for op in small["forward"]["operations"] if op.startswith("sync:")] == ["sync:_local_scalar_dense"]
-    assert small["total"]["torch"] <= 18
+    assert small["total"]["torch"] == 14  # what the performance model prices (README)
     learned = count(48, 20, "euclidean", learned_temperature=True)  # T's value joins the same check
     assert learned["total"]["sync"] == 1 and learned["total"]["triton"] == 7
     unchecked = count(48, 20, check_values=False)
-    assert unchecked["total"]["sync"] == 0 and unchecked["total"]["torch"] <= 15
+    assert unchecked["total"]["sync"] == 0 and unchecked["total"]["torch"] == 11

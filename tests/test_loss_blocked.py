@@ -125,7 +125,7 @@ def test_results_are_bitwise_the_same_whatever_the_threads():
 
 def test_blocks_and_tile_pairs():
     assert block_bounds(10) == [(0, 10)]
-    assert len(block_bounds(1024)) == 4  # small batches get smaller blocks, so that they are shared out
+    assert len(block_bounds(1024)) == 2
     bounds = block_bounds(2049)
     assert len(bounds) == 5 and bounds[0][0] == 0 and bounds[-1][1] == 2049
     assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1  # no sliver at the end

@@ -52,7 +52,7 @@ def candidate_configs(kind: str, n: int, dim: int, dtype: torch.dtype, capabilit
     a GPU of compute ``capability`` (80: A100, 90: H100), per bucket of
     (b, d); the first is the one used without a GPU to time them (the
     interpreter).  Each was chosen from the compiled code of every
-    configuration tried (``snnl.kernels.lab``; tests/test_compiled_code.py
+    configuration tried (``snnl.kernel_tools.lab``; tests/test_compiled_code.py
     keeps it so): none spills in fp32 or bf16, all fit in shared memory, and
     no warp computes another's exponentials (a tile of at least 16 x 8 pairs
     per warp: smaller tiles make Triton replicate the elementwise work).

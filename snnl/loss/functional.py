@@ -29,23 +29,11 @@ class Rows:
     shape: tuple[int, ...]
 
 
-def _flatten(x, labels, name: str, label_name: str, first_id: int = 0, other_views: bool = False):
-    """(n * views, d) points and one label each: a (n, views, d) batch's views
-    share their sample's label, or with no labels its id (each sample's views
-    are its positives; ``other_views``: the keys hold views too, so one view
-    here is enough)."""
-    n = x.shape[0]
-    views = x.shape[1] if x.dim() == 3 else 1
-    if labels is None:
-        if not other_views and views < 2:
-            raise ValueError(f"{label_name} may be left out only for a multi-view batch (samples, views >= 2, "
-                             f"features), where each sample's views are its positives, or with keys (key i a view "
-                             f"of sample i); {name} has shape {tuple(x.shape)}: pass {label_name}")
-        labels = torch.arange(first_id, first_id + n, device=x.device)
-    else:
-        validation.check_labels(labels, label_name, n, name, x.device)
-    if views > 1 or x.dim() == 3:
-        return x.reshape(n * views, x.shape[-1]), labels.repeat_interleave(views)
+def _views(x, labels):
+    """(n * views, d) points and one label each: a (n, views, d) batch's
+    views are rows of their own, with their sample's label."""
+    if x.dim() == 3:
+        return x.reshape(-1, x.shape[-1]), labels.repeat_interleave(x.shape[1])
     return x, labels
 
 
@@ -56,7 +44,16 @@ def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_inde
     validation.check_points(z, "z")
     if keys is None and key_labels is not None:
         raise ValueError("key_labels were given without keys")
-    queries, query_labels = _flatten(z, labels, "z", "labels", first_id, other_views=keys is not None)
+    sample_ids = labels is None
+    if sample_ids:  # each sample's views are its positives: sample ids as labels
+        if keys is None and (z.dim() != 3 or z.shape[1] < 2):
+            raise ValueError(f"labels may be left out only for a multi-view batch (samples, views >= 2, features), "
+                             f"where each sample's views are its positives, or with keys (key i a view of sample "
+                             f"i); z has shape {tuple(z.shape)}: pass labels")
+        labels = torch.arange(first_id, first_id + z.shape[0], device=z.device)
+    else:
+        validation.check_labels(labels, "labels", z.shape[0], "z", z.device)
+    queries, query_labels = _views(z, labels)
     if keys is None and queries.shape[0] < 2:
         raise ValueError(f"z must hold at least 2 rows (the loss compares rows with each other), got "
                          f"{queries.shape[0]}")
@@ -66,20 +63,19 @@ def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_inde
         if keys.shape[-1] != z.shape[-1] or keys.dtype != z.dtype or keys.device != z.device:
             raise ValueError(f"keys must have z's features ({z.shape[-1]}), dtype ({z.dtype}) and device ({z.device}), "
                              f"got {keys.shape[-1]} features, {keys.dtype}, {keys.device}")
-        if labels is None:
+        if sample_ids:
             if key_labels is not None:
                 raise ValueError("labels were left out (each sample's views are its positives) but key_labels "
                                  "were given: give both or neither")
             if keys.shape[0] != z.shape[0]:
                 raise ValueError(f"without labels, key i is a view of sample i: keys must hold z's {z.shape[0]} "
                                  f"samples, got {keys.shape[0]}")
-            flat_keys, key_labels = _flatten_views(keys, torch.arange(first_id, first_id + keys.shape[0],
-                                                                      device=keys.device))
+            flat_keys, key_labels = _views(keys, torch.arange(first_id, first_id + keys.shape[0], device=keys.device))
         else:
             if key_labels is None:
                 raise ValueError("keys need key_labels (one class id per key)")
             validation.check_labels(key_labels, "key_labels", keys.shape[0], "keys", keys.device)
-            flat_keys, key_labels = _flatten_views(keys, key_labels)
+            flat_keys, key_labels = _views(keys, key_labels)
     shape = tuple(z.shape[:-1])
     flat_weight = None
     if weight is not None:
@@ -87,12 +83,6 @@ def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_inde
         flat_weight = (weight if weight.shape == shape else weight[:, None].expand(shape)).reshape(-1)
     counted = None if ignore_index is None else query_labels != ignore_index
     return Rows(queries, query_labels, flat_keys, key_labels, flat_weight, counted, shape)
-
-
-def _flatten_views(x, labels):
-    if x.dim() == 3:
-        return x.reshape(-1, x.shape[-1]), labels.repeat_interleave(x.shape[1])
-    return x, labels
 
 
 def row_losses(batch: Rows, temperature, *, distance: str, eps: float, backend: str, precision: str,
@@ -154,8 +144,9 @@ def reduce(rows, has_positive, batch: Rows, reduction: str):
     total, weight = reduction_terms(rows, has_positive, batch, reduction)
     if reduction == "sum":
         return total
-    # no row counted: 0 (there is no same-class pair to pull together)
-    return total / torch.where(weight > 0, weight, 1).to(total.dtype)
+    # no row counted: 0 (there is no same-class pair to pull together); a
+    # count of rows is an integer, >= 1 when any row counts
+    return total / (weight.clamp_min(1) if batch.weight is None else torch.where(weight > 0, weight, 1.0))
 
 
 def soft_nearest_neighbor_loss(

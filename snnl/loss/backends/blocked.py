@@ -42,12 +42,11 @@ from ..workers import caller_single_threaded, run_in_order
 
 # Rows of a block.  512^2 tiles (1 MiB in fp32) keep the products near the
 # GEMM's peak and give a 4,096 batch 36 tiles to share out: enough that a
-# descheduled worker's last tile is a small part of a pass.
+# descheduled worker's last tile is a small part of a pass.  Smaller blocks
+# measured slower at every batch size (b = 1,024, 2 threads: 8.7 ms with
+# 512-row blocks, 10.9 ms with 256, 12.2 ms with 128); a batch of at most
+# one block is one tile, computed in the caller with its own threads.
 BLOCK_ROWS = 512
-# Smaller batches get smaller blocks, down to this, so that they too are
-# shared out; below it a tile's few operations cost more in calls than in
-# work (b = 1,024, 2 threads: 6.1 ms with 256-row blocks, 6.9 ms with 128)
-MIN_BLOCK_ROWS = 256
 # Up to this many classes among the keys, sums per class come from thin
 # products with one-hot label matrices (columns padded to a multiple of 16:
 # MKL's thin products run 4x faster with 16 columns than with 10); with more,
@@ -159,11 +158,8 @@ def _sides(queries, keys, query_labels, key_labels, temperature, self_offset: in
 
 
 def block_bounds(n: int) -> list[tuple[int, int]]:
-    """Nearly equal blocks of at most BLOCK_ROWS rows (fewer for small
-    batches, down to MIN_BLOCK_ROWS, so that they make several tiles), with no
-    sliver at the end."""
-    block_rows = max(MIN_BLOCK_ROWS, min(BLOCK_ROWS, -(-n // 4)))
-    count = max(1, -(-n // block_rows))
+    """Nearly equal blocks of at most BLOCK_ROWS rows, with no sliver at the end."""
+    count = max(1, -(-n // BLOCK_ROWS))
     edges = [round(i * n / count) for i in range(count + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
