@@ -156,13 +156,26 @@ def _print_result(result, out) -> int:
     return 0
 
 
+def _announce(args, config, header: str, *, changes: bool = True) -> None:
+    """The run's header, once its options, the packages it needs and its
+    output directory have passed their checks (before any data is read)."""
+    from .pipeline import check_output
+
+    config.check_dependencies()
+    check_output(config, args.out, args.resume, changes=changes)
+    print(header, file=sys.stderr)
+    if not args.out:
+        print(f"snnl {args.command}: no --out given, so only the metrics are printed; nothing is written "
+              "(pass --out DIR to keep metrics, codes, checkpoints and figures)", file=sys.stderr)
+
+
 def cmd_run(args) -> int:
     from .config import describe
     from .pipeline import run_experiment
 
     config = experiment_from_args(args)
-    print(f"snnl run: {config.dataset}, {config.train.name} = {describe(config.train)}; seeds {list(config.seeds)}",
-          file=sys.stderr)
+    _announce(args, config, f"snnl run: {config.dataset}, {config.train.name} = {describe(config.train)}; "
+                            f"seeds {list(config.seeds)}")
     return _print_result(run_experiment(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 
@@ -171,7 +184,7 @@ def cmd_n2d(args) -> int:
 
     config = n2d_from_args(args)
     source = f"codes of {config.codes_from}" if config.codes_from else f"{config.dataset} (train + test)"
-    print(f"snnl n2d: {source}: {config.label}; seeds {list(config.seeds)}", file=sys.stderr)
+    _announce(args, config, f"snnl n2d: {source}: {config.label}; seeds {list(config.seeds)}", changes=False)
     return _print_result(run_n2d(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 

@@ -43,7 +43,7 @@ from .data import Dataset, load_dataset, train_and_test
 from .manifold import ManifoldConfig, embed
 from .metrics import evaluate
 from .models import encode_in_batches
-from .pipeline import PROJECTIONS, SeedResult, checkpoint_path, execute
+from .pipeline import PROJECTIONS, SeedResult, check_output, checkpoint_path, execute
 from .train import resolve_device, train_autoencoder, training_seconds
 
 CLUSTERERS = ("gmm", "kmeans")
@@ -180,6 +180,8 @@ def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:
 def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: bool = True):
     """N2D (or its manifold + clustering steps on an SNNL run's codes), over seeds."""
     config.check_dependencies()
+    # its changes are checked once the data has fixed n_clusters (in execute)
+    check_output(config, out_dir, resume, changes=False)
     device = resolve_device(config.device)
     if config.codes_from is not None:
         source_codes, data, run_config = _codes_of_run(Path(config.codes_from))

@@ -33,28 +33,41 @@ def stored_config(out_dir: Path) -> dict | None:
     return config if isinstance(config, dict) and config.get("method") in METHODS else None
 
 
-def claim(out_dir: str | os.PathLike, resume: bool) -> dict | None:
-    """Make sure ``out_dir`` may receive this run; return the stored
-    configuration when resuming one (None for a fresh directory)."""
+def check(out_dir: str | os.PathLike, resume: bool) -> dict | None:
+    """What ``claim`` would say, without creating anything: called before any
+    data is read, so that a wrong ``--out`` fails at once.  Returns the stored
+    configuration when resuming (None for a fresh directory)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file, not a directory: choose another --out")
-    if not out_dir.exists():
-        out_dir.mkdir(parents=True)
-        return None
-    stored = stored_config(out_dir)
+    stored = stored_config(out_dir) if out_dir.exists() else None
     if stored is not None:
         if not resume:
             raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
         return stored
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if p.name != LOCK_NAME)
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir()
+                     if p.name != LOCK_NAME) if out_dir.exists() else []
     if entries:
         shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
         raise FileExistsError(
             f"{out_dir} is not empty and holds no snnl run ({shown}): snnl writes only into a new or empty "
             "directory, or one of its own runs; choose another --out"
         )
-    return None  # empty: a fresh run (or a resumed one that never got to write its configuration)
+    if resume:
+        # a mistyped path would otherwise start the whole run afresh
+        where = "does not exist" if not out_dir.exists() else "is empty"
+        raise FileNotFoundError(f"--resume: {out_dir} {where}, so there is no run to continue; check the path, "
+                                "or leave out --resume to start a new run there")
+    return None
+
+
+def claim(out_dir: str | os.PathLike, resume: bool) -> dict | None:
+    """Make sure ``out_dir`` may receive this run (``check``) and create it;
+    return the stored configuration when resuming one (None for a fresh
+    directory)."""
+    stored = check(out_dir, resume)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return stored
 
 
 @contextmanager

@@ -207,6 +207,22 @@ def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> Non
         raise RuntimeError(f"the main process refused the output directory {out_dir} (see its message)")
 
 
+def check_output(config, out_dir, resume: bool, *, changes: bool = True) -> None:
+    """Before any data is read or model trained: ``out_dir`` may take this run
+    (``snnl.outdir.check``) and, resuming, ``config`` changes only what a
+    resumed run may (``changes``: when ``config`` is already complete), so
+    that a mistyped path or a changed dataset is named at once."""
+    if out_dir is None:
+        if resume:
+            raise ValueError("resuming needs the output directory of the run to continue (--out)")
+        return
+    if not distributed.is_main_process():  # the main process owns the directory (see _claim_output)
+        return
+    stored = outdir.check(out_dir, resume)
+    if stored is not None and changes:
+        outdir.resume_changes(stored, config)
+
+
 def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
     """A finished seed is reused when its evaluation options and trained epochs
     are the current ones; otherwise its stages after training are redone from
@@ -281,6 +297,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
                    progress: bool = True) -> ExperimentResult:
     """Agarap & Azcarraga's experiment for ``config`` (see the module docstring)."""
     config.check_dependencies()
+    check_output(config, out_dir, resume)
     train, test = load_train_and_test(config)
     labelled = config.labelled_count()
     if labelled is not None and labelled > len(train):

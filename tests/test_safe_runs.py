@@ -69,6 +69,29 @@ def test_a_file_as_out_and_a_finished_run_without_resume(tmp_path, capsys):
     assert run("--out", str(tmp_path / "empty")) == 0  # an empty directory is fine
 
 
+def test_resume_of_a_directory_without_a_run_is_refused_before_anything(tmp_path, capsys, no_training):
+    missing = tmp_path / "typo"
+    assert run("--out", str(missing), "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {missing} does not exist, so there is no run to continue" in err
+    assert "seeds [0]" not in err  # no header for a run that does not start
+    assert not missing.exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["n2d", "--epochs", "1", "--quiet", "--out", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "empty, so there is no run to continue" in capsys.readouterr().err
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert run("--resume") == 2
+    assert "resuming needs the output directory of the run to continue (--out)" in capsys.readouterr().err
+
+
+def test_a_run_without_out_says_that_it_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run() == 0
+    err = capsys.readouterr().err
+    assert "no --out given, so only the metrics are printed; nothing is written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- options checked first
 
 
@@ -127,6 +150,18 @@ def test_resume_names_each_change_it_refuses(tmp_path, capsys):
     assert "train.temperature: 'annealing' -> 'fixed'" in err
     assert main(["run", "--out", str(out), "--resume", "--epochs", "0", "--quiet"]) == 2
     assert "epochs must be a positive integer" in capsys.readouterr().err
+
+
+def test_resume_with_another_dataset_names_the_change_before_reading_it(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert run("--out", str(out)) == 0
+    capsys.readouterr()
+    loaded = []
+    monkeypatch.setattr(pipeline, "load_train_and_test", lambda config: loaded.append(config))
+    assert run("--out", str(out), "--resume", "--dataset", "fashion-mnist") == 2
+    assert "--resume cannot change what the trained models depend on: dataset: 'digits' -> 'fashion-mnist'" in \
+        capsys.readouterr().err
+    assert loaded == []
 
 
 def test_resume_takes_the_stored_options_and_redoes_only_the_evaluation(tmp_path, capsys, monkeypatch):
