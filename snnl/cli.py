@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
     from .data import dataset_names
     from .loss.registry import CHOICES as LOSS_BACKENDS
+    from .loss.validation import DISTANCES
     from .manifold import MANIFOLDS, UMAP_BACKENDS, ManifoldConfig
     from .n2d import CLUSTERERS, N2DConfig
     from .pipeline import PROJECTIONS, ExperimentConfig
@@ -301,9 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="continue the run in --out where it stopped; options left out keep their stored "
                                  "values; only options of the stages after training, --epochs (more) and the seeds "
                                  "may change")
-        parser.add_argument("--epochs", type=int)
-        parser.add_argument("--batch-size", type=int, help="the global batch (split across torchrun processes)")
-        parser.add_argument("--lr", type=float)
+        training = _default(cls, "train" if cls is ExperimentConfig else "autoencoder")
+        of_preset = ", the preset's" if cls is ExperimentConfig else ""
+        parser.add_argument("--epochs", type=int, help=f"training epochs (default: {training.epochs}{of_preset})")
+        parser.add_argument("--batch-size", type=int, help="the global batch, split across torchrun processes "
+                                                           f"(default: {training.batch_size})")
+        parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default: {training.learning_rate:g})")
         parser.add_argument("--init", choices=["he", "glorot"],
                             help="weight initialisation (default: he; N2D: glorot, as Keras)")
         parser.add_argument("--adam-eps", type=float, help="Adam's epsilon (default 1e-8; N2D: 1e-7, as Keras)")
@@ -326,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labelled", type=_labelled,
                      help="labelled training examples, or 'all' (default: the paper's: 10,000 for MNIST and "
                           "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)")
-    run.add_argument("--alpha", type=float)
-    run.add_argument("--code-dim", type=int)
+    run_training = _default(ExperimentConfig, "train")
+    run.add_argument("--alpha", type=float, help=f"weight of the SNNL term (default: {run_training.alpha:g})")
+    run.add_argument("--code-dim", type=int, help=f"width of the code layer (default: {run_training.code_dim})")
     run.add_argument("--loss-backend", choices=LOSS_BACKENDS, help="(default: auto)")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
     run.add_argument("--kmeans-protocol", choices=PROTOCOLS, help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})")
@@ -386,14 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--force", action="store_true", help="replace an existing --output file")
     table.set_defaults(func=cmd_table)
 
-    loss = sub.add_parser("loss", help="compute the loss with every available backend on a random batch")
-    loss.add_argument("--batch", type=int, default=2048)
-    loss.add_argument("--dim", type=int, default=70)
-    loss.add_argument("--classes", type=int, default=10)
-    loss.add_argument("--temperature", type=float, default=0.5)
-    loss.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
+    loss = sub.add_parser("loss", help="compute the loss with every available backend on a random batch",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    loss.add_argument("--batch", type=int, default=2048, help="rows of the random batch")
+    loss.add_argument("--dim", type=int, default=70, help="their dimension")
+    loss.add_argument("--classes", type=int, default=10, help="labels drawn uniformly from this many classes")
+    loss.add_argument("--temperature", type=float, default=0.5, help="T")
+    loss.add_argument("--distance", choices=DISTANCES, default=DISTANCES[0], help="the pair distance")
     loss.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    loss.add_argument("--seed", type=int, default=0)
+    loss.add_argument("--seed", type=int, default=0, help="of the random batch")
     loss.set_defaults(func=cmd_loss)
     return parser
 

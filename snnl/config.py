@@ -88,6 +88,11 @@ class TrainConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @property
+    def uses_labels(self) -> bool:
+        """Whether training reads labels: only the supervised SNNL does."""
+        return uses_labels(self.to_dict())
+
+    @property
     def reconstruction_loss(self) -> str:
         return "bce" if self.output_activation == "sigmoid" else "mse"
 
@@ -111,6 +116,13 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}")
         return cls(**data)
+
+
+def uses_labels(train: dict) -> bool:
+    """``TrainConfig.uses_labels`` of a stored configuration (``to_dict``),
+    also of one written by an older version."""
+    return train.get("method", "autoencoder") == "autoencoder" and bool(train.get("snnl")) \
+        and bool(train.get("supervised"))
 
 
 def _snnl_preset(number: int) -> TrainConfig:

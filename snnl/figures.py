@@ -21,10 +21,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from .config import uses_labels  # noqa: E402
 from .metrics import cluster_to_label, clustering_accuracy, contingency  # noqa: E402
 
 PROJECTION_SAMPLE = 3000
@@ -143,7 +144,7 @@ def labels_study(run_metrics: list[tuple[str, dict]], path: Path) -> None:
         train = metrics["config"].get("train", {})
         name = train.get("name", "?")
         values = {key: [seed["metrics"][key] for seed in metrics["seeds"]] for key in ("acc", "nmi")}
-        if train.get("method") == "autoencoder" and train.get("snnl") and train.get("supervised"):
+        if uses_labels(train):
             supervised.setdefault(name, {})[int(metrics["config"]["labelled"])] = values
         else:
             label_free[name] = values

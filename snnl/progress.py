@@ -18,6 +18,18 @@ from tqdm.auto import tqdm
 MODES = (True, False, "auto", "lines", "none")
 
 
+def from_verbose(verbose) -> bool | str:
+    """An estimator's ``verbose`` as a progress mode: a mode, or an integer as
+    scikit-learn's estimators take it (0: nothing; above 0: bars on a
+    terminal, a line per epoch otherwise)."""
+    if isinstance(verbose, str) and verbose in MODES:
+        return verbose
+    if isinstance(verbose, (bool, int)) and not isinstance(verbose, str) and verbose >= 0:
+        return bool(verbose)
+    raise ValueError(f"verbose must be True, False, an integer >= 0 or one of 'auto', 'lines', 'none'; "
+                     f"got {verbose!r}")
+
+
 def _format(fields: dict) -> str:
     return " ".join(f"{key}={value}" for key, value in fields.items())
 
@@ -64,5 +76,9 @@ class Progress:
             print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self._epochs is not None:
-            self._epochs.close()
+        """End the bars (also when training is interrupted: a message printed
+        after this starts on a line of its own, not inside a bar)."""
+        for bar in (self._batches, self._epochs):
+            if bar is not None:
+                bar.close()
+        self._batches = self._epochs = None

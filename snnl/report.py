@@ -29,6 +29,7 @@ import sklearn
 import torch
 
 from . import distributed
+from .config import uses_labels
 from .metrics import METRICS
 
 METRIC_TITLES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "sil": "SIL", "chs": "CHS", "dbi": "DBI"}
@@ -195,16 +196,28 @@ def experiment_table(metrics: dict, label: str) -> str:
 
 
 def method_of(config: dict) -> str:
-    """What produced a run, from its stored configuration: the preset (with the
-    number of labels when it is not the default) or the N2D pipeline."""
+    """What produced a run, from its stored configuration: the preset and how
+    many labels it used (none for the label-free presets, whose ``labelled``
+    is only the size of their training subset) or the N2D pipeline."""
     if config.get("method") == "n2d":
         steps = f"{config.get('manifold', {}).get('method', 'umap')} + {config.get('cluster', 'gmm')}"
         if config.get("codes_from"):
             return f"{Path(config['codes_from']).name} codes + {steps}"
-        return f"raw inputs + {steps}" if config.get("raw") else f"n2d ({steps})"
+        return f"raw inputs + {steps}" if config.get("raw") else f"n2d ({steps}), no labels"
     train = config.get("train", {})
     labelled = config.get("labelled")
-    return f"{train.get('name', '?')}" + (f", {labelled} labels" if labelled not in (None, "all") else "")
+    if not uses_labels(train):
+        return f"{train.get('name', '?')}, no labels"
+    return f"{train.get('name', '?')}, " + ("all labels" if labelled in (None, "all") else f"{labelled} labels")
+
+
+def epochs_of(config: dict) -> str:
+    """The epochs a run's autoencoder was configured to train ("-": none trained)."""
+    if config.get("method") == "n2d":
+        trained = not (config.get("raw") or config.get("codes_from"))
+        return str(config.get("autoencoder", {}).get("epochs", "?")) if trained else "-"
+    train = config.get("train", {})
+    return str(train.get("epochs", "?")) if train.get("method", "autoencoder") == "autoencoder" else "-"
 
 
 def collect_runs(run_dirs) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
@@ -235,6 +248,6 @@ def runs_table(run_metrics: list[tuple[str, dict]]) -> str:
     rows = []
     for run_dir, metrics in run_metrics:
         config = metrics.get("config", {})
-        label = [Path(run_dir).name, str(config.get("dataset", "?")), method_of(config)]
+        label = [Path(run_dir).name, str(config.get("dataset", "?")), method_of(config), epochs_of(config)]
         rows += summary_rows(label, metrics["summary"], len(metrics["seeds"]))
-    return markdown_table(rows, ("run", "dataset", "method"))
+    return markdown_table(rows, ("run", "dataset", "method", "epochs"))

@@ -272,76 +272,78 @@ def train_autoencoder(
     report = Progress(progress if main else False, config.name, start_epoch, config.epochs)
     started = time.perf_counter()
     model.train()
-    for epoch in range(start_epoch, last_epoch):
-        temperature = schedule(epoch)
-        epoch_started = time.perf_counter()
-        order = torch.randperm(len(x), generator=shuffle)
-        totals, layer_totals, layer_batches = None, None, 0
-        for b in report.batches(epoch, n_batches):
-            global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            index = torch.tensor_split(global_index, world)[rank]
-            xb = x_all[index].to(device, non_blocking=True)
-            yb = y_all[index].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
-                loss, reconstruction, per_layer = batch_loss(network, xb, yb, temperature, config, len(global_index))
-            # one collective for the logged values: the global batch's loss terms
-            values = distributed.all_reduce_tensor(torch.stack([loss.detach(), reconstruction.detach(),
-                                                                *(v.detach() for v in per_layer)]).double())
-            if not torch.isfinite(values[0]):
-                raise FloatingPointError(
-                    f"{config.name}: the training loss became {values[0].item()} at epoch {epoch + 1}, "
-                    f"batch {b + 1}; the last good checkpoint is {checkpoint_path}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            # DistributedDataParallel averages gradients over processes: scale the
-            # shares so that the average is the gradient of the global batch.
-            (loss * world).backward()
-            optimizer.step()
-            totals = values[:2] if totals is None else totals + values[:2]
-            if len(values) > 2:  # a batch of one row has no SNNL
-                layer_totals = values[2:] if layer_totals is None else layer_totals + values[2:]
-                layer_batches += 1
-            layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
-            snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
-            report.batch_done(_progress_fields(config, values[1].item(), snnl, temperature))
-        means = (totals / n_batches).tolist()
-        record = {
-            "epoch": epoch,
-            "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
-            "loss": means[0],
-            "reconstruction": means[1],
-            "snnl": snnl,  # after the last batch: the layers' epoch means, combined
-            "snnl_per_layer": layers,
-            "seconds": time.perf_counter() - epoch_started,
-        }
-        history.append(record)
-        report.epoch_done(epoch, {"loss": f"{record['loss']:.4f}",
-                                  **_progress_fields(config, record["reconstruction"], record["snnl"], temperature)},
-                          record["seconds"])
-        if checkpoint_path is not None and main:
-            checkpoints.save(
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch,
-                    "seed": seed,
-                    "config": config.to_dict(),
-                    "model_config": model.config(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": {"shuffle": shuffle.get_state()},  # the only random state training draws on
-                    "history": history,
-                },
-                checkpoint_path,
-            )
-            if snapshot_every and (epoch + 1) % snapshot_every == 0:
+    try:
+        for epoch in range(start_epoch, last_epoch):
+            temperature = schedule(epoch)
+            epoch_started = time.perf_counter()
+            order = torch.randperm(len(x), generator=shuffle)
+            totals, layer_totals, layer_batches = None, None, 0
+            for b in report.batches(epoch, n_batches):
+                global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
+                index = torch.tensor_split(global_index, world)[rank]
+                xb = x_all[index].to(device, non_blocking=True)
+                yb = y_all[index].to(device, non_blocking=True)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
+                    loss, reconstruction, per_layer = batch_loss(network, xb, yb, temperature, config, len(global_index))
+                # one collective for the logged values: the global batch's loss terms
+                values = distributed.all_reduce_tensor(torch.stack([loss.detach(), reconstruction.detach(),
+                                                                    *(v.detach() for v in per_layer)]).double())
+                if not torch.isfinite(values[0]):
+                    raise FloatingPointError(
+                        f"{config.name}: the training loss became {values[0].item()} at epoch {epoch + 1}, "
+                        f"batch {b + 1}; the last good checkpoint is {checkpoint_path}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                # DistributedDataParallel averages gradients over processes: scale the
+                # shares so that the average is the gradient of the global batch.
+                (loss * world).backward()
+                optimizer.step()
+                totals = values[:2] if totals is None else totals + values[:2]
+                if len(values) > 2:  # a batch of one row has no SNNL
+                    layer_totals = values[2:] if layer_totals is None else layer_totals + values[2:]
+                    layer_batches += 1
+                layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
+                snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
+                report.batch_done(_progress_fields(config, values[1].item(), snnl, temperature))
+            means = (totals / n_batches).tolist()
+            record = {
+                "epoch": epoch,
+                "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
+                "loss": means[0],
+                "reconstruction": means[1],
+                "snnl": snnl,  # after the last batch: the layers' epoch means, combined
+                "snnl_per_layer": layers,
+                "seconds": time.perf_counter() - epoch_started,
+            }
+            history.append(record)
+            report.epoch_done(epoch, {"loss": f"{record['loss']:.4f}",
+                                      **_progress_fields(config, record["reconstruction"], record["snnl"], temperature)},
+                              record["seconds"])
+            if checkpoint_path is not None and main:
                 checkpoints.save(
-                    {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
-                     "model_config": model.config(), "model": model.state_dict()},
-                    snapshot_path(checkpoint_path, epoch + 1), keep_previous=False,
+                    {
+                        "version": CHECKPOINT_VERSION,
+                        "epoch": epoch,
+                        "seed": seed,
+                        "config": config.to_dict(),
+                        "model_config": model.config(),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": {"shuffle": shuffle.get_state()},  # the only random state training draws on
+                        "history": history,
+                    },
+                    checkpoint_path,
                 )
-        if plateaued(history, config.patience):
-            report.note(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
-            break
-    report.close()
+                if snapshot_every and (epoch + 1) % snapshot_every == 0:
+                    checkpoints.save(
+                        {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
+                         "model_config": model.config(), "model": model.state_dict()},
+                        snapshot_path(checkpoint_path, epoch + 1), keep_previous=False,
+                    )
+            if plateaued(history, config.patience):
+                report.note(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
+                break
+    finally:
+        report.close()  # also on an interruption: its message then starts on a line of its own
     distributed.barrier()  # the last checkpoint is on disk before anyone reads it
     return TrainResult(model, history, time.perf_counter() - started)

@@ -20,6 +20,11 @@ from snnl.n2d import AUTOENCODER, N2D, N2DConfig, final_clustering, run_n2d
 from snnl.pipeline import ExperimentConfig, run_experiment
 from snnl.train import train_autoencoder
 
+# Isomap on these tests' few points finds a disconnected neighbour graph and
+# completes it (scikit-learn and scipy say so); the tests check its output.
+pytestmark = [pytest.mark.filterwarnings("ignore:The number of connected components:UserWarning"),
+              pytest.mark.filterwarnings("ignore::scipy.sparse.SparseEfficiencyWarning")]
+
 HAS_UMAP = umap_learn_status()[0]
 
 

@@ -242,7 +242,16 @@ def test_table_names_bad_files_leaves_out_unfinished_runs_and_says_what_each_row
     assert main(["table", str(out), str(unfinished)]) == 0
     captured = capsys.readouterr()
     assert "left out " + str(unfinished) in captured.err
-    assert "| run | dataset | method |" in captured.out and "| done | digits | snnl-1 |" in captured.out
+    assert "| run | dataset | method | epochs |" in captured.out
+    assert "| done | digits | snnl-1, all labels | 1 |" in captured.out
+    free = tmp_path / "free"
+    assert run("--out", str(free), "--config", "baseline-ae", "--epochs", "2") == 0
+    assert run("--out", str(tmp_path / "pca"), "--config", "original") == 0
+    capsys.readouterr()
+    assert main(["table", str(free), str(tmp_path / "pca")]) == 0
+    table = capsys.readouterr().out
+    assert "| free | digits | baseline-ae, no labels | 2 |" in table  # its labels are never read
+    assert "| pca | digits | original, no labels | - |" in table  # PCA trains no epochs
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "metrics.json").write_text("{not json")
@@ -251,6 +260,36 @@ def test_table_names_bad_files_leaves_out_unfinished_runs_and_says_what_each_row
     (tmp_path / "t.md").write_text("mine")
     assert main(["table", str(out), "--output", str(tmp_path / "t.md")]) == 2
     assert "pass --force" in capsys.readouterr().err and (tmp_path / "t.md").read_text() == "mine"
+
+
+def test_an_interruption_message_follows_the_closed_progress_bars(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    from snnl import train
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C in the first epoch's third batch, with both bars drawn
+            raise KeyboardInterrupt
+        return train.batch_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train, "batch_loss", interrupted)
+    assert main(["run", "--epochs", "2", "--batch-size", "128", "--code-dim", "8", "--projection", "none",
+                 "--out", str(tmp_path / "run")]) == 130
+    drawn = terminal.getvalue()
+    message = "snnl run: interrupted (--resume continues from the last checkpoint)\n"
+    assert "epoch 1:" in drawn and drawn.endswith(message)
+    before = drawn[: -len(message)]
+    assert before.endswith("\n") and not before.rstrip("\n").endswith(message.strip())
 
 
 def test_logs_are_plain_lines_when_redirected(tmp_path, capsys):

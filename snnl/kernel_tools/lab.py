@@ -31,6 +31,10 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
+from ..kernels import PRECISIONS
+from ..loss.validation import DISTANCES
+from .stderr import NVDISASM_FORMAT, without_lines
+
 TARGETS = {"sm_80": 80, "sm_90": 90}
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # bytes per block (A100, H100)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -258,7 +262,8 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
     report.registers = int(registers.group(1)) if registers else 0
     report.spill_stores, report.spill_loads = (int(spills.group(1)), int(spills.group(2))) if spills else (0, 0)
     report.shared = int(compiled.metadata.shared)
-    sass = compiled.asm["sass"]
+    with without_lines(NVDISASM_FORMAT):
+        sass = compiled.asm["sass"]
     report.sass_total = classify(instructions(sass))
     report.sass_loop = classify(main_loop(sass))
     return report
@@ -292,12 +297,22 @@ def format_reports(reports: list[LaunchReport]) -> str:
     return "\n".join(lines)
 
 
+LEGEND = """\
+tile: rows (m) x keys (n) x feature chunk (d) of one program, w/s: warps and pipeline stages;
+programs: the launch's grid; trips: iterations of its main loop; regs: registers per thread;
+spill: bytes spilled to local memory; shared: bytes of shared memory per program;
+loop: instructions per trip of the main loop (mma: tensor-core MMAs, ffma: fp32 fused
+multiply-adds, ex2: exp2 on the special-function unit, local: local-memory loads and stores,
+all: every instruction).  Compiled without a GPU: no time here is measured."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=8192)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine")
-    parser.add_argument("--precision", choices=["tf32x3", "tf32", "ieee"], default="tf32x3")
+    parser.add_argument("--batch", type=int, default=8192, help="rows of the batch the launches are sized for")
+    parser.add_argument("--dim", type=int, default=128, help="its feature dimension")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="of the points")
+    parser.add_argument("--distance", choices=DISTANCES, default=DISTANCES[0], help="the pair distance")
+    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                        help="of fp32 products on the tensor cores")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from " + ", ".join(TARGETS))
     parser.add_argument("--distributed", action="store_true", help="the queries-vs-keys launches of torch.distributed")
     parser.add_argument("--model", action="store_true", help="add the performance model's estimates (a model, "
@@ -314,7 +329,10 @@ def run(args) -> int:
         raise FileExistsError(f"{args.json} exists; choose another --json file")
     reports = inspect_problem(args.batch, args.dim, args.dtype, args.distance, args.precision, targets,
                               args.distributed)
+    print(f"the loss's launches for b = {args.batch}, d = {args.dim}, {args.dtype}, {args.distance} distance, "
+          f"{args.precision} products{', queries against keys (torch.distributed)' if args.distributed else ''}")
     print(format_reports(reports))
+    print(LEGEND)
     import platform
 
     import torch
@@ -324,7 +342,7 @@ def run(args) -> int:
                        "precision": args.precision},
            "compiled_with": {"triton": triton.__version__, "torch": torch.__version__,
                              "python": platform.python_version(),
-                             "command": "python -m snnl.kernel_tools.lab " + " ".join(sys.argv[1:])},
+                             "command": "snnl kernels " + " ".join(sys.argv[1:])},
            "launches": [asdict(r) for r in reports]}
     if args.model:
         from .model import estimate_problem, format_estimates
@@ -339,7 +357,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m snnl.kernel_tools.lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="snnl kernels", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

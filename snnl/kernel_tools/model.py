@@ -182,11 +182,12 @@ def eager_bytes_per_pair(batch: int = 512, dim: int = 128) -> float:
         from torch.profiler import ProfilerActivity, profile
 
         from ..loss import soft_nearest_neighbor_loss
+        from .stderr import PROFILER, without_lines
 
         z = torch.randn(batch, dim, requires_grad=True)
         y = torch.randint(0, 10, (batch,))
         t = torch.tensor(0.5)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with without_lines(*PROFILER), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             soft_nearest_neighbor_loss(z, y, t, backend="reference").backward()
         total = 0
         for event in prof.events():
