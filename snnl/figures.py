@@ -29,6 +29,7 @@ from .config import uses_labels  # noqa: E402
 from .metrics import cluster_to_label, clustering_accuracy, contingency  # noqa: E402
 
 PROJECTION_SAMPLE = 3000
+PROJECTION_NAMES = {"tsne": "t-SNE", "pca": "PCA"}
 LAYER_NAMES = ("h1 (500)", "h2 (500)", "h3 (2000)", "code", "h5 (2000)", "h6 (500)", "h7 (500)")
 
 
@@ -40,7 +41,14 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def training_curves(history: list[dict], path: Path, title: str) -> None:
+LOSS_NAMES = {"bce": "binary cross-entropy", "mse": "mean squared error"}
+# the mirrored layers (h1 and h7, h2 and h6, ...) often have near-equal curves:
+# each layer gets its own dash pattern and marker so that none hides another
+LAYER_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "x"),
+                ((0, (8, 3)), "+")]
+
+
+def training_curves(history: list[dict], path: Path, title: str, reconstruction_loss: str = "bce") -> None:
     if not history:
         return
     epochs = [h["epoch"] + 1 for h in history]
@@ -49,11 +57,15 @@ def training_curves(history: list[dict], path: Path, title: str) -> None:
                              layout="constrained")  # keeps the figure title clear of the panel titles
     axes = axes[0]
     axes[0].plot(epochs, [h["reconstruction"] for h in history], marker="o" if len(epochs) < 20 else None)
-    axes[0].set(title="reconstruction loss", xlabel="epoch", ylabel="mean per input value (BCE or MSE)")
+    axes[0].set(title="reconstruction loss", xlabel="epoch",
+                ylabel=f"{LOSS_NAMES[reconstruction_loss]}, mean per input value")
     if with_snnl:
         per_layer = np.array([h["snnl_per_layer"] for h in history])
         for i in range(per_layer.shape[1]):
-            axes[1].plot(epochs, per_layer[:, i], label=LAYER_NAMES[i] if i < len(LAYER_NAMES) else f"layer {i + 1}")
+            line, marker = LAYER_STYLES[i % len(LAYER_STYLES)]
+            axes[1].plot(epochs, per_layer[:, i], linestyle=line, marker=marker, markersize=4, alpha=0.85,
+                         markevery=max(1, len(epochs) // 10),
+                         label=LAYER_NAMES[i] if i < len(LAYER_NAMES) else f"layer {i + 1}")
         axes[1].legend(fontsize=7)
         axes[1].set(title="SNNL per hidden layer (epoch mean)", xlabel="epoch", ylabel="soft nearest neighbor loss")
         axes[2].plot(epochs, [h["temperature"] for h in history])
@@ -78,17 +90,17 @@ def projections(raw: np.ndarray, codes: np.ndarray, labels: np.ndarray, classes,
         return
     rng = np.random.default_rng(seed)
     index = np.sort(rng.choice(len(labels), size=min(PROJECTION_SAMPLE, len(labels)), replace=False))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.8), layout="constrained")  # the two-line title clear of the panels
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "nipy_spectral")
     for ax, data, name in ((axes[0], raw, "raw inputs"), (axes[1], codes, points_name)):
         points = _project(np.asarray(data[index], dtype=np.float32), method, seed)
         ax.scatter(points[:, 0], points[:, 1], c=labels[index], cmap=cmap, s=4, vmin=0, vmax=max(len(classes) - 1, 1))
-        ax.set(title=f"{name} ({method}, {len(index)} points)", xticks=[], yticks=[])
+        ax.set(title=f"{PROJECTION_NAMES[method]} of the {name}, {len(index)} points", xticks=[], yticks=[])
     if len(classes) <= 20:
         handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i / max(len(classes) - 1, 1)), label=c)
                    for i, c in enumerate(classes)]
         axes[1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\ncolour: the true label of each point")
     _save(fig, path)
 
 
@@ -99,15 +111,16 @@ def confusion(labels: np.ndarray, clusters: np.ndarray, classes, path: Path, tit
     # clusters matched to a label first, in label order; unmatched ones last
     order = sorted(range(len(cluster_ids)), key=lambda r: (mapping.get(int(cluster_ids[r]), 1 << 30), r))
     counts = counts[order]
-    fig, ax = plt.subplots(figsize=(0.5 * len(class_ids) + 3, 0.45 * len(order) + 2))
-    ax.imshow(counts, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(0.6 * len(class_ids) + 4, 0.5 * len(order) + 2))
+    image = ax.imshow(counts, cmap="Blues")
+    fig.colorbar(image, ax=ax, label="points", shrink=0.8)
     ax.set_xticks(range(len(class_ids)), [classes[c] if c < len(classes) else str(c) for c in class_ids],
                   rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(order)), [f"cluster {cluster_ids[r]}" for r in order], fontsize=7)
     if counts.size <= 400:
         for (i, j), v in np.ndenumerate(counts):
             if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8 if v < 1000 else 7,
                         color="white" if v > counts.max() / 2 else "black")
     ax.set(xlabel="true label", ylabel="cluster", title=title)
     _save(fig, path)
@@ -127,7 +140,7 @@ def write_all(directory: Path, experiment, data) -> None:
     first = experiment.seeds[0]
     config = experiment.config
     title = f"{config.dataset}, {config.label}, seed {first.seed}"
-    training_curves(first.history, directory / "training.png", title)
+    training_curves(first.history, directory / "training.png", title, config.train.reconstruction_loss)
     projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
                 seed=first.seed, points_name=points_name(config))
     confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)
