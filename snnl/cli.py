@@ -152,7 +152,12 @@ def _print_result(result, out) -> int:
     metrics = {"summary": result.summary, "seeds": [s.metrics for s in result.seeds]}
     print(experiment_table(metrics, f"{result.config.dataset} {result.config.label}"))
     if out:
-        print(f"results, embeddings, checkpoints and figures in {out}", file=sys.stderr)
+        from pathlib import Path
+
+        # what this run wrote: no checkpoints without training (--codes-from, --raw, PCA), no figures
+        # directory when every figure was left out
+        kinds = ["results", "embeddings"] + [name for name in ("checkpoints", "figures") if (Path(out) / name).is_dir()]
+        print(f"{', '.join(kinds[:-1])} and {kinds[-1]} in {out}", file=sys.stderr)
     return 0
 
 

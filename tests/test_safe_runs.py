@@ -313,3 +313,14 @@ def test_n2d_resume_may_change_the_manifold_but_not_the_autoencoder(tmp_path, ca
     assert "autoencoder.learning_rate: 0.001 -> 0.01" in capsys.readouterr().err
     assert main(["run", "--out", str(out), "--resume", "--quiet"]) == 2
     assert "holds an `snnl n2d` run: resume it with `snnl n2d --resume`" in capsys.readouterr().err
+
+
+def test_the_closing_line_names_only_what_the_run_wrote(tmp_path, capsys):
+    trained = tmp_path / "snnl"
+    assert run("--out", str(trained)) == 0
+    assert f"results, embeddings, checkpoints and figures in {trained}" in capsys.readouterr().err
+    clustered = tmp_path / "n2d"
+    assert main(["n2d", "--codes-from", str(trained), "--manifold", "none", "--projection", "none", "--quiet",
+                 "--out", str(clustered)]) == 0
+    assert f"results, embeddings and figures in {clustered}" in capsys.readouterr().err  # it trained nothing
+    assert not (clustered / "checkpoints").exists()
