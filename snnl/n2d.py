@@ -236,7 +236,7 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         arrays = {"codes": codes} if keep and not config.raw else {}  # raw: the codes are the inputs
         return SeedResult(seed, metrics, seconds, history, points if keep else None, clusters if keep else None, arrays)
 
-    return execute(config, data, run_seed, out_dir, resume=resume)
+    return execute(config, data, run_seed, out_dir, resume=resume, progress=progress)
 
 
 class N2D(ClusterMixin, BaseEstimator):

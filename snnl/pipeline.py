@@ -240,7 +240,7 @@ def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
 
 
 def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], out_dir=None, *,
-            resume: bool = False, data_files: tuple = ()) -> ExperimentResult:
+            resume: bool = False, data_files: tuple = (), progress=True) -> ExperimentResult:
     """Run ``run_seed(seed, keep_arrays)`` for every seed of ``config`` and collect the results.
 
     ``data`` is what was clustered (its labels score the clustering; its raw
@@ -250,7 +250,7 @@ def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], 
     main = distributed.is_main_process()
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is None:
-        return _execute(config, data, run_seed, None, resume, data_files)
+        return _execute(config, data, run_seed, None, resume, data_files, progress)
     # before the lock: never create a lock file in a refused directory
     _claim_output(out_dir, config, resume, announce=False)
     with outdir.locked(out_dir) if main else contextlib.nullcontext():
@@ -259,10 +259,10 @@ def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], 
         if main:
             report.write_config(out_dir, config)
         distributed.barrier()
-        return _execute(config, data, run_seed, out_dir, resume, data_files)
+        return _execute(config, data, run_seed, out_dir, resume, data_files, progress)
 
 
-def _execute(config, data, run_seed, out_dir, resume, data_files) -> ExperimentResult:
+def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> ExperimentResult:
     main = distributed.is_main_process()
     results = []
     for position, seed in enumerate(config.seeds):
@@ -282,7 +282,7 @@ def _execute(config, data, run_seed, out_dir, resume, data_files) -> ExperimentR
     experiment = ExperimentResult(config, results, data.y, summary, report.environment(resolve_device(config.device)),
                                   tuple(data_files or data.files))
     if out_dir is not None:
-        report.write_experiment(out_dir, experiment, data)
+        report.write_experiment(out_dir, experiment, data, progress=progress not in (False, "none"))
     return experiment
 
 
@@ -336,7 +336,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
         )
         return SeedResult(seed, metrics, seconds, history, codes if keep else None, clusters if keep else None)
 
-    return execute(config, test, run_seed, out_dir, resume=resume, data_files=train.files + test.files)
+    return execute(config, test, run_seed, out_dir, resume=resume, data_files=train.files + test.files,
+                   progress=progress)
 
 
 def read_metrics(run_dir: str | Path) -> dict:

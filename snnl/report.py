@@ -152,7 +152,10 @@ def _write_npz(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
-def write_experiment(out_dir: Path, experiment, data) -> None:
+def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False) -> None:
+    """metrics.json, embeddings.npz and the figures (``progress``: say on
+    stderr when the figures start and how long they took: a t-SNE of a few
+    thousand points can outlast a short training)."""
     from . import figures
 
     first = experiment.seeds[0]
@@ -166,8 +169,16 @@ def write_experiment(out_dir: Path, experiment, data) -> None:
     if first.codes is not None:
         _write_npz(out_dir / "embeddings.npz", z=first.codes, y=data.y, clusters=first.clusters, **first.arrays)
         started = time.perf_counter()
+        projection = experiment.config.projection
+        if progress:
+            how = "without projections" if projection == "none" else \
+                f"with {figures.PROJECTION_NAMES[projection]} projections" + \
+                (" (--projection pca is quicker)" if projection == "tsne" else "")
+            print(f"figures: {out_dir / 'figures'}, {how} ...", file=sys.stderr, flush=True)
         figures.write_all(out_dir / "figures", experiment, data)
         metrics["seeds"][0]["seconds"]["figures"] = time.perf_counter() - started
+        if progress:
+            print(f"figures: done in {metrics['seeds'][0]['seconds']['figures']:.1f} s", file=sys.stderr, flush=True)
         metrics["environment"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # after the last stage
     _atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
 

@@ -20,9 +20,10 @@ def fast_config(name="snnl-5", seeds=(0,), **extra):
                             projection="pca", **extra)
 
 
-def test_run_experiment_writes_everything(tmp_path):
+def test_run_experiment_writes_everything(tmp_path, capsys):
     out = tmp_path / "run"
     result = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
+    assert capsys.readouterr().err == ""  # progress=False: silent, the figure stage too
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["train"]["name"] == "snnl-5" and metrics["config"]["seeds"] == [0, 1]
     assert [s["seed"] for s in metrics["seeds"]] == [0, 1]

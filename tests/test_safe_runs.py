@@ -297,6 +297,8 @@ def test_logs_are_plain_lines_when_redirected(tmp_path, capsys):
                  "--kmeans-restarts", "1", "--projection", "none"]) == 0
     err = capsys.readouterr().err
     assert "snnl-5 epoch 1/2: loss=" in err and "snnl-5 epoch 2/2: loss=" in err
+    assert f"figures: {tmp_path / 'run' / 'figures'}, without projections ..." in err  # the figure stage is said
+    assert re.search(r"figures: done in \d+\.\d s", err)
     assert "\r" not in err and "\x1b[" not in err
 
 
