@@ -248,9 +248,9 @@ class N2D(ClusterMixin, BaseEstimator):
     (the autoencoder), ``n_features_in_`` and, for DataFrames,
     ``feature_names_in_``.  The reconstruction is linear (MSE): any finite
     inputs.  ``random_state`` seeds everything without touching the global
-    random state.  ``epochs`` defaults to the paper's 1000: on digits about
-    13 minutes on 2 CPU cores (ACC 0.88), where ``epochs=50`` takes about
-    25 s (ACC 0.84; ``bench/estimator_fits.py``).  ``verbose``:
+    random state.  ``epochs`` defaults to the paper's 1000: on digits 13 to
+    31 minutes on 2 CPU cores, as busy as they were (ACC 0.88), where
+    ``epochs=50`` takes about 25 s (ACC 0.84; ``bench/estimator_fits.py``).  ``verbose``:
     training progress on stderr, bars on a terminal and a line per epoch
     otherwise (the default); ``"lines"``; ``False`` or 0: nothing.
     """
