@@ -10,6 +10,18 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+from snnl.loss import registry  # noqa: E402  (after the interpreter is chosen)
+
+
+@pytest.fixture(params=list(registry.BACKENDS))
+def backend(request):
+    """Every backend of the registry, the fused one under the Triton
+    interpreter without a GPU: a backend added there is tested here."""
+    if request.param == "triton":
+        pytest.importorskip("triton")
+    return request.param
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

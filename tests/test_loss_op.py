@@ -13,16 +13,6 @@ from snnl import SNNLoss, soft_nearest_neighbor_loss
 
 from .loss_cases import assert_close_scaled
 
-BACKENDS = ["reference", "blocked", "triton"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    if request.param == "triton":
-        pytest.importorskip("triton")
-    return request.param
-
-
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))

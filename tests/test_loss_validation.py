@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from snnl import SNNLoss, soft_nearest_neighbor_loss
-
-BACKENDS = ["reference", "blocked", "triton", "auto"]
+from snnl.loss.registry import CHOICES as BACKENDS
 
 
 def batch(b=8, d=3):
