@@ -36,6 +36,7 @@ from snnl.config import preset
 from snnl.data import DatasetNotFoundError, labelled_subset, load_dataset
 from snnl.train import batch_loss, build_model, make_optimizer
 
+
 def _data(rows: int):
     try:
         data = labelled_subset(load_dataset("fashion-mnist", "train"), rows, 0)

@@ -38,7 +38,6 @@ from .metrics import METRICS, evaluate
 from .models import encode_in_batches
 from .train import describe_changes, resolve_device, train_autoencoder, training_seconds
 
-
 PROJECTIONS = ("tsne", "pca", "none")
 
 

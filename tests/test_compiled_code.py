@@ -147,10 +147,9 @@ def test_exps_per_pair_counted_in_the_interpreter(monkeypatch):
     from triton.runtime import interpreter
 
     from snnl import soft_nearest_neighbor_loss
+    from snnl.kernels import configs
     from snnl.kernels.configs import TileConfig
     from snnl.loss.backends import triton as fused
-
-    from snnl.kernels import configs
 
     counted, kernel = [], [None]
     for name in ("create_exp", "create_exp2"):

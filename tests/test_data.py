@@ -15,11 +15,12 @@ from snnl.data import (
     DataMismatchError,
     DatasetNotFoundError,
     IdxFormatError,
+    catalog,
     labelled_subset,
     load_dataset,
     load_splits,
+    sources,
 )
-from snnl.data import catalog, sources
 from snnl.data.idx import read_idx, write_idx
 
 # The synthetic IDX files these tests write are not the published ones: the

@@ -13,6 +13,7 @@ from snnl import SNNLoss, soft_nearest_neighbor_loss
 
 from .loss_cases import assert_close_scaled
 
+
 def _rows(queries, q_labels, keys, k_labels, t, eps=1e-5, leave_out_self=False):
     """Per query: -log(eps + N / (eps + S)) over the keys, cosine distance."""
     logits = (F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).T - 1) / t

@@ -13,6 +13,7 @@ from snnl import SNNLoss, soft_nearest_neighbor_loss
 
 from .loss_cases import assert_close_scaled
 
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
