@@ -297,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_shared(parser, cls):
-        """Options `snnl run` and `snnl n2d` share."""
+    def add_shared(parser, cls, of_preset=""):
+        """Options `snnl run` and `snnl n2d` share (``of_preset``: where the
+        training defaults come from, when not from ``cls`` itself)."""
         parser.add_argument("--dataset", choices=dataset_names(), help=f"(default: {_default(cls, 'dataset')})")
         parser.add_argument("--seeds", type=_seeds, help="comma-separated, distinct, e.g. 0,1,2,3 (default: 0)")
         parser.add_argument("--out", help="write metrics.json, embeddings.npz, checkpoints and figures here: a new or "
@@ -307,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="continue the run in --out where it stopped; options left out keep their stored "
                                  "values; only options of the stages after training, --epochs (more) and the seeds "
                                  "may change")
-        training = _default(cls, "train" if cls is ExperimentConfig else "autoencoder")
-        of_preset = ", the preset's" if cls is ExperimentConfig else ""
+        training = cls().train  # the default run's training configuration
         parser.add_argument("--epochs", type=int, help=f"training epochs (default: {training.epochs}{of_preset})")
         parser.add_argument("--batch-size", type=int, help="the global batch, split across torchrun processes "
                                                            f"(default: {training.batch_size})")
@@ -329,13 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch")
 
     run = sub.add_parser("run", help="train, encode the test set, k-means, metrics (Agarap & Azcarraga)")
-    add_shared(run, ExperimentConfig)
+    add_shared(run, ExperimentConfig, of_preset=", the preset's")
     run.add_argument("--config", choices=list(PRESETS),
                      help="a preset of the paper's Table I, or a baseline (default: snnl-5)")
     run.add_argument("--labelled", type=_labelled,
                      help="labelled training examples, or 'all' (default: the paper's: 10,000 for MNIST and "
                           "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)")
-    run_training = _default(ExperimentConfig, "train")
+    run_training = ExperimentConfig().train
     run.add_argument("--alpha", type=float, help=f"weight of the SNNL term (default: {run_training.alpha:g})")
     run.add_argument("--code-dim", type=int, help=f"width of the code layer (default: {run_training.code_dim})")
     run.add_argument("--loss-backend", choices=LOSS_BACKENDS, help="(default: auto)")

@@ -90,7 +90,7 @@ class TrainConfig:
     @property
     def uses_labels(self) -> bool:
         """Whether training reads labels: only the supervised SNNL does."""
-        return uses_labels(self.to_dict())
+        return uses_labels(vars(self))
 
     @property
     def reconstruction_loss(self) -> str:

@@ -24,7 +24,7 @@ def from_verbose(verbose) -> bool | str:
     terminal, a line per epoch otherwise)."""
     if isinstance(verbose, str) and verbose in MODES:
         return verbose
-    if isinstance(verbose, (bool, int)) and not isinstance(verbose, str) and verbose >= 0:
+    if isinstance(verbose, int) and verbose >= 0:  # bool is an int
         return bool(verbose)
     raise ValueError(f"verbose must be True, False, an integer >= 0 or one of 'auto', 'lines', 'none'; "
                      f"got {verbose!r}")
