@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from snnl.cluster import kmeans
-from snnl.report import device_name
+from snnl.provenance import device_name
 
 from .measure import write_new_json
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_path
+
 FORMAT = "snnl-checkpoint-1"  # the wrapper: {"format", "sha256", "payload"}, the payload a uint8 tensor
 
 
@@ -40,19 +42,17 @@ def save(state: dict, path: str | os.PathLike, *, keep_previous: bool = True) ->
     """Write ``state`` with its checksum, atomically; keep the file it replaces
     as ``previous_path(path)`` when ``keep_previous``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    tmp = path.with_name(f".{path.name}.part")
     # The payload as a uint8 tensor: stored as raw bytes in the file (a bytes
     # object would be pickled as text), so damage to it reaches the checksum.
     wrapper = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
-    torch.save(wrapper, tmp)
-    if keep_previous and path.exists():
-        os.replace(path, previous_path(path))
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(wrapper, temporary)
+        if keep_previous and path.exists():  # the last step before the new file takes its place
+            os.replace(path, previous_path(path))
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:

@@ -194,29 +194,12 @@ def cmd_n2d(args) -> int:
 
 
 def cmd_snapshots(args) -> int:
-    import json
-    from pathlib import Path
+    from .n2d import write_snapshot_scores
 
-    import torch
-
-    from . import report
-    from .n2d import score_snapshots, summarise_scorings
-
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
-    rows = score_snapshots(args.run, silhouette_sample=args.silhouette_sample, scoring_seeds=args.scoring_seeds,
-                           epochs=args.epochs, progress=lambda line: print(line, file=sys.stderr))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.part")
-    # the environment too: the same snapshot scored under other threads or code can move (see `snnl snapshots`)
-    environment = report.environment(torch.device("cpu"))
-    temporary.write_text(json.dumps({"run": str(args.run), "silhouette_sample": args.silhouette_sample,
-                                     "scoring_seeds": args.scoring_seeds, "snapshots": rows,
-                                     "by_snapshot": summarise_scorings(rows), "environment": environment},
-                                    indent=1) + "\n")
-    temporary.replace(output)
-    print(f"wrote {output}")
+    write_snapshot_scores(args.run, args.output, force=args.force, silhouette_sample=args.silhouette_sample,
+                          scoring_seeds=args.scoring_seeds, epochs=args.epochs,
+                          progress=lambda line: print(line, file=sys.stderr))
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -291,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .loss.registry import CHOICES as LOSS_BACKENDS
     from .loss.validation import DISTANCES
     from .manifold import MANIFOLDS, UMAP_BACKENDS, ManifoldConfig
-    from .n2d import CLUSTERERS, N2DConfig
-    from .pipeline import PROJECTIONS, ExperimentConfig
+    from .n2d import CLUSTERERS, SNAPSHOT_SILHOUETTE_SAMPLE, N2DConfig
+    from .pipeline import ExperimentConfig
+    from .runner import PROJECTIONS
 
     parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -385,8 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: once, with the training seed)")
     snapshots.add_argument("--epochs", type=_epochs,
                            help="score only the snapshots of these epochs, e.g. 250,300 (default: every snapshot)")
-    snapshots.add_argument("--silhouette-sample", type=int, default=10_000,
-                           help="points of the sampled silhouette (default: 10000)")
+    snapshots.add_argument("--silhouette-sample", type=int, default=SNAPSHOT_SILHOUETTE_SAMPLE,
+                           help=f"points of the sampled silhouette (default: {SNAPSHOT_SILHOUETTE_SAMPLE})")
     snapshots.add_argument("--force", action="store_true", help="replace an existing --output file")
     snapshots.set_defaults(func=cmd_snapshots)
 

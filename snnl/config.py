@@ -28,7 +28,12 @@ from dataclasses import dataclass
 
 from .loss.registry import CHOICES as BACKEND_CHOICES
 from .loss.validation import DISTANCES
+from .models import CODE_ACTIVATIONS, INITS, OUTPUT_ACTIVATIONS
+from .positives import KINDS as POSITIVES
+from .positives import LABEL_FREE
 from .temperature import AnnealingTemperature, FixedTemperature
+
+LAYERS = ("all", "code")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,12 @@ class TrainConfig:
     method: str = "autoencoder"  # "autoencoder", or "pca" (the ``original`` baseline)
     snnl: bool = True  # add alpha * SNNL over the hidden layers to the reconstruction loss
     supervised: bool = True  # False: every point is one class (see the module docstring)
+    # who are each point's positives: its classmates ("classes": the labels', or one class when
+    # not supervised), or, label-free, a partner drawn each batch: a view of it, one of its nearest
+    # neighbours, or a view of one (snnl.positives)
+    positives: str = "classes"
+    neighbours: int = 10  # the k nearest neighbours a "neighbours" / "neighbour-views" partner is drawn from
+    layers: str = "all"  # where the SNNL term applies: every hidden layer (the paper's) or the code alone
     temperature: str = "annealing"  # or "fixed"
     fixed_temperature: float = 100.0
     anneal_eta: float = 1.0
@@ -67,14 +78,16 @@ class TrainConfig:
             "combine": ("sum", "min"),
             "distance": DISTANCES,
             "loss_backend": BACKEND_CHOICES,
-            "code_activation": ("sigmoid", "linear"),
-            "output_activation": ("sigmoid", "linear"),
-            "init": ("he", "glorot"),
+            "code_activation": CODE_ACTIVATIONS,
+            "output_activation": OUTPUT_ACTIVATIONS,
+            "init": INITS,
+            "positives": POSITIVES,
+            "layers": LAYERS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
-        for key in ("code_dim", "epochs", "batch_size"):
+        for key in ("code_dim", "epochs", "batch_size", "neighbours"):
             value = getattr(self, key)
             if isinstance(value, bool) or int(value) != value or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -85,6 +98,9 @@ class TrainConfig:
             raise ValueError(f"patience must be a positive integer or None, got {self.patience!r}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.positives != "classes" and (not self.snnl or self.supervised or self.method != "autoencoder"):
+            raise ValueError(f"positives={self.positives!r} is label-free SNNL: it needs snnl=True and "
+                             "supervised=False (labels would not be read)")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
 
     @property
@@ -135,8 +151,21 @@ def _snnl_preset(number: int) -> TrainConfig:
     )
 
 
+def _label_free_preset(positives: str) -> TrainConfig:
+    """SNNL without labels (snnl.positives): each point's partner is its one
+    positive.  The loss is the contrastive two-view form, so its settings are
+    that family's rather than the paper's: a sharp fixed temperature (0.1 on
+    the cosine distance), the term on the code alone with alpha = 1 (summed
+    over every layer at alpha = 100 it swamps the reconstruction), eps = 0
+    (every row has its partner), and a unit-length code, compared by cosine
+    in the loss and clustered by k-means in that same geometry."""
+    return TrainConfig(name=f"snnl-{positives}", supervised=False, positives=positives, temperature="fixed",
+                       fixed_temperature=0.1, alpha=1.0, eps=0.0, layers="code", code_activation="unit")
+
+
 PRESETS: dict[str, TrainConfig] = {
     **{f"snnl-{n}": _snnl_preset(n) for n in range(1, 9)},
+    **{f"snnl-{kind}": _label_free_preset(kind) for kind in LABEL_FREE},
     "baseline-ae": TrainConfig(name="baseline-ae", snnl=False),
     "original": TrainConfig(name="original", method="pca"),
 }
@@ -208,6 +237,11 @@ def describe(config: TrainConfig) -> str:
     if not config.snnl:
         return f"autoencoder, reconstruction loss only ({config.reconstruction_loss.upper()})"
     temperature = "annealed T" if config.temperature == "annealing" else f"fixed T={config.fixed_temperature:g}"
+    if config.positives != "classes":
+        partner = {"views": "a random view of itself", "neighbours": f"one of its {config.neighbours} nearest "
+                   "neighbours", "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours"}
+        return (f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {partner[config.positives]}; "
+                f"{temperature}, {'the code' if config.layers == 'code' else 'every hidden layer'})")
     return (
         f"autoencoder + {config.alpha:g} x SNNL ({'supervised' if config.supervised else 'unsupervised'}, "
         f"{temperature}, {config.combine} over layers)"

@@ -101,11 +101,15 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     ``verbose``: training progress on stderr, bars on a terminal and a line
     per epoch otherwise (the default; the preset's 50 epochs on digits take
     about 25 s on 2 CPU cores); ``"lines"``; ``False`` or 0: nothing.
+    ``image_shape``: the shape of the images the rows of ``X`` are, e.g.
+    ``(28, 28)``, for the label-free presets' views (``snnl-views``,
+    ``snnl-neighbour-views``); without it they take tabular views (feature
+    dropout and noise).  The label-free presets are fitted without ``y``.
     """
 
     def __init__(self, n_clusters=None, *, config="snnl-5", epochs=None, code_dim=None, alpha=None,
                  batch_size=None, learning_rate=None, kmeans_backend="auto", n_init=10, device="auto",
-                 random_state=None, verbose=True):
+                 random_state=None, verbose=True, image_shape=None):
         self.n_clusters = n_clusters
         self.config = config
         self.epochs = epochs
@@ -118,6 +122,7 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.image_shape = image_shape
 
     def _train_config(self):
         if self.config not in PRESETS:
@@ -178,7 +183,8 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             self.history_ = []
         else:
             result = train_autoencoder(X01[rows], y[rows] if needs_labels else None, config, seed=seed,
-                                       device=self.device, progress=from_verbose(self.verbose))
+                                       device=self.device, progress=from_verbose(self.verbose),
+                                       image_shape=self.image_shape)
             self.model_, self.history_ = result.model, result.history
         codes = self._encode(X01)
         clustering = kmeans(codes, n_clusters, backend=self.kmeans_backend, n_init=self.n_init, seed=seed)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +24,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from .atomic import atomic_path  # noqa: E402
 from .config import uses_labels  # noqa: E402
 from .metrics import cluster_to_label, clustering_accuracy, contingency  # noqa: E402
 
@@ -34,11 +34,11 @@ LAYER_NAMES = ("h1 (500)", "h2 (500)", "h3 (2000)", "code", "h5 (2000)", "h6 (50
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.part.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 LOSS_NAMES = {"bce": "binary cross-entropy", "mse": "mean squared error"}

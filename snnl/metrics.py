@@ -11,6 +11,8 @@ clustering (e.g. a single cluster) are reported as None, never NaN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -21,8 +23,23 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
-METRICS = ("acc", "nmi", "ari", "sil", "chs", "dbi")
-HIGHER_IS_BETTER = {"acc": True, "nmi": True, "ari": True, "sil": True, "chs": True, "dbi": False}
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of every table: its key in the records, its title, and how it is printed."""
+
+    name: str
+    title: str
+    decimals: int = 3  # Calinski-Harabasz is in the hundreds or thousands: one decimal
+
+    def format(self, value) -> str:
+        return "n/a" if value is None else f"{value:.{self.decimals}f}"
+
+
+# The paper's order; ``evaluate`` returns these keys, the reports and tables iterate this table.
+METRIC_TABLE = (Metric("acc", "ACC"), Metric("nmi", "NMI"), Metric("ari", "ARI"), Metric("sil", "SIL"),
+                Metric("chs", "CHS", decimals=1), Metric("dbi", "DBI"))
+METRICS = tuple(metric.name for metric in METRIC_TABLE)
 
 
 def _labels(a, name: str) -> np.ndarray:

@@ -3,6 +3,9 @@
 d - 500 - 500 - 2000 - c - 2000 - 500 - 500 - d, ReLU hidden layers.  The
 code and output layers are logistic for the SNNL autoencoder (reconstruction
 scored with binary cross-entropy on [0, 1] pixels) and linear for N2D (MSE).
+A ``"unit"`` code is linear and then scaled to unit length: the label-free
+SNNL presets compare codes by their cosine, so their geometry is the
+sphere's, and k-means on unit codes clusters by that same similarity.
 
 Initialisation (``init``), biases always at zero:
 - ``"he"``: He (Kaiming normal) on the ReLU layers, Xavier uniform on the
@@ -18,7 +21,9 @@ import copy
 import torch
 from torch import nn
 
-ACTIVATIONS = ("sigmoid", "linear")
+CODE_ACTIVATIONS = ("sigmoid", "linear", "unit")
+OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
+UNIT_EPS = 1e-12  # a code of length zero stays zero instead of becoming NaN
 INITS = ("he", "glorot")
 
 
@@ -35,9 +40,10 @@ class Autoencoder(nn.Module):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        for name, value in (("code_activation", code_activation), ("output_activation", output_activation)):
-            if value not in ACTIVATIONS:
-                raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {value!r}")
+        for name, value, allowed in (("code_activation", code_activation, CODE_ACTIVATIONS),
+                                     ("output_activation", output_activation, OUTPUT_ACTIVATIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         for name, value in (("input_dim", input_dim), ("code_dim", code_dim)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -67,6 +73,8 @@ class Autoencoder(nn.Module):
             return torch.relu(x)
         if kind == "sigmoid":
             return torch.sigmoid(x)
+        if kind == "unit":
+            return torch.nn.functional.normalize(x, dim=-1, eps=UNIT_EPS)
         return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

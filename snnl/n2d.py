@@ -49,8 +49,9 @@ from .data import Dataset, load_dataset, train_and_test
 from .manifold import ManifoldConfig, embed
 from .metrics import evaluate
 from .models import encode_in_batches
-from .pipeline import PROJECTIONS, SeedResult, check_output, checkpoint_path, execute
 from .progress import from_verbose
+from .records import SeedResult
+from .runner import PROJECTIONS, check_output, checkpoint_path, execute
 from .train import resolve_device, train_autoencoder, training_seconds
 
 CLUSTERERS = ("gmm", "kmeans")
@@ -232,9 +233,9 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         metrics = evaluate(points, data.y, clusters, device=device, silhouette_sample=config.silhouette_sample,
                            seed=seed)
         seconds["metrics"] = time.perf_counter() - started
-        metrics["manifold_backend"] = manifold_backend
         arrays = {"codes": codes} if keep and not config.raw else {}  # raw: the codes are the inputs
-        return SeedResult(seed, metrics, seconds, history, points if keep else None, clusters if keep else None, arrays)
+        return SeedResult(seed, metrics, seconds, history, points if keep else None, clusters if keep else None, arrays,
+                          backends={"manifold": manifold_backend})
 
     return execute(config, data, run_seed, out_dir, resume=resume, progress=progress)
 
@@ -316,7 +317,11 @@ class N2D(ClusterMixin, BaseEstimator):
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)
 
 
-def score_snapshots(run_dir, *, silhouette_sample: int | None = 10_000, scoring_seeds=None, epochs=None,
+SNAPSHOT_SILHOUETTE_SAMPLE = 10_000  # points the silhouette of a snapshot scoring is estimated on
+
+
+def score_snapshots(run_dir, *, silhouette_sample: int | None = SNAPSHOT_SILHOUETTE_SAMPLE, scoring_seeds=None,
+                    epochs=None,
                     progress=print) -> list[dict]:
     """N2D's metrics on the way through training: every snapshot an
     ``snnl n2d --snapshot-every N`` run keeps (``checkpoints/seedS-epochE.pt``)
@@ -391,3 +396,26 @@ def summarise_scorings(rows: list[dict]) -> list[dict]:
                              "min": float(values.min()), "max": float(values.max())}
         summary.append(entry)
     return summary
+
+
+def write_snapshot_scores(run_dir, output, *, force: bool = False, silhouette_sample: int | None =
+                          SNAPSHOT_SILHOUETTE_SAMPLE, scoring_seeds=None, epochs=None, progress=print) -> dict:
+    """``score_snapshots`` written to the JSON file ``output`` (atomically; an
+    existing file only with ``force``, refused before any scoring), with the
+    per-snapshot summary (``summarise_scorings``) and the environment: the
+    same snapshot scored under other threads or code can move.  Returns the document."""
+    import torch
+
+    from .atomic import write_text
+    from .provenance import environment
+
+    output = Path(output)
+    if output.exists() and not force:
+        raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
+    rows = score_snapshots(run_dir, silhouette_sample=silhouette_sample, scoring_seeds=scoring_seeds, epochs=epochs,
+                           progress=progress)
+    document = {"run": str(run_dir), "silhouette_sample": silhouette_sample,
+                "scoring_seeds": None if scoring_seeds is None else list(scoring_seeds), "snapshots": rows,
+                "by_snapshot": summarise_scorings(rows), "environment": environment(torch.device("cpu"))}
+    write_text(output, json.dumps(document, indent=1) + "\n")
+    return document

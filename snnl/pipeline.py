@@ -4,41 +4,29 @@
     -> encode the test set -> k-means (k = number of classes) -> six metrics
 
 repeated over seeds, aggregated (mean, std, best by ACC), and written to an
-output directory (see ``snnl.report``).  With ``resume=True`` finished seeds
-are read back and an interrupted seed continues from its last checkpoint.
-
-``execute`` is the part every method shares (N2D uses it too): the loop
-over seeds, resuming, aggregation and the output directory.  Under
-torch.distributed (``torchrun``) every process trains; the main process alone
-evaluates and writes.
+output directory, by the runner every method shares (``snnl.runner``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.decomposition import PCA
 
-from . import distributed, outdir, report
-from .checkpoints import previous_path
+from . import distributed
 from .cluster import KMEANS_BACKENDS, PROTOCOLS, kmeans, resolve_kmeans_backend
 from .config import TrainConfig, check_choice, check_device, check_positive_int, check_seeds, preset
 from .data import Dataset, labelled_subset, load_splits
 from .data.catalog import IDX_DATASETS
-from .metrics import METRICS, evaluate
+from .metrics import evaluate
 from .models import encode_in_batches
-from .train import describe_changes, resolve_device, train_autoencoder, training_seconds
-
-PROJECTIONS = ("tsne", "pca", "none")
+from .records import ExperimentResult, SeedResult
+from .runner import PROJECTIONS, check_output, checkpoint_path, execute
+from .train import resolve_device, train_autoencoder, training_seconds
 
 
 @dataclass
@@ -132,42 +120,11 @@ class ExperimentConfig:
         return cls(train=train, **{**data, "seeds": tuple(data.get("seeds", (0,)))})
 
 
-@dataclass
-class SeedResult:
-    seed: int
-    metrics: dict
-    seconds: dict  # wall time per stage
-    history: list[dict]
-    codes: np.ndarray | None = None  # the points that were clustered (kept for the first seed only)
-    clusters: np.ndarray | None = None
-    arrays: dict = field(default_factory=dict)  # more arrays for embeddings.npz (first seed)
-
-
-@dataclass
-class ExperimentResult:
-    config: object
-    seeds: list[SeedResult]
-    labels: np.ndarray
-    summary: dict
-    environment: dict
-    data_files: tuple = ()  # what was read, with SHA-256 digests (snnl.data.sources.check_file)
-
-
-def aggregate(seed_metrics: list[dict]) -> dict:
-    """mean / std / best over seeds for each metric; "best" is the seed with the best ACC."""
-    best_seed = max(range(len(seed_metrics)), key=lambda i: seed_metrics[i]["acc"])
-    summary = {"mean": {}, "std": {}, "best": dict(seed_metrics[best_seed])}
-    for name in METRICS:
-        values = [m[name] for m in seed_metrics if m[name] is not None]
-        summary["mean"][name] = float(np.mean(values)) if values else None
-        summary["std"][name] = float(np.std(values)) if values else None
-    return summary
-
-
 def cluster_and_score(points: np.ndarray, labels: np.ndarray, n_clusters: int, seconds: dict, device, *,
                       backend="auto", protocol="restarts", restarts=10, seed=0,
-                      silhouette_sample=None) -> tuple[np.ndarray, dict]:
-    """k-means on ``points`` and the six metrics, timing both stages into ``seconds``."""
+                      silhouette_sample=None) -> tuple[np.ndarray, dict, str]:
+    """k-means on ``points`` and the six metrics, timing both stages into
+    ``seconds``: (clusters, metrics, the k-means backend that ran)."""
     started = time.perf_counter()
     clustering = kmeans(points, n_clusters, backend=backend, protocol=protocol, n_init=restarts, seed=seed,
                         device=device)
@@ -176,113 +133,7 @@ def cluster_and_score(points: np.ndarray, labels: np.ndarray, n_clusters: int, s
     metrics = evaluate(points, labels, clustering.labels, device=device, silhouette_sample=silhouette_sample,
                        seed=seed)
     seconds["metrics"] = time.perf_counter() - started
-    metrics["kmeans_backend"] = clustering.backend
-    return clustering.labels, metrics
-
-
-def checkpoint_path(out_dir, seed: int) -> Path | None:
-    return Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
-
-
-def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> None:
-    """The main process checks that the run may write into ``out_dir`` (and,
-    resuming, what changes, said on stderr when ``announce``; see
-    ``snnl.outdir``); every process learns the outcome, so that none trains
-    for a run that will not be written."""
-    error = None
-    if distributed.is_main_process():
-        try:
-            stored = outdir.claim(out_dir, resume)
-            if stored is not None:
-                changes = outdir.resume_changes(stored, config)
-                if changes and announce:
-                    print(f"resuming {out_dir} with {describe_changes(changes)}", file=sys.stderr)
-        except (OSError, ValueError) as caught:
-            error = caught
-    failed = distributed.all_reduce_tensor(torch.tensor([0.0 if error is None else 1.0]))
-    if error is not None:
-        raise error
-    if float(failed[0]) > 0:
-        raise RuntimeError(f"the main process refused the output directory {out_dir} (see its message)")
-
-
-def check_output(config, out_dir, resume: bool, *, changes: bool = True) -> None:
-    """Before any data is read or model trained: ``out_dir`` may take this run
-    (``snnl.outdir.check``) and, resuming, ``config`` changes only what a
-    resumed run may (``changes``: when ``config`` is already complete), so
-    that a mistyped path or a changed dataset is named at once."""
-    if out_dir is None:
-        if resume:
-            raise ValueError("resuming needs the output directory of the run to continue (--out)")
-        return
-    if not distributed.is_main_process():  # the main process owns the directory (see _claim_output)
-        return
-    stored = outdir.check(out_dir, resume)
-    if stored is not None and changes:
-        outdir.resume_changes(stored, config)
-
-
-def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
-    """A finished seed is reused when its evaluation options and trained epochs
-    are the current ones; otherwise its stages after training are redone from
-    its last checkpoint, which must then exist."""
-    stored = report.read_seed_record(finished)
-    if stored.get("evaluation") == config.evaluation() and stored.get("trained_epochs") == config.trained_epochs:
-        return True
-    checkpoint = checkpoint_path(out_dir, seed)
-    if config.trained_epochs is not None and not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
-        raise FileNotFoundError(
-            f"seed {seed} must be evaluated again (its options changed) but its checkpoint {checkpoint} is gone; "
-            "resume with the stored options, or start a new --out"
-        )
-    return False
-
-
-def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], out_dir=None, *,
-            resume: bool = False, data_files: tuple = (), progress=True) -> ExperimentResult:
-    """Run ``run_seed(seed, keep_arrays)`` for every seed of ``config`` and collect the results.
-
-    ``data`` is what was clustered (its labels score the clustering; its raw
-    inputs appear in the projection figure); ``data_files`` every file read.
-    With ``out_dir``, the run holds the directory's lock throughout (main process).
-    """
-    main = distributed.is_main_process()
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is None:
-        return _execute(config, data, run_seed, None, resume, data_files, progress)
-    # before the lock: never create a lock file in a refused directory
-    _claim_output(out_dir, config, resume, announce=False)
-    with outdir.locked(out_dir) if main else contextlib.nullcontext():
-        # again, under the lock, where it counts: two runs cannot both pass it
-        _claim_output(out_dir, config, resume, announce=True)
-        if main:
-            report.write_config(out_dir, config)
-        distributed.barrier()
-        return _execute(config, data, run_seed, out_dir, resume, data_files, progress)
-
-
-def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> ExperimentResult:
-    main = distributed.is_main_process()
-    results = []
-    for position, seed in enumerate(config.seeds):
-        first = position == 0  # its arrays and history feed embeddings.npz and the figures
-        finished = out_dir / "seeds" / f"seed{seed}.json" if out_dir is not None else None
-        if resume and not first and finished.is_file() and _reusable(finished, config, out_dir, seed):
-            results.append(report.read_seed(finished))
-            continue
-        result = run_seed(seed, first)
-        if finished is not None and main:
-            report.write_seed(finished, result, config)
-        distributed.barrier()  # evaluation and writing happen on the main process
-        results.append(result)
-    if not main:  # the other processes only trained
-        return ExperimentResult(config, results, data.y, {}, {})
-    summary = aggregate([r.metrics for r in results])
-    experiment = ExperimentResult(config, results, data.y, summary, report.environment(resolve_device(config.device)),
-                                  tuple(data_files or data.files))
-    if out_dir is not None:
-        report.write_experiment(out_dir, experiment, data, progress=progress not in (False, "none"))
-    return experiment
+    return clustering.labels, metrics, clustering.backend
 
 
 def load_train_and_test(config) -> tuple[Dataset, Dataset]:
@@ -319,7 +170,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             codes = pca.transform(test.x).astype(np.float32)
         else:
             checkpoint = checkpoint_path(out_dir, seed)
-            result = train_autoencoder(subset.x, subset.y, config.train, seed=seed, device=device,
+            result = train_autoencoder(subset.x, subset.y, config.train, seed=seed, device=device, image_shape=subset.image_shape,
                                        checkpoint_path=checkpoint, resume=resume, progress=progress)
             history = result.history
             seconds["train"] = training_seconds(history, time.perf_counter() - started)
@@ -328,19 +179,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             started = time.perf_counter()
             codes = encode_in_batches(result.model, test.x).numpy()
         seconds["encode"] = time.perf_counter() - started
-        clusters, metrics = cluster_and_score(
+        clusters, metrics, kmeans_backend = cluster_and_score(
             codes, test.y, test.n_classes, seconds, device, backend=config.kmeans_backend,
             protocol=config.kmeans_protocol, restarts=config.kmeans_restarts, seed=seed,
             silhouette_sample=config.silhouette_sample,
         )
-        return SeedResult(seed, metrics, seconds, history, codes if keep else None, clusters if keep else None)
+        return SeedResult(seed, metrics, seconds, history, codes if keep else None, clusters if keep else None,
+                          backends={"kmeans": kmeans_backend})
 
     return execute(config, test, run_seed, out_dir, resume=resume, data_files=train.files + test.files,
                    progress=progress)
-
-
-def read_metrics(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} the --out directory of a finished run?")
-    return json.loads(path.read_text())

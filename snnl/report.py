@@ -17,119 +17,26 @@ Every file is written to a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import sklearn
-import torch
 
-from . import distributed
+from .atomic import atomic_path, write_text
 from .config import uses_labels
-from .metrics import METRICS
-
-METRIC_TITLES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "sil": "SIL", "chs": "CHS", "dbi": "DBI"}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and its core count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
-def source_commit() -> str | None:
-    """The git commit of the snnl source that is running, ``+dirty`` when its
-    tracked files differ from it; None outside a git checkout (an installed
-    wheel).  The version number alone does not say which code made a result."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
-    try:
-        git = ["git", "-C", str(root)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()
-        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "snnl"], timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "")
-
-
-def thread_counts() -> dict:
-    """The threads each numeric library may use: BLAS's sums (and numba's, in
-    UMAP) can change with them, and UMAP's output with its inputs' last bits."""
-    counts = {"torch_threads": torch.get_num_threads(),
-              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
-    try:
-        from threadpoolctl import threadpool_info
-
-        counts["native_threads"] = [f"{pool['internal_api']} {pool['num_threads']}" for pool in threadpool_info()]
-    except Exception:  # threadpoolctl comes with scikit-learn; its probing is best effort
-        pass
-    if "numba" in sys.modules:  # imported by umap-learn
-        counts["numba_threads"] = sys.modules["numba"].get_num_threads()
-    return counts
-
-
-def environment(device: torch.device) -> dict:
-    from . import __version__
-
-    info = {
-        "snnl": __version__,
-        "snnl_commit": source_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": device_name(device),
-        "cpu_count": os.cpu_count(),
-        **thread_counts(),
-        "world_size": distributed.world_size(),
-        "command": " ".join(["snnl" if Path(sys.argv[0]).name in ("snnl", "cli.py") else Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    for module, key in (("faiss", "faiss"), ("umap", "umap-learn"), ("cuml", "cuml")):
-        # UMAP's output, and N2D's accuracy with it, moves between versions
-        try:
-            info[key] = __import__(module).__version__
-        except Exception:  # absent, or present but unusable (cuML without a GPU)
-            pass
-    return info
+from .metrics import METRIC_TABLE
 
 
 def write_config(out_dir: Path, config) -> None:
-    _atomic_write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2))
+    write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2))
 
 
 def write_seed(path: Path, result, config) -> None:
     """A finished seed, with what it depends on: the evaluation options and the
     epochs trained (``--resume`` reuses it only while both are unchanged)."""
-    _atomic_write_text(
-        path,
-        json.dumps({"seed": result.seed, "metrics": result.metrics, "seconds": result.seconds,
-                    "evaluation": config.evaluation(), "trained_epochs": config.trained_epochs,
-                    "history": result.history}, indent=2),
-    )
+    write_text(path, json.dumps({**result.to_record(), "evaluation": config.evaluation(),
+                                 "trained_epochs": config.trained_epochs}, indent=2))
 
 
 def read_seed_record(path: Path) -> dict:
@@ -139,17 +46,9 @@ def read_seed_record(path: Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({error}): delete it to evaluate that seed again") from None
 
 
-def read_seed(path: Path):
-    from .pipeline import SeedResult
-
-    data = read_seed_record(path)
-    return SeedResult(data["seed"], data["metrics"], data["seconds"], data["history"])
-
-
 def _write_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(f".{path.stem}.part.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        np.savez_compressed(temporary, **arrays)
 
 
 def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False) -> None:
@@ -161,7 +60,8 @@ def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False)
     first = experiment.seeds[0]
     metrics = {
         "config": experiment.config.to_dict(),
-        "seeds": [{"seed": s.seed, "metrics": s.metrics, "seconds": s.seconds} for s in experiment.seeds],
+        "seeds": [{"seed": s.seed, "metrics": s.metrics, "backends": s.backends, "seconds": s.seconds}
+                  for s in experiment.seeds],
         "summary": experiment.summary,
         "environment": experiment.environment,
         "data_files": list(experiment.data_files),
@@ -180,23 +80,19 @@ def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False)
         if progress:
             print(f"figures: done in {metrics['seeds'][0]['seconds']['figures']:.1f} s", file=sys.stderr, flush=True)
         metrics["environment"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # after the last stage
-    _atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-
-
-def _fmt(value, name: str) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.1f}" if name == "chs" else f"{value:.3f}"
+    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def summary_rows(label: list[str], summary: dict, n_seeds: int) -> list[list[str]]:
-    mean = [_fmt(summary["mean"][m], m) + (f" ± {_fmt(summary['std'][m], m)}" if n_seeds > 1 and summary["std"][m] is not None else "") for m in METRICS]
-    best = [_fmt(summary["best"][m], m) for m in METRICS]
+    mean = [m.format(summary["mean"][m.name])
+            + (f" ± {m.format(summary['std'][m.name])}" if n_seeds > 1 and summary["std"][m.name] is not None else "")
+            for m in METRIC_TABLE]
+    best = [m.format(summary["best"][m.name]) for m in METRIC_TABLE]
     return [[*label, f"average ({n_seeds} seed{'s' if n_seeds > 1 else ''})", *mean], [*label, "best", *best]]
 
 
 def markdown_table(rows: list[list[str]], label_columns=("run",)) -> str:
-    header = [*label_columns, "", *(METRIC_TITLES[m] for m in METRICS)]
+    header = [*label_columns, "", *(m.title for m in METRIC_TABLE)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

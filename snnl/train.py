@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from . import checkpoints, distributed
 from .config import TrainConfig
 from .models import Autoencoder
+from .positives import Partners
 from .progress import Progress
 
 CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.checkpoints wraps it)
@@ -42,7 +44,6 @@ RESUMABLE_CHANGES = ("epochs", "loss_backend")
 class TrainResult:
     model: Autoencoder
     history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def training_seconds(history: list[dict], fallback: float) -> float:
@@ -93,8 +94,14 @@ def _progress_fields(config: TrainConfig, reconstruction: float, snnl: float, te
     return fields
 
 
-def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_rows: int | None = None):
+def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_rows: int | None = None,
+               partners: torch.Tensor | None = None):
     """(loss, reconstruction, per-layer SNNL list) for one batch.
+
+    ``partners``: for label-free positives (``config.positives``), each
+    row's partner (``snnl.positives.Partners``): encoded in the same forward
+    pass as the batch (one pass: DistributedDataParallel expects one), its
+    hidden layers paired with the rows' in the two-view form of the loss.
 
     Under torch.distributed every term is this process's share (its rows'
     sum over the global batch's count), so that the shares of all processes
@@ -102,7 +109,10 @@ def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_ro
     ``global_rows`` rows.  In a single process they are the batch means.
     """
     global_rows = len(xb) if global_rows is None else global_rows
-    output, hidden = model(xb)
+    output, hidden = model(xb if partners is None else torch.cat([xb, partners]))
+    if partners is not None:
+        output = output[: len(xb)]
+        hidden, partner_hidden = [h[: len(xb)] for h in hidden], [h[len(xb):] for h in hidden]
     if config.reconstruction_loss == "bce":
         total = F.binary_cross_entropy_with_logits(output.float(), xb.float(), reduction="sum")
     else:
@@ -110,12 +120,18 @@ def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_ro
     reconstruction = total / (global_rows * xb.shape[1])
     if not config.snnl or global_rows < 2:
         return reconstruction, reconstruction, []
-    labels = yb if config.supervised else torch.zeros_like(yb)
+    layers = range(len(hidden)) if config.layers == "all" else [model_code_index(model)]
+    if partners is None:
+        labels = yb if config.supervised else torch.zeros_like(yb)
+        points = [hidden[i] for i in layers]
+    else:  # each row's partner is its one positive: no labels
+        labels = None
+        points = [torch.stack([hidden[i], partner_hidden[i]], 1) for i in layers]
     per_layer = [
         distributed.global_loss_share(
             h, labels, temperature, distance=config.distance, eps=config.eps, backend=config.loss_backend
         )
-        for h in hidden
+        for h in points
     ]
     if config.combine == "sum":
         snnl = torch.stack(per_layer).sum()
@@ -123,6 +139,11 @@ def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_ro
         global_values = distributed.all_reduce_tensor(torch.stack([v.detach() for v in per_layer]))
         snnl = per_layer[int(torch.argmin(global_values))]
     return reconstruction + config.alpha * snnl, reconstruction, per_layer
+
+
+def model_code_index(network) -> int:
+    """The code's position among the hidden layers (through a DistributedDataParallel wrapper too)."""
+    return getattr(network, "module", network).code_index
 
 
 def plateaued(history: list[dict], patience: int | None) -> bool:
@@ -187,12 +208,17 @@ def snapshot_path(checkpoint_path: Path, epochs_done: int) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.stem}-epoch{epochs_done:04d}.pt")
 
 
+def verify_version(checkpoint: dict, source) -> dict:
+    """``checkpoint`` when it holds snnl training state of this layout (the one check of both load paths)."""
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise checkpoints.CheckpointError(f"{source}: not an snnl training checkpoint "
+                                          f"(version {checkpoint.get('version')!r})")
+    return checkpoint
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """A training checkpoint, verified (``snnl.checkpoints.load``)."""
-    checkpoint = checkpoints.load(path, map_location)
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise checkpoints.CheckpointError(f"{path}: not an snnl training checkpoint (version {checkpoint.get('version')!r})")
-    return checkpoint
+    return verify_version(checkpoints.load(path, map_location), path)
 
 
 def model_from_checkpoint(path: str | os.PathLike, map_location="cpu") -> Autoencoder:
@@ -200,6 +226,124 @@ def model_from_checkpoint(path: str | os.PathLike, map_location="cpu") -> Autoen
     model = Autoencoder(**checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model
+
+
+def checkpoint_state(model: Autoencoder, config: TrainConfig, seed: int, epoch: int, optimizer=None,
+                     random_states: dict | None = None, history: list[dict] | None = None) -> dict:
+    """What a checkpoint holds: the model and what made it, and, to resume from
+    it (``optimizer`` given), the optimizer, every random state training draws
+    on and the history.  A snapshot is the first part alone."""
+    state = {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
+             "model_config": model.config(), "model": model.state_dict()}
+    if optimizer is not None:
+        state.update(optimizer=optimizer.state_dict(), rng=random_states, history=history)
+    return state
+
+
+@dataclass
+class _State:
+    """The training state an epoch advances (and a checkpoint restores)."""
+
+    model: Autoencoder
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator
+    partners: Partners | None = None  # label-free positives only
+    history: list[dict] = field(default_factory=list)
+
+    def random_states(self) -> dict:
+        """Every random state training draws on."""
+        states = {"shuffle": self.shuffle.get_state()}
+        if self.partners is not None:
+            states["partners"] = self.partners.generator.get_state()
+        return states
+
+    def set_random_states(self, states: dict) -> None:
+        self.shuffle.set_state(states["shuffle"])
+        if self.partners is not None:
+            self.partners.generator.set_state(states["partners"])
+
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history)
+
+
+def _restore(state: _State, checkpoint_path: Path | None, config: TrainConfig, seed: int, device) -> None:
+    """Continue ``state`` from the checkpoint at ``checkpoint_path`` (or the one
+    before it, when the latest is damaged), if there is one."""
+    if checkpoint_path is None:
+        return
+    checkpoint, source = checkpoints.load_for_resume(checkpoint_path, map_location=device)
+    if checkpoint is None:
+        return
+    verify_version(checkpoint, source)
+    _check_resumable(checkpoint, config, seed, source)
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])  # and its implementation (fused or not) with it
+    state.set_random_states(checkpoint["rng"])
+    state.history = checkpoint["history"]
+
+
+def _save(state: _State, checkpoint_path: Path, config: TrainConfig, seed: int, snapshot_every: int | None) -> None:
+    epoch = state.next_epoch - 1
+    checkpoints.save(checkpoint_state(state.model, config, seed, epoch, state.optimizer, state.random_states(),
+                                      state.history), checkpoint_path)
+    if snapshot_every and (epoch + 1) % snapshot_every == 0:
+        checkpoints.save(checkpoint_state(state.model, config, seed, epoch),
+                         snapshot_path(checkpoint_path, epoch + 1), keep_previous=False)
+
+
+def _run_epoch(state: _State, network, x_all, y_all, epoch: int, config: TrainConfig, temperature: float,
+               device, bars: Progress, checkpoint_path) -> dict:
+    """One pass over the shuffled data; the epoch's record (means over its batches).
+
+    Under torch.distributed each global batch (drawn from the same shuffled
+    order on every process) is split into contiguous slices, one per process:
+    together they are exactly the single-process batch."""
+    world, rank = distributed.world_size(), distributed.rank()
+    epoch_started = time.perf_counter()
+    n_batches = -(-len(x_all) // config.batch_size)
+    order = torch.randperm(len(x_all), generator=state.shuffle)
+    totals, layer_totals, layer_batches, layers, snnl = None, None, 0, [], 0.0
+    for b in bars.batches(epoch, n_batches):
+        global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
+        rows = torch.tensor_split(torch.arange(len(global_index)), world)[rank]  # this process's slice
+        index = global_index[rows]
+        xb = x_all[index].to(device, non_blocking=True)
+        yb = y_all[index].to(device, non_blocking=True)
+        partners = state.partners(global_index, rows, device) if state.partners is not None else None
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
+            loss, reconstruction, per_layer = batch_loss(network, xb, yb, temperature, config, len(global_index),
+                                                         partners)
+        # one collective for the logged values: the global batch's loss terms
+        values = distributed.all_reduce_tensor(torch.stack([loss.detach(), reconstruction.detach(),
+                                                            *(v.detach() for v in per_layer)]).double())
+        if not torch.isfinite(values[0]):
+            raise FloatingPointError(
+                f"{config.name}: the training loss became {values[0].item()} at epoch {epoch + 1}, "
+                f"batch {b + 1}; the last good checkpoint is {checkpoint_path}"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        # DistributedDataParallel averages gradients over processes: scale the
+        # shares so that the average is the gradient of the global batch.
+        (loss * world).backward()
+        state.optimizer.step()
+        totals = values[:2] if totals is None else totals + values[:2]
+        if len(values) > 2:  # a batch of one row has no SNNL
+            layer_totals = values[2:] if layer_totals is None else layer_totals + values[2:]
+            layer_batches += 1
+        layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
+        snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
+        bars.batch_done(_progress_fields(config, values[1].item(), snnl, temperature))
+    means = (totals / n_batches).tolist()
+    return {
+        "epoch": epoch,
+        "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
+        "loss": means[0],
+        "reconstruction": means[1],
+        "snnl": snnl,  # after the last batch: the layers' epoch means, combined
+        "snnl_per_layer": layers,
+        "seconds": time.perf_counter() - epoch_started,
+    }
 
 
 def train_autoencoder(
@@ -212,8 +356,9 @@ def train_autoencoder(
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool | str = True,
-    stop_after_epochs: int | None = None,
     snapshot_every: int | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    image_shape: tuple[int, int] | None = None,
 ) -> TrainResult:
     """Train an autoencoder on ``x`` (labels ``y`` for the supervised SNNL).
 
@@ -223,10 +368,13 @@ def train_autoencoder(
     ``epochs`` or another loss backend; a damaged checkpoint falls back to the
     one before it).  ``progress``: see ``snnl.progress.Progress`` (True:
     bars on a terminal, a line per epoch otherwise; ``"lines"``; False: none).
-    ``stop_after_epochs`` stops early after that many epochs in total, as an
-    interruption would (used to test resuming).  ``snapshot_every``: also keep
-    the model (weights only) after every that many epochs beside the
-    checkpoint, as ``<name>-epochNNNN.pt``, to evaluate training on the way.
+    ``snapshot_every``: also keep the model (weights only) after every that
+    many epochs beside the checkpoint, as ``<name>-epochNNNN.pt``, to evaluate
+    training on the way.  ``on_epoch_end(record)``: called after each epoch
+    (once its checkpoint is written) with the epoch's history record; an
+    exception it raises stops training there, as an interruption would.
+    ``image_shape``: the rows' image shape, for the views of label-free
+    positives (``config.positives``; tabular views without it).
     """
     x = np.asarray(x, dtype=np.float32)
     y = None if y is None else np.asarray(y, dtype=np.int64)
@@ -237,113 +385,42 @@ def train_autoencoder(
     schedule = config.temperature_schedule()
 
     model = _seeded_model(x.shape[1], config, seed, device)
-    optimizer = make_optimizer(model, config)
-    shuffle = torch.Generator().manual_seed(seed)
-    history: list[dict] = []
-    start_epoch = 0
+    partners = None
+    if config.positives != "classes":
+        partners = Partners(config.positives, torch.from_numpy(x), neighbours=config.neighbours, seed=seed,
+                            image_shape=image_shape)
+    state = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(seed), partners)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    checkpoint = None
-    if resume and checkpoint_path is not None:
-        checkpoint, source = checkpoints.load_for_resume(checkpoint_path, map_location=device)
-    if checkpoint is not None:
-        if checkpoint.get("version") != CHECKPOINT_VERSION:
-            raise checkpoints.CheckpointError(f"{source}: not an snnl training checkpoint")
-        _check_resumable(checkpoint, config, seed, source)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])  # and its implementation (fused or not) with it
-        shuffle.set_state(checkpoint["rng"]["shuffle"])
-        history = checkpoint["history"]
-        start_epoch = checkpoint["epoch"] + 1
+    if resume:
+        _restore(state, checkpoint_path, config, seed, device)
+    start_epoch = state.next_epoch
 
-    # Under torch.distributed each global batch (drawn from the same shuffled
-    # order on every process) is split into contiguous slices, one per process:
-    # together they are exactly the single-process batch.
-    world, rank = distributed.world_size(), distributed.rank()
     main = distributed.is_main_process()
     network = model
-    if world > 1:
+    if distributed.world_size() > 1:
         network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     x_all = torch.from_numpy(x)
     y_all = torch.from_numpy(y) if y is not None else torch.zeros(len(x), dtype=torch.int64)
-    n_batches = -(-len(x) // config.batch_size)
-    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs, stop_after_epochs)
-    if plateaued(history, config.patience):
-        last_epoch = start_epoch  # a resumed run that had already stopped early
-    report = Progress(progress if main else False, config.name, start_epoch, config.epochs)
-    started = time.perf_counter()
+    last_epoch = start_epoch if plateaued(state.history, config.patience) else config.epochs  # stopped early before
+    bars = Progress(progress if main else False, config.name, start_epoch, config.epochs)
     model.train()
     try:
         for epoch in range(start_epoch, last_epoch):
             temperature = schedule(epoch)
-            epoch_started = time.perf_counter()
-            order = torch.randperm(len(x), generator=shuffle)
-            totals, layer_totals, layer_batches = None, None, 0
-            for b in report.batches(epoch, n_batches):
-                global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
-                index = torch.tensor_split(global_index, world)[rank]
-                xb = x_all[index].to(device, non_blocking=True)
-                yb = y_all[index].to(device, non_blocking=True)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
-                    loss, reconstruction, per_layer = batch_loss(network, xb, yb, temperature, config, len(global_index))
-                # one collective for the logged values: the global batch's loss terms
-                values = distributed.all_reduce_tensor(torch.stack([loss.detach(), reconstruction.detach(),
-                                                                    *(v.detach() for v in per_layer)]).double())
-                if not torch.isfinite(values[0]):
-                    raise FloatingPointError(
-                        f"{config.name}: the training loss became {values[0].item()} at epoch {epoch + 1}, "
-                        f"batch {b + 1}; the last good checkpoint is {checkpoint_path}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                # DistributedDataParallel averages gradients over processes: scale the
-                # shares so that the average is the gradient of the global batch.
-                (loss * world).backward()
-                optimizer.step()
-                totals = values[:2] if totals is None else totals + values[:2]
-                if len(values) > 2:  # a batch of one row has no SNNL
-                    layer_totals = values[2:] if layer_totals is None else layer_totals + values[2:]
-                    layer_batches += 1
-                layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
-                snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
-                report.batch_done(_progress_fields(config, values[1].item(), snnl, temperature))
-            means = (totals / n_batches).tolist()
-            record = {
-                "epoch": epoch,
-                "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
-                "loss": means[0],
-                "reconstruction": means[1],
-                "snnl": snnl,  # after the last batch: the layers' epoch means, combined
-                "snnl_per_layer": layers,
-                "seconds": time.perf_counter() - epoch_started,
-            }
-            history.append(record)
-            report.epoch_done(epoch, {"loss": f"{record['loss']:.4f}",
-                                      **_progress_fields(config, record["reconstruction"], record["snnl"], temperature)},
-                              record["seconds"])
+            record = _run_epoch(state, network, x_all, y_all, epoch, config, temperature, device, bars,
+                                checkpoint_path)
+            state.history.append(record)
+            bars.epoch_done(epoch, {"loss": f"{record['loss']:.4f}",
+                                    **_progress_fields(config, record["reconstruction"], record["snnl"], temperature)},
+                            record["seconds"])
             if checkpoint_path is not None and main:
-                checkpoints.save(
-                    {
-                        "version": CHECKPOINT_VERSION,
-                        "epoch": epoch,
-                        "seed": seed,
-                        "config": config.to_dict(),
-                        "model_config": model.config(),
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "rng": {"shuffle": shuffle.get_state()},  # the only random state training draws on
-                        "history": history,
-                    },
-                    checkpoint_path,
-                )
-                if snapshot_every and (epoch + 1) % snapshot_every == 0:
-                    checkpoints.save(
-                        {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
-                         "model_config": model.config(), "model": model.state_dict()},
-                        snapshot_path(checkpoint_path, epoch + 1), keep_previous=False,
-                    )
-            if plateaued(history, config.patience):
-                report.note(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
+                _save(state, checkpoint_path, config, seed, snapshot_every)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if plateaued(state.history, config.patience):
+                bars.note(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
                 break
     finally:
-        report.close()  # also on an interruption: its message then starts on a line of its own
+        bars.close()  # also on an interruption: its message then starts on a line of its own
     distributed.barrier()  # the last checkpoint is on disk before anyone reads it
-    return TrainResult(model, history, time.perf_counter() - started)
+    return TrainResult(model, state.history)

@@ -130,12 +130,19 @@ def test_without_process_group_it_is_the_ordinary_loss():
 TRAIN = dict(hidden=(16, 16, 32), code_dim=4, epochs=2, batch_size=33)
 
 
+# the paper's SNNL both ways of combining layers, and label-free SNNL, whose
+# partners (tabular views of neighbours) every process must draw alike
+TRAINED = {"sum": ("snnl-5", {"combine": "sum"}), "min": ("snnl-5", {"combine": "min"}),
+           "label-free": ("snnl-neighbour-views", {})}
+
+
 def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
     _init(rank, rendezvous)
     rng = np.random.default_rng(0)
     x = rng.random((100, 12), dtype=np.float32)
     y = rng.integers(0, 4, 100)
-    config = preset("snnl-5", combine=combine, **TRAIN)
+    name, options = TRAINED[combine]
+    config = preset(name, **options, **TRAIN)
     result = train_autoencoder(x, y, config, seed=5, device="cpu", progress=False,
                                checkpoint_path=f"{out}/checkpoint.pt")
     if rank == 0:
@@ -143,14 +150,15 @@ def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("combine", ["sum", "min"])
+@pytest.mark.parametrize("combine", TRAINED)
 def test_ddp_training_follows_single_process_training(tmp_path, combine):
     mp.spawn(_train_worker, args=(str(tmp_path / "rdv"), str(tmp_path), combine), nprocs=WORLD)
     trained = torch.load(tmp_path / "trained.pt")
     rng = np.random.default_rng(0)
     x = rng.random((100, 12), dtype=np.float32)
     y = rng.integers(0, 4, 100)
-    single = train_autoencoder(x, y, preset("snnl-5", combine=combine, **TRAIN), seed=5, device="cpu", progress=False)
+    name, options = TRAINED[combine]
+    single = train_autoencoder(x, y, preset(name, **options, **TRAIN), seed=5, device="cpu", progress=False)
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(trained["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
     for a, b in zip(trained["history"], single.history):

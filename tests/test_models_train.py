@@ -12,6 +12,21 @@ from snnl.train import batch_loss, load_checkpoint, model_from_checkpoint, train
 SMALL = dict(hidden=(32, 32, 64), code_dim=8, epochs=3, batch_size=64)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def train_interrupted(x, y, config, epochs: int, **options):
+    """Training stopped after ``epochs`` epochs (their checkpoints written), as an interruption would."""
+
+    def stop(record):
+        if record["epoch"] + 1 == epochs:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train_autoencoder(x, y, config, progress=False, on_epoch_end=stop, **options)
+
+
 def digits_subset(n=256):
     return labelled_subset(load_dataset("digits", "train"), n, 0)
 
@@ -99,23 +114,21 @@ def test_resume_equals_uninterrupted(tmp_path):
     data = digits_subset()
     config = preset("snnl-5", **SMALL)
     full = train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "a.pt")
-    train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "b.pt",
-                      stop_after_epochs=1)
+    train_interrupted(data.x, data.y, config, 1, seed=3, checkpoint_path=tmp_path / "b.pt")
     assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 0
     resumed = train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "b.pt",
                                 resume=True)
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    assert not list(tmp_path.glob(".*part"))
+    assert not list(tmp_path.glob(".*.part*"))  # no temporary file left behind
     reloaded = model_from_checkpoint(tmp_path / "b.pt")
     torch.testing.assert_close(reloaded.encode(torch.from_numpy(data.x)), full.model.encode(torch.from_numpy(data.x)))
 
 
 def test_resume_refuses_a_different_configuration_naming_each_field(tmp_path):
     data = digits_subset(128)
-    train_autoencoder(data.x, data.y, preset("snnl-5", **SMALL), seed=0, progress=False,
-                      checkpoint_path=tmp_path / "c.pt", stop_after_epochs=1)
+    train_interrupted(data.x, data.y, preset("snnl-5", **SMALL), 1, seed=0, checkpoint_path=tmp_path / "c.pt")
     with pytest.raises(ValueError, match=r"trained with other options \(name: 'snnl-5' -> 'snnl-1'; "
                                          r"temperature: 'annealing' -> 'fixed'\)"):
         train_autoencoder(data.x, data.y, preset("snnl-1", **SMALL), seed=0, progress=False,
@@ -147,7 +160,7 @@ def test_damaged_checkpoints_are_named_and_the_previous_one_is_used(tmp_path):
     data = digits_subset(128)
     config = preset("snnl-5", **SMALL)
     path = tmp_path / "seed0.pt"
-    train_autoencoder(data.x, data.y, config, seed=0, progress=False, checkpoint_path=path, stop_after_epochs=2)
+    train_interrupted(data.x, data.y, config, 2, seed=0, checkpoint_path=path)
     assert load_checkpoint(previous_path(path))["epoch"] == 0 and load_checkpoint(path)["epoch"] == 1
     intact = path.read_bytes()
     for damage in (b"", intact[: len(intact) // 2], intact[:-5000] + bytes(5000)):  # empty, cut off, flipped bytes
@@ -231,3 +244,64 @@ def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
     last = model_from_checkpoint(snapshot_path(checkpoint, 4))
     for a, b in zip(last.state_dict().values(), result.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- label-free SNNL
+
+LABEL_FREE = [name for name in PRESETS if PRESETS[name].positives != "classes"]
+
+
+@pytest.mark.parametrize("name", LABEL_FREE)
+def test_no_label_reaches_label_free_training(name):
+    """The same seed with the true labels, permuted labels and no labels gives bitwise the same codes."""
+    data = digits_subset(200)
+    config = preset(name, **{**SMALL, "epochs": 2})
+    permuted = np.random.default_rng(1).permutation(data.y)
+    codes = [encode_in_batches(train_autoencoder(data.x, labels, config, seed=4, progress=False,
+                                                 image_shape=data.image_shape).model, data.x)
+             for labels in (data.y, permuted, None)]
+    assert not np.array_equal(permuted, data.y)
+    for other in codes[1:]:
+        assert torch.equal(codes[0], other)
+    # and the partners matter: a different seed trains differently
+    again = train_autoencoder(data.x, None, config, seed=5, progress=False, image_shape=data.image_shape)
+    assert not torch.equal(codes[0], encode_in_batches(again.model, data.x))
+
+
+def test_label_free_estimator_ignores_y():
+    from snnl.estimator import SNNLKMeans
+
+    data = digits_subset(200)
+    fitted = [SNNLKMeans(10, config="snnl-neighbour-views", epochs=2, random_state=0, verbose=False,
+                         image_shape=data.image_shape).fit(data.x, labels).labels_
+              for labels in (data.y, None)]
+    assert np.array_equal(*fitted)
+
+
+def test_label_free_resume_equals_uninterrupted(tmp_path):
+    # the partners' random state travels in the checkpoint
+    data = digits_subset(200)
+    config = preset("snnl-neighbour-views", **SMALL)
+    full = train_autoencoder(data.x, None, config, seed=2, progress=False, image_shape=data.image_shape)
+    train_interrupted(data.x, None, config, 1, seed=2, checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
+    resumed = train_autoencoder(data.x, None, config, seed=2, progress=False, checkpoint_path=tmp_path / "c.pt",
+                                resume=True, image_shape=data.image_shape)
+    for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_label_free_positives_refuse_labels_and_the_pca_baseline():
+    with pytest.raises(ValueError, match="positives='views' is label-free SNNL: it needs snnl=True and supervised=False"):
+        TrainConfig(positives="views")
+    with pytest.raises(ValueError, match="is label-free SNNL"):
+        TrainConfig(positives="neighbours", supervised=False, snnl=False)
+    with pytest.raises(ValueError, match="positives must be one of"):
+        TrainConfig(positives="pseudo", supervised=False)
+    assert not any(PRESETS[name].uses_labels for name in LABEL_FREE)
+
+
+def test_label_free_run_trains_on_the_whole_training_set():
+    from snnl.pipeline import ExperimentConfig
+
+    for name in LABEL_FREE:
+        assert ExperimentConfig(dataset="fashion-mnist", train=preset(name)).labelled_count() is None

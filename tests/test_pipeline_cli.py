@@ -125,10 +125,10 @@ def test_environment_names_the_code_that_ran():
     import subprocess
     from pathlib import Path
 
-    from snnl import report
+    from snnl import provenance
 
-    root = Path(report.__file__).resolve().parent.parent
-    recorded = report.environment(torch.device("cpu"))["snnl_commit"]
+    root = Path(provenance.__file__).resolve().parent.parent
+    recorded = provenance.environment(torch.device("cpu"))["snnl_commit"]
     if not (root / ".git").exists():
         assert recorded is None  # an installed copy: no commit to name
         return

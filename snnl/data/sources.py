@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
 
+from ..atomic import atomic_path
 from .catalog import IdxDataset, RemoteFile, known_files
 
 SYSTEM_DIRS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
@@ -161,35 +161,24 @@ def verify(path: Path, remote: RemoteFile) -> None:
             raise ChecksumError(f"{remote.name}: {algorithm} mismatch (expected {expected})")
 
 
-def _atomic_target(target: Path):
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    return Path(tmp)
-
-
 def download(remote: RemoteFile, target: Path, *, timeout: float = 60.0, progress=None) -> Path:
     """Fetch ``remote`` to ``target`` (atomically), trying each mirror in turn."""
     errors = []
     for url in remote.urls:
-        tmp = _atomic_target(target)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-                while True:
-                    block = response.read(1 << 20)
-                    if not block:
-                        break
-                    out.write(block)
-                    if progress is not None:
-                        progress(len(block))
-            verify(tmp, remote)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+                    while True:
+                        block = response.read(1 << 20)
+                        if not block:
+                            break
+                        out.write(block)
+                        if progress is not None:
+                            progress(len(block))
+                verify(tmp, remote)
             return target
         except (OSError, ValueError) as error:  # URLError, timeouts and ChecksumError are OSErrors
             errors.append(f"{url}: {error}")
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     raise OSError(f"could not download {remote.name}:\n  " + "\n  ".join(errors))
 
 
@@ -211,13 +200,8 @@ def download_dataset(spec: IdxDataset, *, timeout: float = 60.0) -> Path:
             target = target_dir / name
             if target.is_file():
                 continue
-            tmp = _atomic_target(target)
-            try:
-                with zf.open(f"{spec.archive_member_dir}/{name}") as src, open(tmp, "wb") as out:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-                os.replace(tmp, target)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            with atomic_path(target) as tmp, zf.open(f"{spec.archive_member_dir}/{name}") as src, \
+                    open(tmp, "wb") as out:
+                while block := src.read(1 << 20):
+                    out.write(block)
     return target_dir
