@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 
-
-def _device(name: str) -> torch.device:
-    from .config import check_device
+def _device(name: str):
     from .train import resolve_device
+    from .validate import device
 
-    return resolve_device(check_device(name))
+    return resolve_device(device(name))
 
 
 def cmd_loss(args) -> int:
@@ -99,44 +97,49 @@ def _stored(args, method: str) -> dict | None:
     return stored
 
 
-# command-line option -> configuration field
+# command-line option (argparse's dest) -> configuration field, per configuration class;
+# tests/test_run_config.py checks that each side names a real option and field
 SHARED_OPTIONS = {"dataset": "dataset", "seeds": "seeds", "kmeans_backend": "kmeans_backend", "device": "device",
                   "data_dir": "data_dir", "download": "download", "blobs": "dataset_options",
                   "projection": "projection", "silhouette_sample": "silhouette_sample"}
 TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "init": "init",
                  "adam_eps": "adam_eps"}
+RUN_OPTIONS = {**SHARED_OPTIONS, "labelled": "labelled", "kmeans_protocol": "kmeans_protocol",
+               "kmeans_restarts": "kmeans_restarts"}
+RUN_TRAIN_OPTIONS = {**TRAIN_OPTIONS, "alpha": "alpha", "code_dim": "code_dim", "loss_backend": "loss_backend",
+                     "amp": "amp"}
+N2D_OPTIONS = {**SHARED_OPTIONS, "n_clusters": "n_clusters", "cluster": "cluster", "codes_from": "codes_from",
+               "raw": "raw", "snapshot_every": "snapshot_every"}
+N2D_TRAIN_OPTIONS = {**TRAIN_OPTIONS, "patience": "patience"}
+MANIFOLD_OPTIONS = {"manifold": "method", "umap_neighbors": "umap_neighbors", "umap_min_dist": "umap_min_dist",
+                    "umap_backend": "umap_backend", "umap_fit_sample": "fit_sample"}
 
 
 def experiment_from_args(args):
     import dataclasses
 
     from .config import preset
-    from .pipeline import ExperimentConfig
+    from .run_config import ExperimentConfig
 
     stored = _stored(args, "snnl")
     base = ExperimentConfig.from_dict(stored) if stored else ExperimentConfig()
     # a preset's name starts from the preset, unless it is the stored run's own
     train = base.train if args.config in (None, base.train.name) else preset(args.config)
-    train = train.replace(**_given(args, {**TRAIN_OPTIONS, "alpha": "alpha", "code_dim": "code_dim",
-                                          "loss_backend": "loss_backend", "amp": "amp"}))
-    fields = _given(args, {**SHARED_OPTIONS, "labelled": "labelled", "kmeans_protocol": "kmeans_protocol",
-                           "kmeans_restarts": "kmeans_restarts"})
+    train = train.replace(**_given(args, RUN_TRAIN_OPTIONS))
+    fields = _given(args, RUN_OPTIONS)
     return dataclasses.replace(base, train=train, **fields)
 
 
 def n2d_from_args(args):
     import dataclasses
 
-    from .n2d import N2DConfig
+    from .run_config import N2DConfig
 
     stored = _stored(args, "n2d")
     base = N2DConfig.from_dict(stored) if stored else N2DConfig()
-    autoencoder = base.autoencoder.replace(**_given(args, {**TRAIN_OPTIONS, "patience": "patience"}))
-    manifold = dataclasses.replace(base.manifold, **_given(args, {
-        "manifold": "method", "umap_neighbors": "umap_neighbors", "umap_min_dist": "umap_min_dist",
-        "umap_backend": "umap_backend", "umap_fit_sample": "fit_sample"}))
-    fields = _given(args, {**SHARED_OPTIONS, "n_clusters": "n_clusters", "cluster": "cluster",
-                           "codes_from": "codes_from", "raw": "raw", "snapshot_every": "snapshot_every"})
+    autoencoder = base.autoencoder.replace(**_given(args, N2D_TRAIN_OPTIONS))
+    manifold = dataclasses.replace(base.manifold, **_given(args, MANIFOLD_OPTIONS))
+    fields = _given(args, N2D_OPTIONS)
     return dataclasses.replace(base, autoencoder=autoencoder, manifold=manifold, **fields)
 
 
@@ -164,7 +167,7 @@ def _print_result(result, out) -> int:
 def _announce(args, config, header: str, *, changes: bool = True) -> None:
     """The run's header, once its options, the packages it needs and its
     output directory have passed their checks (before any data is read)."""
-    from .pipeline import check_output
+    from .runner import check_output
 
     config.check_dependencies()
     check_output(config, args.out, args.resume, changes=changes)
@@ -268,15 +271,13 @@ def _default(cls, name: str):
 def build_parser() -> argparse.ArgumentParser:
     """Every option defaults to "not given" (None): a new run takes the
     configuration classes' defaults, a resumed one its stored configuration."""
-    from .cluster import KMEANS_BACKENDS, PROTOCOLS
+    # choices and defaults from their one source, none of which imports torch: --help answers at once
+    from . import choices
     from .config import PRESETS
-    from .data import dataset_names
-    from .loss.registry import CHOICES as LOSS_BACKENDS
-    from .loss.validation import DISTANCES
-    from .manifold import MANIFOLDS, UMAP_BACKENDS, ManifoldConfig
-    from .n2d import CLUSTERERS, SNAPSHOT_SILHOUETTE_SAMPLE, N2DConfig
-    from .pipeline import ExperimentConfig
-    from .runner import PROJECTIONS
+    from .data.catalog import dataset_names
+    from .run_config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, ManifoldConfig, N2DConfig
+
+    run_training = _default(ExperimentConfig, ExperimentConfig.TRAINING_FIELD)
 
     parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,24 +286,28 @@ def build_parser() -> argparse.ArgumentParser:
         """Options `snnl run` and `snnl n2d` share (``of_preset``: where the
         training defaults come from, when not from ``cls`` itself)."""
         parser.add_argument("--dataset", choices=dataset_names(), help=f"(default: {_default(cls, 'dataset')})")
-        parser.add_argument("--seeds", type=_seeds, help="comma-separated, distinct, e.g. 0,1,2,3 (default: 0)")
+        parser.add_argument("--seeds", type=_seeds, help="comma-separated, distinct, e.g. 0,1,2,3 "
+                                                         f"(default: {','.join(map(str, _default(cls, 'seeds')))})")
         parser.add_argument("--out", help="write metrics.json, embeddings.npz, checkpoints and figures here: a new or "
                                           "empty directory, or this run's own with --resume")
         parser.add_argument("--resume", action="store_true",
                             help="continue the run in --out where it stopped; options left out keep their stored "
                                  "values; only options of the stages after training, --epochs (more) and the seeds "
                                  "may change")
-        training = cls().train  # the default run's training configuration
+        training = _default(cls, cls.TRAINING_FIELD)  # the default run's training configuration
         parser.add_argument("--epochs", type=int, help=f"training epochs (default: {training.epochs}{of_preset})")
         parser.add_argument("--batch-size", type=int, help="the global batch, split across torchrun processes "
                                                            f"(default: {training.batch_size})")
         parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default: {training.learning_rate:g})")
-        parser.add_argument("--init", choices=["he", "glorot"],
-                            help="weight initialisation (default: he; N2D: glorot, as Keras)")
-        parser.add_argument("--adam-eps", type=float, help="Adam's epsilon (default 1e-8; N2D: 1e-7, as Keras)")
-        parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
-        parser.add_argument("--kmeans-backend", choices=KMEANS_BACKENDS, help="(default: auto)")
-        parser.add_argument("--projection", choices=PROJECTIONS,
+        parser.add_argument("--init", choices=choices.INITS,
+                            help=f"weight initialisation (default: {run_training.init}; N2D: {N2D_AUTOENCODER.init}, "
+                                 "as Keras)")
+        parser.add_argument("--adam-eps", type=float, help=f"Adam's epsilon (default {run_training.adam_eps:g}; "
+                                                            f"N2D: {N2D_AUTOENCODER.adam_eps:g}, as Keras)")
+        parser.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {_default(cls, 'device')})")
+        parser.add_argument("--kmeans-backend", choices=choices.KMEANS_BACKENDS,
+                            help=f"(default: {_default(cls, 'kmeans_backend')})")
+        parser.add_argument("--projection", choices=choices.PROJECTIONS,
                             help=f"2-D projection in figures/projection.png (default: {_default(cls, 'projection')})")
         parser.add_argument("--silhouette-sample", type=int,
                             help="estimate the silhouette on this many points, >= 2 (default: exact, O(n^2))")
@@ -315,16 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train, encode the test set, k-means, metrics (Agarap & Azcarraga)")
     add_shared(run, ExperimentConfig, of_preset=", the preset's")
     run.add_argument("--config", choices=list(PRESETS),
-                     help="a preset of the paper's Table I, or a baseline (default: snnl-5)")
+                     help=f"a preset of the paper's Table I, a label-free one, or a baseline "
+                          f"(default: {run_training.name})")
     run.add_argument("--labelled", type=_labelled,
                      help="labelled training examples, or 'all' (default: the paper's: 10,000 for MNIST and "
                           "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)")
-    run_training = ExperimentConfig().train
     run.add_argument("--alpha", type=float, help=f"weight of the SNNL term (default: {run_training.alpha:g})")
     run.add_argument("--code-dim", type=int, help=f"width of the code layer (default: {run_training.code_dim})")
-    run.add_argument("--loss-backend", choices=LOSS_BACKENDS, help="(default: auto)")
+    run.add_argument("--loss-backend", choices=choices.LOSS_BACKENDS, help=f"(default: {run_training.loss_backend})")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    run.add_argument("--kmeans-protocol", choices=PROTOCOLS, help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})")
+    run.add_argument("--kmeans-protocol", choices=choices.KMEANS_PROTOCOLS, help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})")
     run.add_argument("--kmeans-restarts", type=int, help=f"(default: {_default(ExperimentConfig, 'kmeans_restarts')})")
     run.set_defaults(func=cmd_run)
 
@@ -334,13 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     n2d.add_argument("--codes-from", help="cluster the test codes of this `snnl run --out` directory instead")
     n2d.add_argument("--raw", action="store_true",
                      help="no autoencoder: the manifold learner and clustering on the inputs (N2D's Table 1 baseline)")
-    n2d.add_argument("--manifold", choices=MANIFOLDS, help=f"(default: {ManifoldConfig.method})")
-    n2d.add_argument("--cluster", choices=CLUSTERERS, help=f"(default: {_default(N2DConfig, 'cluster')})")
+    n2d.add_argument("--manifold", choices=choices.MANIFOLDS, help=f"(default: {ManifoldConfig.method})")
+    n2d.add_argument("--cluster", choices=choices.CLUSTERERS, help=f"(default: {_default(N2DConfig, 'cluster')})")
     n2d.add_argument("--n-clusters", type=int, help="at least 2 (default: the number of classes)")
     n2d.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
     n2d.add_argument("--umap-neighbors", type=int, help=f"at least 2 (default: {ManifoldConfig.umap_neighbors})")
     n2d.add_argument("--umap-min-dist", type=float, help=f"(default: {ManifoldConfig.umap_min_dist})")
-    n2d.add_argument("--umap-backend", choices=UMAP_BACKENDS, help="(default: auto)")
+    n2d.add_argument("--umap-backend", choices=choices.UMAP_BACKENDS, help=f"(default: {ManifoldConfig.umap_backend})")
     n2d.add_argument("--umap-fit-sample", type=int, help="fit UMAP on this many points, transform the rest")
     n2d.add_argument("--snapshot-every", type=int,
                      help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)")
@@ -386,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--dim", type=int, default=70, help="their dimension")
     loss.add_argument("--classes", type=int, default=10, help="labels drawn uniformly from this many classes")
     loss.add_argument("--temperature", type=float, default=0.5, help="T")
-    loss.add_argument("--distance", choices=DISTANCES, default=DISTANCES[0], help="the pair distance")
+    loss.add_argument("--distance", choices=choices.DISTANCES, default=choices.DISTANCES[0], help="the pair distance")
     loss.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     loss.add_argument("--seed", type=int, default=0, help="of the random batch")
     loss.set_defaults(func=cmd_loss)

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-KMEANS_BACKENDS = ("auto", "sklearn", "faiss")
-PROTOCOLS = ("restarts", "paper")
+from . import validate
+from .choices import KMEANS_BACKENDS
+from .choices import KMEANS_PROTOCOLS as PROTOCOLS
+
 PAPER_ITERATIONS = tuple(range(10, 100, 10))
 
 
@@ -77,8 +79,7 @@ def _as_numpy(x) -> tuple[np.ndarray, bool]:
 def _check(x: np.ndarray, n_clusters: int) -> None:
     if x.ndim != 2:
         raise ValueError(f"k-means needs a 2-D array, got shape {x.shape}")
-    if isinstance(n_clusters, bool) or int(n_clusters) != n_clusters or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
+    validate.integer("n_clusters", n_clusters)
     if len(x) < n_clusters:
         raise ValueError(f"cannot make {n_clusters} clusters of {len(x)} points")
     if not np.isfinite(x).all():

@@ -25,8 +25,6 @@ presets declare that they need ``y`` (estimator tags).
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -35,21 +33,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .cluster import KMEANS_BACKENDS, kmeans, resolve_kmeans_backend
-from .config import PRESETS, check_device, preset
+from . import choices, validate
+from .cluster import kmeans, resolve_kmeans_backend
+from .config import PRESETS, preset
 from .models import encode_in_batches
 from .progress import from_verbose
 from .train import train_autoencoder
 
 UNLABELLED = -1
-
-
-def check_int_param(name: str, value, minimum: int, *, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def check_labels(y, n_rows: int) -> np.ndarray:
@@ -145,12 +136,11 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _check_params(self):
         """Every parameter, before any work (scikit-learn checks them in fit)."""
         config = self._train_config()
-        check_int_param("n_clusters", self.n_clusters, 1, allow_none=True)
-        check_int_param("n_init", self.n_init, 1)
-        if self.kmeans_backend not in KMEANS_BACKENDS:
-            raise ValueError(f"kmeans_backend must be one of {KMEANS_BACKENDS}; got {self.kmeans_backend!r}")
+        validate.integer("n_clusters", self.n_clusters, 1, allow_none=True)
+        validate.integer("n_init", self.n_init, 1)
+        validate.choice("kmeans_backend", self.kmeans_backend, choices.KMEANS_BACKENDS)
         resolve_kmeans_backend(self.kmeans_backend)
-        check_device(self.device)
+        validate.device(self.device)
         from_verbose(self.verbose)
         return config
 

@@ -140,7 +140,7 @@ def write_all(directory: Path, experiment, data) -> None:
     first = experiment.seeds[0]
     config = experiment.config
     title = f"{config.dataset}, {config.label}, seed {first.seed}"
-    training_curves(first.history, directory / "training.png", title, config.train.reconstruction_loss)
+    training_curves(first.history, directory / "training.png", title, config.training.reconstruction_loss)
     projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
                 seed=first.seed, points_name=points_name(config))
     confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)

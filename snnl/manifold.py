@@ -9,62 +9,10 @@ at most 3 components, so it embeds in 2 by default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-MANIFOLDS = ("umap", "isomap", "tsne", "none")
-UMAP_BACKENDS = ("auto", "cuml", "umap-learn")
-
-
-@dataclass(frozen=True)
-class ManifoldConfig:
-    method: str = "umap"
-    n_components: int | None = None  # None: the number of clusters (t-SNE: 2)
-    umap_neighbors: int = 20
-    umap_min_dist: float = 0.0
-    umap_metric: str = "euclidean"
-    umap_backend: str = "auto"
-    isomap_neighbors: int = 5
-    # UMAP on large data: fit on a seeded sample of this many points, then
-    # transform the rest (UMAP's cost grows faster than linearly)
-    fit_sample: int | None = None
-
-    def __post_init__(self):
-        from .config import check_positive_int
-
-        if self.method not in MANIFOLDS:
-            raise ValueError(f"manifold must be one of {MANIFOLDS}, got {self.method!r}")
-        if self.umap_backend not in UMAP_BACKENDS:
-            raise ValueError(f"UMAP backend must be one of {UMAP_BACKENDS}, got {self.umap_backend!r}")
-        check_positive_int("n_components", self.n_components, allow_none=True)
-        # UMAP's nearest-neighbour graph needs at least 2 neighbours (umap-learn
-        # fails only after the autoencoder has trained otherwise)
-        check_positive_int("umap_neighbors", self.umap_neighbors, 2)
-        check_positive_int("isomap_neighbors", self.isomap_neighbors, 1)
-        if not (isinstance(self.umap_min_dist, (int, float)) and 0.0 <= self.umap_min_dist):
-            raise ValueError(f"umap_min_dist must be a number >= 0, got {self.umap_min_dist!r}")
-        check_positive_int("fit_sample", self.fit_sample, self.umap_neighbors + 1, allow_none=True)
-        if self.method == "tsne" and self.n_components is not None and self.n_components > 3:
-            raise ValueError("t-SNE (Barnes-Hut) embeds in at most 3 dimensions; set n_components <= 3")
-
-    def check_dependencies(self) -> None:
-        """The packages ``embed`` will need, before any work starts."""
-        if self.method == "umap":
-            resolve_umap_backend(self.umap_backend)
-
-    def check_data(self, n_points: int) -> None:
-        """What depends on the number of points to embed."""
-        neighbors = {"umap": self.umap_neighbors, "isomap": self.isomap_neighbors}.get(self.method)
-        if neighbors is not None and neighbors >= n_points:
-            raise ValueError(f"{self.method} with {neighbors} neighbours needs more than {neighbors} points; "
-                             f"there are {n_points}")
-
-    def components(self, n_clusters: int) -> int:
-        if self.n_components is not None:
-            return self.n_components
-        return 2 if self.method == "tsne" else n_clusters
+from .run_config import ManifoldConfig
 
 
 def cuml_status() -> tuple[bool, str]:

@@ -21,10 +21,10 @@ import copy
 import torch
 from torch import nn
 
-CODE_ACTIVATIONS = ("sigmoid", "linear", "unit")
-OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
+from . import validate
+from .choices import CODE_ACTIVATIONS, INITS, OUTPUT_ACTIVATIONS
+
 UNIT_EPS = 1e-12  # a code of length zero stays zero instead of becoming NaN
-INITS = ("he", "glorot")
 
 
 class Autoencoder(nn.Module):
@@ -40,15 +40,11 @@ class Autoencoder(nn.Module):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        for name, value, allowed in (("code_activation", code_activation, CODE_ACTIVATIONS),
-                                     ("output_activation", output_activation, OUTPUT_ACTIVATIONS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name, value in (("input_dim", input_dim), ("code_dim", code_dim)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.input_dim, self.code_dim = int(input_dim), int(code_dim)
-        self.hidden = tuple(int(h) for h in hidden)
+        validate.choice("code_activation", code_activation, CODE_ACTIVATIONS)
+        validate.choice("output_activation", output_activation, OUTPUT_ACTIVATIONS)
+        self.input_dim = validate.integer("input_dim", input_dim)
+        self.code_dim = validate.integer("code_dim", code_dim)
+        self.hidden = tuple(validate.integer("hidden width", h) for h in hidden)
         self.code_activation, self.output_activation, self.init = code_activation, output_activation, init
         widths = [self.input_dim, *self.hidden, self.code_dim, *reversed(self.hidden), self.input_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))

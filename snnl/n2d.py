@@ -27,7 +27,6 @@ import dataclasses
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,30 +35,17 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import distributed
-from .cluster import KMEANS_BACKENDS, kmeans, resolve_kmeans_backend
-from .config import (
-    TrainConfig,
-    check_choice,
-    check_device,
-    check_positive_int,
-    check_seeds,
-)
+from . import choices, distributed, validate
+from .cluster import kmeans
 from .data import Dataset, load_dataset, train_and_test
-from .manifold import ManifoldConfig, embed
+from .manifold import embed
 from .metrics import evaluate
 from .models import encode_in_batches
 from .progress import from_verbose
 from .records import SeedResult
-from .runner import PROJECTIONS, check_output, checkpoint_path, execute
+from .run_config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ManifoldConfig, N2DConfig
+from .runner import check_output, checkpoint_path, execute
 from .train import resolve_device, train_autoencoder, training_seconds
-
-CLUSTERERS = ("gmm", "kmeans")
-
-AUTOENCODER = TrainConfig(
-    name="n2d-ae", snnl=False, code_activation="linear", output_activation="linear", epochs=1000,
-    init="glorot", adam_eps=1e-7,
-)
 
 
 def final_clustering(points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto",
@@ -69,103 +55,7 @@ def final_clustering(points: np.ndarray, n_clusters: int, method: str, seed: int
         return gmm.predict_proba(points).argmax(axis=1).astype(np.int64)  # as N2D's code assigns
     if method == "kmeans":
         return kmeans(points, n_clusters, backend=kmeans_backend, seed=seed, device=device).labels
-    raise ValueError(f"cluster must be one of {CLUSTERERS}, got {method!r}")
-
-
-@dataclass
-class N2DConfig:
-    dataset: str = "digits"
-    n_clusters: int | None = None  # None: the number of classes
-    autoencoder: TrainConfig = AUTOENCODER  # its code_dim is set to n_clusters
-    manifold: ManifoldConfig = field(default_factory=ManifoldConfig)
-    cluster: str = "gmm"
-    codes_from: str | None = None  # an `snnl run` output directory whose test codes to cluster
-    raw: bool = False  # no autoencoder: the manifold learner and clustering on the inputs themselves
-    seeds: tuple[int, ...] = (0,)
-    kmeans_backend: str = "auto"
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = False
-    dataset_options: dict = field(default_factory=dict)
-    projection: str = "tsne"
-    silhouette_sample: int | None = None  # None: the exact O(n^2) silhouette
-    snapshot_every: int | None = None  # keep the autoencoder every N epochs (to score training on the way)
-
-    # What a resumed run may change (see snnl.pipeline.ExperimentConfig).
-    EVALUATION_FIELDS = ("manifold", "cluster", "kmeans_backend", "projection", "silhouette_sample")
-    PLACEMENT_FIELDS = ("device", "data_dir", "download", "seeds", "snapshot_every")
-
-    def __post_init__(self):
-        """Every option checked before any data is read or any model trained."""
-        from .data import dataset_names
-        from .data.builtin import blobs_options
-
-        check_choice("dataset", self.dataset, dataset_names())
-        check_choice("cluster", self.cluster, CLUSTERERS)
-        if self.raw and self.codes_from is not None:
-            raise ValueError("raw and codes_from exclude each other: cluster either the inputs or an SNNL run's codes")
-        # one cluster is no clustering: every metric but ACC is undefined
-        self.n_clusters = check_positive_int("n_clusters", self.n_clusters, 2, allow_none=True)
-        if not isinstance(self.manifold, ManifoldConfig):
-            raise TypeError(f"manifold must be a ManifoldConfig, got {type(self.manifold).__name__}")
-        self.seeds = check_seeds(self.seeds)
-        check_choice("kmeans_backend", self.kmeans_backend, KMEANS_BACKENDS)
-        self.device = check_device(self.device)
-        check_choice("projection", self.projection, PROJECTIONS)
-        self.silhouette_sample = check_positive_int("silhouette_sample", self.silhouette_sample, 2, allow_none=True)
-        self.snapshot_every = check_positive_int("snapshot_every", self.snapshot_every, allow_none=True)
-        if self.dataset_options and self.dataset != "blobs":
-            raise ValueError(f"dataset options are blobs parameters; {self.dataset} takes none")
-        if self.dataset == "blobs":
-            blobs_options(**self.dataset_options)
-
-    def check_dependencies(self) -> None:
-        """Optional packages the run will need, before the first epoch."""
-        self.manifold.check_dependencies()
-        if self.cluster == "kmeans":
-            resolve_kmeans_backend(self.kmeans_backend)
-
-    @property
-    def trained_epochs(self) -> int | None:
-        return None if self.raw or self.codes_from is not None else self.autoencoder.epochs
-
-    @property
-    def train(self) -> TrainConfig:
-        return self.autoencoder
-
-    def evaluation(self) -> dict:
-        """The options of the stages after training (see ``ExperimentConfig.evaluation``)."""
-        return {name: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-                for name, v in ((n, getattr(self, n)) for n in self.EVALUATION_FIELDS)}
-
-    @property
-    def label(self) -> str:
-        steps = f"{self.manifold.method} + {self.cluster}"
-        if self.codes_from is not None:
-            return f"{Path(self.codes_from).name} codes + {steps}"
-        if self.raw:
-            return f"raw inputs + {steps}"
-        return f"n2d ({steps})"
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["method"] = "n2d"
-        data["autoencoder"] = self.autoencoder.to_dict()
-        data["seeds"] = list(self.seeds)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "N2DConfig":
-        """The inverse of ``to_dict`` (as stored in config.json)."""
-        data = {key: value for key, value in data.items() if key != "method"}
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown N2D options {sorted(unknown)}")
-        # fields a stored configuration lacks (written by an older snnl) take the
-        # TrainConfig defaults, which are what applied then
-        autoencoder = TrainConfig.from_dict({**TrainConfig().to_dict(), **data.pop("autoencoder", {})})
-        manifold = ManifoldConfig(**data.pop("manifold", {}))
-        return cls(autoencoder=autoencoder, manifold=manifold, **{**data, "seeds": tuple(data.get("seeds", (0,)))})
+    raise ValueError(f"cluster must be one of {choices.CLUSTERERS}, got {method!r}")
 
 
 def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:
@@ -275,13 +165,11 @@ class N2D(ClusterMixin, BaseEstimator):
 
     def _check_params(self):
         """The autoencoder and manifold configurations, checked (before any work)."""
-        from .estimator import check_int_param
-
-        check_int_param("n_clusters", self.n_clusters, 1)  # one cluster is allowed, as in KMeans and GaussianMixture
-        check_choice("cluster", self.cluster, CLUSTERERS)
-        check_device(self.device)
+        validate.integer("n_clusters", self.n_clusters, 1)  # one cluster is allowed, as in KMeans and GaussianMixture
+        validate.choice("cluster", self.cluster, choices.CLUSTERERS)
+        validate.device(self.device)
         from_verbose(self.verbose)
-        config = AUTOENCODER.replace(code_dim=int(self.n_clusters), epochs=self.epochs, batch_size=self.batch_size,
+        config = N2D_AUTOENCODER.replace(code_dim=int(self.n_clusters), epochs=self.epochs, batch_size=self.batch_size,
                                      learning_rate=self.learning_rate, patience=self.patience)
         manifold = ManifoldConfig(method=self.manifold, umap_neighbors=self.n_neighbors, umap_min_dist=self.min_dist,
                                   umap_backend=self.umap_backend)
@@ -317,9 +205,6 @@ class N2D(ClusterMixin, BaseEstimator):
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)
 
 
-SNAPSHOT_SILHOUETTE_SAMPLE = 10_000  # points the silhouette of a snapshot scoring is estimated on
-
-
 def score_snapshots(run_dir, *, silhouette_sample: int | None = SNAPSHOT_SILHOUETTE_SAMPLE, scoring_seeds=None,
                     epochs=None,
                     progress=print) -> list[dict]:
@@ -349,7 +234,7 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = SNAPSHOT_SILHOUE
         raise ValueError(f"{run_dir} is not an `snnl n2d` run (method {stored.get('method')!r})")
     config = N2DConfig.from_dict(stored)
     if scoring_seeds is not None:
-        scoring_seeds = check_seeds(scoring_seeds)
+        scoring_seeds = validate.seeds(scoring_seeds)
     pattern = re.compile(r"seed(\d+)-epoch(\d+)\.pt")
     found = sorted((int(m[1]), int(m[2]), path) for path in (run_dir / "checkpoints").glob("seed*-epoch*.pt")
                    if (m := pattern.fullmatch(path.name)))

@@ -102,27 +102,26 @@ def locked(out_dir: str | os.PathLike):
 def resume_changes(stored: dict, config) -> list[tuple[str, object, object]]:
     """The changes a resumed run makes to its stored configuration, as
     (field, stored, new).  Raises ``ValueError`` naming every change that
-    would alter the models trained so far; allowed are the options of the
-    stages after training (``config.EVALUATION_FIELDS``: those stages are
-    redone), where data and computation live and the seeds
-    (``config.PLACEMENT_FIELDS``), and the training options in
-    ``snnl.train.RESUMABLE_CHANGES`` (a larger number of epochs extends
-    training)."""
-    from .train import RESUMABLE_CHANGES, config_changes, describe_changes
+    would alter the models trained so far: allowed are the fields marked as
+    evaluation or placement options (``snnl.run_config``: the stages after
+    training are redone; where data and computation live, and the seeds) and
+    the nested training configuration's resumable fields (a larger number of
+    epochs extends training)."""
+    from .config import TrainConfig, config_changes, describe_changes
 
     stored = type(config).from_dict(stored).to_dict()  # fields added since take the defaults of then
     changes = config_changes(stored, config.to_dict())
-    free = set(config.EVALUATION_FIELDS) | set(config.PLACEMENT_FIELDS)
-    train_key = "train" if "train" in stored else "autoencoder"
-    allowed_train = {f"{train_key}.{name}" for name in RESUMABLE_CHANGES}
-    refused = [c for c in changes if c[0].split(".")[0] not in free and c[0] not in allowed_train]
+    free = set(config.fields_resumed_as("evaluation")) | set(config.fields_resumed_as("placement"))
+    training = config.TRAINING_FIELD
+    allowed_training = {f"{training}.{name}" for name in TrainConfig.resumable_fields()}
+    refused = [c for c in changes if c[0].split(".")[0] not in free and c[0] not in allowed_training]
     if refused:
         raise ValueError(
             f"--resume cannot change what the trained models depend on: {describe_changes(refused)}. "
             "Leave these options out to use the stored ones, or start a new --out"
         )
     for name, old, new in changes:
-        if name == f"{train_key}.epochs" and new < old:
+        if name == f"{training}.epochs" and new < old:
             raise ValueError(f"--resume cannot shorten training ({name}: {old} -> {new}): the checkpoints are "
                              "further along; use a new --out for fewer epochs")
     return changes

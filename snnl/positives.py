@@ -26,9 +26,7 @@ import numpy as np
 import torch
 
 from . import augment
-
-KINDS = ("classes", "views", "neighbours", "neighbour-views")  # "classes": the labels' (the paper's SNNL)
-LABEL_FREE = KINDS[1:]
+from .choices import LABEL_FREE
 
 
 def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:

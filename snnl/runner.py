@@ -24,12 +24,11 @@ import torch
 
 from . import distributed, outdir, report
 from .checkpoints import previous_path
+from .config import describe_changes
 from .data import Dataset
 from .provenance import environment
 from .records import ExperimentResult, SeedResult, aggregate
-from .train import describe_changes, resolve_device
-
-PROJECTIONS = ("tsne", "pca", "none")  # the 2-D projection in the figures (snnl.figures)
+from .train import resolve_device
 
 
 def checkpoint_path(out_dir, seed: int) -> Path | None:

@@ -27,17 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints, distributed
-from .config import TrainConfig
+from .config import TrainConfig, config_changes, describe_changes
 from .models import Autoencoder
 from .positives import Partners
 from .progress import Progress
 
 CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.checkpoints wraps it)
-
-# TrainConfig fields a resumed run may change: they do not change the model
-# trained so far (a larger ``epochs`` extends training; the loss backend
-# computes the same loss).
-RESUMABLE_CHANGES = ("epochs", "loss_backend")
 
 
 @dataclass
@@ -162,30 +157,13 @@ def _seeded_model(input_dim: int, config: TrainConfig, seed: int, device: torch.
         return build_model(input_dim, config).to(device)
 
 
-def config_changes(stored: dict, current: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(field, stored value, current value) for every field that differs,
-    nested dictionaries flattened to dotted names."""
-    changes = []
-    for key in sorted(set(stored) | set(current)):
-        old, new = stored.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += config_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changes.append((f"{prefix}{key}", old, new))
-    return changes
-
-
-def describe_changes(changes) -> str:
-    return "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changes)
-
-
 def _check_resumable(checkpoint: dict, config: TrainConfig, seed: int, path: Path) -> None:
     """A checkpoint continues only the configuration and seed that wrote it."""
     if checkpoint["seed"] != seed:
         raise ValueError(f"{path} belongs to seed {checkpoint['seed']}, not {seed}")
     # Fields added to TrainConfig since the checkpoint was written take their defaults.
     stored = {**TrainConfig().to_dict(), **checkpoint["config"]}
-    refused = [c for c in config_changes(stored, config.to_dict()) if c[0] not in RESUMABLE_CHANGES]
+    refused = [c for c in config_changes(stored, config.to_dict()) if c[0] not in TrainConfig.resumable_fields()]
     if refused:
         raise ValueError(f"{path} was trained with other options ({describe_changes(refused)}); resume with the "
                          "stored options (leave them out) or start a new output directory")

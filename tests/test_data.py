@@ -239,7 +239,7 @@ def test_blobs_builtin_and_options():
     assert data.x.shape == (300, 5) and data.x.min() >= 0 and data.x.max() <= 1 and data.n_classes == 4
     again = load_dataset("blobs", "train", n_samples=400, n_features=5, centers=4, seed=3)
     assert np.array_equal(data.x, again.x)
-    with pytest.raises(ValueError, match="n_features must be a positive integer"):
+    with pytest.raises(ValueError, match="blobs: n_features must be an integer >= 1"):
         load_dataset("blobs", "train", n_features=0)
     with pytest.raises(TypeError, match="takes no options"):
         load_dataset("digits", "train", n_samples=3)

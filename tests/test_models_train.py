@@ -136,7 +136,7 @@ def test_resume_refuses_a_different_configuration_naming_each_field(tmp_path):
     with pytest.raises(ValueError, match="belongs to seed 0, not 1"):
         train_autoencoder(data.x, data.y, preset("snnl-5", **SMALL), seed=1, progress=False,
                           checkpoint_path=tmp_path / "c.pt", resume=True)
-    with pytest.raises(ValueError, match=r"has already trained 1 epochs; --epochs 0|epochs must be a positive"):
+    with pytest.raises(ValueError, match=r"has already trained 1 epochs; --epochs 0|epochs must be an integer >= 1"):
         train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 0}), seed=0, progress=False,
                           checkpoint_path=tmp_path / "c.pt", resume=True)
 

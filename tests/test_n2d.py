@@ -16,7 +16,7 @@ from snnl.config import preset
 from snnl.data import DatasetNotFoundError, load_dataset, sources, train_and_test
 from snnl.manifold import ManifoldConfig, embed, umap_learn_status
 from snnl.metrics import clustering_accuracy
-from snnl.n2d import AUTOENCODER, N2D, N2DConfig, final_clustering, run_n2d
+from snnl.n2d import N2D, N2D_AUTOENCODER, N2DConfig, final_clustering, run_n2d
 from snnl.pipeline import ExperimentConfig, run_experiment
 from snnl.train import train_autoencoder
 
@@ -147,7 +147,7 @@ def test_final_clustering_methods_agree_on_blobs():
 
 
 def n2d_config(**changes):
-    base = dict(dataset="digits", autoencoder=AUTOENCODER.replace(epochs=2, hidden=(64, 64, 128)),
+    base = dict(dataset="digits", autoencoder=N2D_AUTOENCODER.replace(epochs=2, hidden=(64, 64, 128)),
                 manifold=ManifoldConfig(method="isomap"), projection="pca")
     return N2DConfig(**{**base, **changes})
 
@@ -219,7 +219,7 @@ def test_n2d_estimator_on_blobs():
 
 def test_early_stopping_and_resume_after_it(tmp_path):
     x = np.random.default_rng(0).random((64, 8)).astype(np.float32)
-    config = AUTOENCODER.replace(epochs=50, hidden=(8,), code_dim=2, batch_size=16, learning_rate=1e-12, patience=2)
+    config = N2D_AUTOENCODER.replace(epochs=50, hidden=(8,), code_dim=2, batch_size=16, learning_rate=1e-12, patience=2)
     result = train_autoencoder(x, None, config, progress=False, checkpoint_path=tmp_path / "c.pt")
     assert len(result.history) < 50
     again = train_autoencoder(x, None, config, progress=False, checkpoint_path=tmp_path / "c.pt", resume=True)

@@ -149,7 +149,7 @@ def test_resume_names_each_change_it_refuses(tmp_path, capsys):
     assert "train.alpha: 100.0 -> 50.0" in err and "train.name: 'snnl-5' -> 'snnl-1'" in err
     assert "train.temperature: 'annealing' -> 'fixed'" in err
     assert main(["run", "--out", str(out), "--resume", "--epochs", "0", "--quiet"]) == 2
-    assert "epochs must be a positive integer" in capsys.readouterr().err
+    assert "epochs must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_resume_with_another_dataset_names_the_change_before_reading_it(tmp_path, capsys, monkeypatch):

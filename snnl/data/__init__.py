@@ -18,16 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import sklearn
-from sklearn.model_selection import train_test_split
 
+from .. import validate
 from . import builtin, sources
-from .catalog import IDX_DATASETS, IdxDataset
+from .catalog import IDX_DATASETS, IdxDataset, dataset_names
 from .idx import IdxFormatError, read_idx
 from .sources import ChecksumError, DataMismatchError, DatasetNotFoundError
 from .text_formats import TEXT_DATASETS, load_text_dataset
 
-BUILTIN = ("digits", "blobs")
 SPLITS = ("train", "test")
 
 __all__ = [
@@ -64,10 +62,6 @@ class Dataset:
     def subset(self, indices: np.ndarray) -> "Dataset":
         return Dataset(self.name, self.split, self.x[indices], self.y[indices], self.classes, self.image_shape,
                        self.files)
-
-
-def dataset_names() -> list[str]:
-    return [*BUILTIN, *IDX_DATASETS, *TEXT_DATASETS]
 
 
 def _read_checked(path, spec: IdxDataset, file_name: str) -> tuple[np.ndarray, dict]:
@@ -134,9 +128,13 @@ def load_splits(name: str, splits=SPLITS, *, data_dir=None, download: bool = Fal
     if options and name != "blobs":
         raise TypeError(f"{name} takes no options; got {sorted(options)}")
     if name == "digits":
+        import sklearn  # here, not at import: the data package's names load without it
+
         record = ({"file": "sklearn.datasets.load_digits", "scikit-learn": sklearn.__version__},)
         return [Dataset(name, split, *builtin.digits(split), tuple("0123456789"), (8, 8), record) for split in splits]
     if name == "blobs":
+        import sklearn
+
         record = ({"file": "sklearn.datasets.make_blobs", "options": builtin.blobs_options(**options),
                    "scikit-learn": sklearn.__version__},)
         out = []
@@ -170,12 +168,13 @@ def labelled_subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """A seeded, class-stratified subset of ``n`` labelled examples (all if None)."""
     if n is None or n == len(dataset):
         return dataset
-    if int(n) != n or n < 1:
-        raise ValueError(f"the labelled subset size must be a positive integer, got {n!r}")
+    n = validate.integer("the labelled subset size", n)
     if n > len(dataset):
         raise ValueError(f"cannot take {n} labelled examples from the {len(dataset)} of {dataset.name} ({dataset.split})")
     indices = np.arange(len(dataset))
     counts = np.bincount(dataset.y)
     stratify = dataset.y if n >= dataset.n_classes and counts[counts > 0].min() >= 2 else None
+    from sklearn.model_selection import train_test_split
+
     chosen, _ = train_test_split(indices, train_size=int(n), stratify=stratify, random_state=seed)
     return dataset.subset(np.sort(chosen))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.datasets import load_digits, make_blobs
-from sklearn.model_selection import train_test_split
+
+from .. import validate
 
 # digits has no official split: a fixed, stratified 75/25 split.
 DIGITS_TEST_FRACTION = 0.25
@@ -15,6 +15,9 @@ DIGITS_SPLIT_SEED = 0
 
 def digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The 1,797 8x8 digits of scikit-learn, pixels scaled from 0..16 to [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
@@ -37,10 +40,7 @@ def blobs_options(**options) -> dict:
                          f"{', '.join(f'{k} (default {v})' for k, v in BLOBS_DEFAULTS.items())}")
     merged = {**BLOBS_DEFAULTS, **options}
     for name in ("n_samples", "n_features", "centers"):
-        value = merged[name]
-        if isinstance(value, bool) or not float(value).is_integer() or value < 1:
-            raise ValueError(f"blobs: {name} must be a positive integer, got {value!r}")
-        merged[name] = int(value)
+        merged[name] = validate.integer(f"blobs: {name}", merged[name])
     if isinstance(merged["seed"], bool) or not float(merged["seed"]).is_integer() or not 0 <= merged["seed"] < 2**32:
         raise ValueError(f"blobs: seed must be an integer in [0, 2**32), got {merged['seed']!r}")
     merged["seed"] = int(merged["seed"])
@@ -59,6 +59,9 @@ def blobs(split: str, **options) -> tuple[np.ndarray, np.ndarray]:
     logistic reconstruction applies).  Train and test come from one draw.
     ``options``: see ``BLOBS_DEFAULTS``."""
     o = blobs_options(**options)
+    from sklearn.datasets import make_blobs
+    from sklearn.model_selection import train_test_split
+
     x, y = make_blobs(n_samples=o["n_samples"], n_features=o["n_features"], centers=o["centers"],
                       cluster_std=o["cluster_std"], random_state=o["seed"])
     low, high = x.min(axis=0), x.max(axis=0)

@@ -156,3 +156,13 @@ def known_files() -> dict[str, tuple[str, str]]:
         for name, digest in spec.content_sha256.items():
             index[digest] = (spec.name, name)
     return index
+
+
+BUILTIN = ("digits", "blobs")  # snnl.data.builtin
+
+
+def dataset_names() -> list[str]:
+    """Every dataset ``load_dataset`` knows: built in, IDX, text formats."""
+    from .text_formats import TEXT_DATASETS
+
+    return [*BUILTIN, *IDX_DATASETS, *TEXT_DATASETS]

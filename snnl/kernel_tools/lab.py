@@ -31,7 +31,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
-from ..kernels import PRECISIONS
+from ..choices import PRECISIONS
 from ..loss.validation import DISTANCES
 from .stderr import NVDISASM_FORMAT, without_lines
 

@@ -11,10 +11,6 @@ loss layer imports them only when the ``triton`` backend runs.  The tools
 that compile, model and count these kernels are ``snnl.kernel_tools``.
 """
 
-# How the kernels multiply fp32 operands on the tensor cores: three TF32
-# products (fp32-level accuracy, the default), one (about 1e-3 relative), or
-# the FMA units.  The loss layer validates ``precision`` against this list.
-PRECISIONS = ("tf32x3", "tf32", "ieee")
 # F.normalize's floor on a row's norm: every backend normalises as it does
 # (the reference through F.normalize itself)
 NORM_EPS = 1e-12

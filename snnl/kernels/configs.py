@@ -3,7 +3,7 @@ stages), ``candidate_configs`` (what autotuning tries, per shape bucket),
 ``feature_block`` (the feature chunk), ``plan_splits`` (the split of the key
 range over programs), ``tuned_config`` (autotuning) and ``Launch`` (one
 kernel launch with its configuration: what ``snnl.kernel_tools.lab``
-compiles and inspects).  The precisions are ``snnl.kernels.PRECISIONS``.
+compiles and inspects).  The precisions are ``snnl.choices.PRECISIONS``.
 """
 
 from __future__ import annotations

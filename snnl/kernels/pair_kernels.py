@@ -40,7 +40,7 @@ Offsets inside a tile are int32 off an int64 base.
 
 Every choice of the compiled code is named in ``configs`` (tiles, warps,
 stages, candidates, the split of the key range); the tiles the kernels are
-made of are ``tiles``; the precisions ``snnl.kernels.PRECISIONS``.
+made of are ``tiles``; the precisions ``snnl.choices.PRECISIONS``.
 ``snnl.kernel_tools.lab`` compiles every launch for real GPU targets without a GPU.
 """
 

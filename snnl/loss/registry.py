@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from ..choices import LOSS_BACKENDS
 from .backends import blocked, reference, triton
 
 
@@ -78,8 +79,10 @@ BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
     Backend(triton, "fused forward/backward Triton kernels, deterministic (no atomics); CUDA, or the Triton "
             "interpreter on the CPU", "O(b d)", operator=True, casts_inputs=False, check_usable=_check_triton),
 )}
-# what ``backend=`` accepts
-CHOICES = ("auto", *BACKENDS)
+# what ``backend=`` accepts: the list snnl.choices gives everyone, which must name these backends
+CHOICES = LOSS_BACKENDS
+if CHOICES != ("auto", *BACKENDS):
+    raise ImportError(f"snnl.choices.LOSS_BACKENDS {CHOICES} does not list the registry's backends {tuple(BACKENDS)}")
 
 
 def resolve(name: str, z: torch.Tensor) -> Backend:

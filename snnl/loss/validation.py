@@ -22,20 +22,12 @@ import numbers
 
 import torch
 
-from ..kernels import PRECISIONS
-from .registry import CHOICES as BACKEND_CHOICES
-
-DISTANCES = ("cosine", "euclidean")
-# "mean_over_positives": the mean over the rows that have a same-class key
+# reduction "mean_over_positives": the mean over the rows that have a same-class key
 # (TF Similarity's and pytorch-metric-learning's convention); "mean" keeps the
 # paper authors' (rows without one count -log(eps) when eps > 0)
-REDUCTIONS = ("mean", "sum", "none", "mean_over_positives")
-
-
-def check_choice(name: str, value, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    return value
+from ..choices import DISTANCES, PRECISIONS, REDUCTIONS
+from ..validate import choice as check_choice
+from .registry import CHOICES as BACKEND_CHOICES
 
 
 def check_options(distance, eps, reduction, backend, precision, ignore_index=None) -> float:

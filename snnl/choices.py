@@ -1,0 +1,34 @@
+"""Every choice list of the package, in a leaf that imports nothing.
+
+The modules that implement the choices import their list from here (the
+loss registry checks that its backends are these), the configurations
+validate against them, and the ``snnl`` command builds its options from them
+without importing torch, so that ``snnl --help`` answers at once.
+"""
+
+# the loss (snnl.loss): backend= ("auto" picks one; snnl.loss.registry), distance=, reduction=
+LOSS_BACKENDS = ("auto", "reference", "blocked", "triton")
+DISTANCES = ("cosine", "euclidean")
+REDUCTIONS = ("mean", "sum", "none", "mean_over_positives")
+# how the fused kernels (snnl.kernels) multiply fp32 operands on the tensor cores: three TF32
+# products (fp32-level accuracy, the default), one (about 1e-3 relative), or the FMA units
+PRECISIONS = ("tf32x3", "tf32", "ieee")
+
+# the autoencoder (snnl.models) and its training (snnl.config.TrainConfig)
+CODE_ACTIVATIONS = ("sigmoid", "linear", "unit")
+OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
+INITS = ("he", "glorot")
+METHODS = ("autoencoder", "pca")  # "pca": the ``original`` baseline
+TEMPERATURES = ("annealing", "fixed")
+COMBINE = ("sum", "min")  # over layers: Eq. 5, Eq. 4 (the paper's argmin)
+POSITIVES = ("classes", "views", "neighbours", "neighbour-views")  # snnl.positives
+LABEL_FREE = POSITIVES[1:]
+LAYERS = ("all", "code")  # where the SNNL term applies
+
+# clustering, manifolds, figures
+KMEANS_BACKENDS = ("auto", "sklearn", "faiss")
+KMEANS_PROTOCOLS = ("restarts", "paper")
+MANIFOLDS = ("umap", "isomap", "tsne", "none")
+UMAP_BACKENDS = ("auto", "cuml", "umap-learn")
+CLUSTERERS = ("gmm", "kmeans")  # N2D's last step
+PROJECTIONS = ("tsne", "pca", "none")  # the 2-D projection in the figures

@@ -1,0 +1,88 @@
+"""The run configurations (snnl.run_config), the validators and the choice lists they share."""
+
+import subprocess
+import sys
+
+import pytest
+
+from snnl import choices, validate
+from snnl.config import TrainConfig
+from snnl.run_config import ExperimentConfig, ManifoldConfig, N2DConfig
+
+
+def test_resume_rules_are_field_metadata():
+    # the sets that stored seed records' "evaluation" were written with
+    assert set(ExperimentConfig.fields_resumed_as("evaluation")) == {
+        "kmeans_backend", "kmeans_protocol", "kmeans_restarts", "projection", "silhouette_sample"}
+    assert set(N2DConfig.fields_resumed_as("evaluation")) == {
+        "manifold", "cluster", "kmeans_backend", "projection", "silhouette_sample"}
+    assert set(ExperimentConfig.fields_resumed_as("placement")) == {"device", "data_dir", "download", "seeds"}
+    assert set(N2DConfig.fields_resumed_as("placement")) == {"device", "data_dir", "download", "seeds",
+                                                             "snapshot_every"}
+    assert set(TrainConfig.resumable_fields()) == {"epochs", "loss_backend"}
+
+
+@pytest.mark.parametrize("cls", [ExperimentConfig, N2DConfig])
+def test_configurations_round_trip_through_their_stored_form(cls):
+    config = cls(dataset="digits", seeds=(3, 1), silhouette_sample=100)
+    again = cls.from_dict(config.to_dict())
+    assert again == config and again.to_dict() == config.to_dict()
+    assert config.to_dict()["method"] == cls.METHOD
+    with pytest.raises(ValueError, match=rf"unknown {cls.METHOD} options \['colour'\]"):
+        cls.from_dict({**config.to_dict(), "colour": "red"})
+
+
+@pytest.mark.parametrize("value", [3.0, True, "3", 0])
+def test_integers_are_integers_everywhere(value):
+    """One rule: N2DConfig, the N2D estimator and SNNLKMeans refuse 3.0 alike."""
+    from snnl.estimator import SNNLKMeans
+    from snnl.n2d import N2D
+
+    with pytest.raises(ValueError, match="n_clusters must be an integer >= "):
+        N2DConfig(n_clusters=value)
+    with pytest.raises(ValueError, match="n_clusters must be an integer >= 1"):
+        N2D(n_clusters=value)._check_params()
+    with pytest.raises(ValueError, match="n_clusters must be an integer >= 1"):
+        SNNLKMeans(n_clusters=value)._check_params()
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        TrainConfig(epochs=value)
+
+
+def test_numpy_integers_pass_and_come_back_as_int():
+    import numpy as np
+
+    assert validate.integer("k", np.int64(3)) == 3 and type(validate.integer("k", np.int64(3))) is int
+    assert validate.seeds([np.int32(2)]) == (2,)
+    assert ManifoldConfig(umap_neighbors=np.int64(5)).umap_neighbors == 5
+
+
+def test_the_loss_registry_lists_the_shared_backend_choices():
+    from snnl.loss import registry
+
+    assert registry.CHOICES == choices.LOSS_BACKENDS == ("auto", *registry.BACKENDS)
+
+
+def test_the_parser_and_the_configurations_load_without_torch():
+    """`snnl --help` answers without importing torch or scikit-learn (seconds of start-up)."""
+    code = ("import sys; from snnl.cli import build_parser; from snnl.run_config import ExperimentConfig; "
+            "build_parser(); print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_command_line_option_maps_to_a_configuration_field():
+    import dataclasses
+
+    from snnl import cli
+
+    parser = cli.build_parser()
+    commands = {name: sub for action in parser._actions if isinstance(action, __import__("argparse")._SubParsersAction)
+                for name, sub in action.choices.items()}
+    for command, maps in (("run", {ExperimentConfig: cli.RUN_OPTIONS, TrainConfig: cli.RUN_TRAIN_OPTIONS}),
+                          ("n2d", {N2DConfig: cli.N2D_OPTIONS, TrainConfig: cli.N2D_TRAIN_OPTIONS,
+                                   ManifoldConfig: cli.MANIFOLD_OPTIONS})):
+        options = {action.dest for action in commands[command]._actions}
+        for cls, mapping in maps.items():
+            fields = {f.name for f in dataclasses.fields(cls)}
+            assert set(mapping) <= options, (command, set(mapping) - options)
+            assert set(mapping.values()) <= fields, (command, cls.__name__, set(mapping.values()) - fields)
