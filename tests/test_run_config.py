@@ -86,3 +86,21 @@ def test_every_command_line_option_maps_to_a_configuration_field():
             fields = {f.name for f in dataclasses.fields(cls)}
             assert set(mapping) <= options, (command, set(mapping) - options)
             assert set(mapping.values()) <= fields, (command, cls.__name__, set(mapping.values()) - fields)
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
+    from snnl.atomic import atomic_path, write_text
+
+    target = tmp_path / "metrics.json"
+    write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    write_text(target, "new")
+    assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+    # the usual permissions, as a plain write would give
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert target.stat().st_mode == plain.stat().st_mode
