@@ -55,6 +55,7 @@ def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: s
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["reference", "blocked", "triton"])
 @pytest.mark.parametrize("distance,eps", [("cosine", 1e-5), ("euclidean", 0.0)])
 def test_global_loss_shares_add_up_to_the_single_process_loss(tmp_path, backend, distance, eps):
@@ -97,6 +98,7 @@ def _ddp_worker(rank: int, rendezvous: str, out: str, backend: str, views: int) 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,views", [("reference", 1), ("blocked", 1), ("blocked", 2)])
 def test_ddp_gradients_equal_single_process_ones_with_no_scaling(tmp_path, backend, views):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "rdv"), str(tmp_path), backend, views), nprocs=WORLD)
@@ -150,6 +152,7 @@ def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combine", TRAINED)
 def test_ddp_training_follows_single_process_training(tmp_path, combine):
     mp.spawn(_train_worker, args=(str(tmp_path / "rdv"), str(tmp_path), combine), nprocs=WORLD)
@@ -174,6 +177,7 @@ def _structure(value):
     return type(value).__name__
 
 
+@pytest.mark.slow
 def test_torchrun_snnl_run_writes_the_same_layout(tmp_path):
     common = ["run", "--epochs", "1", "--batch-size", "128", "--code-dim", "8", "--kmeans-restarts", "1",
               "--projection", "none", "--quiet", "--seeds", "0,1"]

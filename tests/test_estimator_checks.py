@@ -19,10 +19,12 @@ def _failures(estimator, expected=None):
     return [f"{r['check_name']}: {r['exception']}" for r in results if r["status"] == "failed"]
 
 
+@pytest.mark.slow
 def test_snnl_kmeans_unsupervised_passes_every_check():
     assert not _failures(SNNLKMeans(config="snnl-6", epochs=1, batch_size=32, code_dim=4, n_init=1))
 
 
+@pytest.mark.slow
 def test_snnl_kmeans_supervised_passes_every_check_that_gives_labels():
     # The supervised presets train on labels: check_clustering fits without
     # y, which they refuse (and declare with the target_tags.required tag).
@@ -30,6 +32,7 @@ def test_snnl_kmeans_supervised_passes_every_check_that_gives_labels():
     assert not _failures(SNNLKMeans(epochs=1, batch_size=32, code_dim=4, n_init=1), expected)
 
 
+@pytest.mark.slow
 def test_n2d_passes_every_check():
     assert not _failures(N2D(epochs=1, batch_size=32, n_clusters=3))
 

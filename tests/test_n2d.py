@@ -94,6 +94,7 @@ def test_manifold_embeddings(method):
     assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
 def test_each_umap_backend_recovers_blobs():
     # cuML's UMAP is tested the same way where it is installed (GPU machines).
@@ -108,6 +109,7 @@ def test_each_umap_backend_recovers_blobs():
         assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
 def test_umap_leaves_torch_threads_as_they_were():
     # numba, under umap-learn, resets the OpenMP pool to its own thread count
@@ -226,6 +228,7 @@ def test_early_stopping_and_resume_after_it(tmp_path):
     assert len(again.history) == len(result.history)
 
 
+@pytest.mark.slow
 def test_snapshots_are_scored_like_the_run(tmp_path, capsys):
     from snnl.cli import main
 

@@ -20,6 +20,7 @@ def fast_config(name="snnl-5", seeds=(0,), **extra):
                             projection="pca", **extra)
 
 
+@pytest.mark.slow
 def test_run_experiment_writes_everything(tmp_path, capsys):
     out = tmp_path / "run"
     result = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
@@ -44,6 +45,7 @@ def test_run_experiment_writes_everything(tmp_path, capsys):
         run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_seeds(tmp_path):
     out = tmp_path / "run"
     first = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
@@ -101,6 +103,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
         main(["run", "--seeds", "a,b"])
 
 
+@pytest.mark.slow
 def test_estimator_fit_predict_transform():
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     y = train.y.copy()

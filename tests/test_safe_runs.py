@@ -56,6 +56,7 @@ def test_a_directory_of_someone_elses_files_is_refused_and_left_alone(tmp_path, 
     assert (out / "metrics.json").read_text() == "my own numbers"
 
 
+@pytest.mark.slow
 def test_a_file_as_out_and_a_finished_run_without_resume(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert run("--out", str(tmp_path / "file")) == 2
@@ -139,6 +140,7 @@ def test_a_missing_umap_is_reported_before_training(tmp_path, capsys, no_trainin
 # --------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 def test_resume_names_each_change_it_refuses(tmp_path, capsys):
     out = tmp_path / "run"
     assert run("--out", str(out), "--seeds", "0,1") == 0
@@ -164,6 +166,7 @@ def test_resume_with_another_dataset_names_the_change_before_reading_it(tmp_path
     assert loaded == []
 
 
+@pytest.mark.slow
 def test_resume_takes_the_stored_options_and_redoes_only_the_evaluation(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     assert run("--out", str(out), "--seeds", "0,1", "--kmeans-restarts", "1") == 0
@@ -196,6 +199,7 @@ def test_resume_takes_the_stored_options_and_redoes_only_the_evaluation(tmp_path
     assert trained == [2, 2] and json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_resume_needs_the_checkpoint_to_evaluate_again(tmp_path, capsys):
     out = tmp_path / "run"
     assert run("--out", str(out), "--seeds", "0,1") == 0
@@ -206,6 +210,7 @@ def test_resume_needs_the_checkpoint_to_evaluate_again(tmp_path, capsys):
     assert "seed 1 must be evaluated again (its options changed) but its checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_with_damaged_checkpoints(tmp_path, capsys):
     out = tmp_path / "run"
     assert run("--out", str(out), "--epochs", "2") == 0
@@ -292,6 +297,7 @@ def test_an_interruption_message_follows_the_closed_progress_bars(tmp_path, monk
     assert before.endswith("\n") and not before.rstrip("\n").endswith(message.strip())
 
 
+@pytest.mark.slow
 def test_logs_are_plain_lines_when_redirected(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "128", "--code-dim", "8",
                  "--kmeans-restarts", "1", "--projection", "none"]) == 0
