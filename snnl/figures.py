@@ -48,7 +48,9 @@ LAYER_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1,
                 ((0, (8, 3)), "+")]
 
 
-def training_curves(history: list[dict], path: Path, title: str, reconstruction_loss: str = "bce") -> None:
+def training_curves(history: list[dict], path: Path, title: str, reconstruction_loss: str = "bce",
+                    layers: str = "all") -> None:
+    """``layers``: which hidden layers the SNNL term was on (``TrainConfig.layers``), to name the curves."""
     if not history:
         return
     epochs = [h["epoch"] + 1 for h in history]
@@ -61,13 +63,15 @@ def training_curves(history: list[dict], path: Path, title: str, reconstruction_
                 ylabel=f"{LOSS_NAMES[reconstruction_loss]}, mean per input value")
     if with_snnl:
         per_layer = np.array([h["snnl_per_layer"] for h in history])
+        names = LAYER_NAMES if layers == "all" else ("code",)
         for i in range(per_layer.shape[1]):
             line, marker = LAYER_STYLES[i % len(LAYER_STYLES)]
             axes[1].plot(epochs, per_layer[:, i], linestyle=line, marker=marker, markersize=4, alpha=0.85,
                          markevery=max(1, len(epochs) // 10),
-                         label=LAYER_NAMES[i] if i < len(LAYER_NAMES) else f"layer {i + 1}")
+                         label=names[i] if i < len(names) else f"layer {i + 1}")
         axes[1].legend(fontsize=7)
-        axes[1].set(title="SNNL per hidden layer (epoch mean)", xlabel="epoch", ylabel="soft nearest neighbor loss")
+        axes[1].set(title="SNNL per hidden layer (epoch mean)" if layers == "all" else "SNNL on the code (epoch mean)",
+                    xlabel="epoch", ylabel="soft nearest neighbor loss")
         axes[2].plot(epochs, [h["temperature"] for h in history])
         axes[2].set(title="temperature T", xlabel="epoch", ylabel="T")
     for ax in axes:
@@ -140,7 +144,8 @@ def write_all(directory: Path, experiment, data) -> None:
     first = experiment.seeds[0]
     config = experiment.config
     title = f"{config.dataset}, {config.label}, seed {first.seed}"
-    training_curves(first.history, directory / "training.png", title, config.training.reconstruction_loss)
+    training_curves(first.history, directory / "training.png", title, config.training.reconstruction_loss,
+                    config.training.layers)
     projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
                 seed=first.seed, points_name=points_name(config))
     confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)

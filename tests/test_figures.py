@@ -34,6 +34,13 @@ def test_layers_with_equal_curves_stay_apart(drawn):
     assert len({(str(line.get_linestyle()), line.get_marker()) for line in lines}) == 7
 
 
+def test_an_snnl_on_the_code_alone_is_named_so(drawn):
+    figures.training_curves(history(layers=1), Path("unused.png"), "t", layers="code")
+    axis = drawn[0].axes[1]
+    assert [line.get_label() for line in axis.get_lines()] == ["code"]
+    assert axis.get_title() == "SNNL on the code (epoch mean)"
+
+
 def test_the_projection_says_what_it_projects_and_what_the_colours_are(drawn):
     rng = np.random.default_rng(0)
     x, labels = rng.normal(size=(60, 5)), np.arange(60) % 3
