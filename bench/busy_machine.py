@@ -75,19 +75,31 @@ def main(argv=None) -> int:
                         for name, fn in implementations.items():
                             times[name].append(_time(fn, z, labels))
                     medians = {name: statistics.median(t) for name, t in times.items()}
-                    row = {"batch": batch, "dim": 70, "busy_processes": load, "torch_threads": threads,
-                           "seconds": times, "median_s": medians,
-                           "x_blocked": {name: m / medians["blocked"] for name, m in medians.items()}}
+                    row = {
+                        "batch": batch,
+                        "dim": 70,
+                        "busy_processes": load,
+                        "torch_threads": threads,
+                        "seconds": times,
+                        "median_s": medians,
+                        "x_blocked": {name: m / medians["blocked"] for name, m in medians.items()},
+                    }
                     rows.append(row)
-                    print(f"b={batch:5d} busy={load} threads={threads}: " + ", ".join(
-                        f"{name} {m * 1e3:.1f} ms" for name, m in medians.items()), flush=True)
+                    print(
+                        f"b={batch:5d} busy={load} threads={threads}: "
+                        + ", ".join(f"{name} {m * 1e3:.1f} ms" for name, m in medians.items()),
+                        flush=True,
+                    )
             finally:
                 for hog in hogs:
                     hog.kill()
                     hog.wait()
     torch.set_num_threads(caller_threads)
-    out = {"rows": rows, "environment": provenance(torch.device("cpu")),
-           "command": "python -m bench.busy_machine " + " ".join(sys.argv[1:] if argv is None else argv)}
+    out = {
+        "rows": rows,
+        "environment": provenance(torch.device("cpu")),
+        "command": "python -m bench.busy_machine " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     if args.json:
         write_new_json(args.json, out)
     return 0

@@ -28,15 +28,24 @@ def pytest_addoption(parser):
     group = parser.getgroup("snnl benchmarks")
     group.addoption("--loss-sizes", default="smoke", choices=sorted(LOSS_SIZES), help="size grid of the loss benchmark")
     group.addoption(
-        "--loss-backends", default="reference,compiled,blocked,triton",
+        "--loss-backends",
+        default="reference,compiled,blocked,triton",
         help="comma-separated subset of reference,compiled,blocked,triton",
     )
-    group.addoption("--scaling-sizes", default="smoke", choices=sorted(SCALING_SIZES),
-                    help="numbers of points of the scaling benchmark")
+    group.addoption(
+        "--scaling-sizes",
+        default="smoke",
+        choices=sorted(SCALING_SIZES),
+        help="numbers of points of the scaling benchmark",
+    )
     group.addoption("--device", default=None, help="cuda or cpu (default: cuda when available)")
     group.addoption("--epoch-rounds", type=int, default=1, help="rounds of the training-epoch comparison")
-    group.addoption("--epoch-rows", type=int, default=10_000,
-                    help="training images per epoch in the training-epoch comparison (the paper's 10,000)")
+    group.addoption(
+        "--epoch-rows",
+        type=int,
+        default=10_000,
+        help="training images per epoch in the training-epoch comparison (the paper's 10,000)",
+    )
 
 
 def pytest_configure(config):

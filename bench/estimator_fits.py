@@ -28,10 +28,14 @@ from snnl.n2d import N2D
 from .measure import provenance, write_new_json
 
 FITS = {
-    "SNNLKMeans(config='snnl-5', random_state=0).fit_predict(X, y)":
-        (lambda: SNNLKMeans(config="snnl-5", random_state=0), True),
-    "N2D(n_clusters=10, epochs=50, random_state=0).fit_predict(X)":
-        (lambda: N2D(n_clusters=10, epochs=50, random_state=0), False),
+    "SNNLKMeans(config='snnl-5', random_state=0).fit_predict(X, y)": (
+        lambda: SNNLKMeans(config="snnl-5", random_state=0),
+        True,
+    ),
+    "N2D(n_clusters=10, epochs=50, random_state=0).fit_predict(X)": (
+        lambda: N2D(n_clusters=10, epochs=50, random_state=0),
+        False,
+    ),
     "N2D(n_clusters=10, random_state=0).fit_predict(X)": (lambda: N2D(n_clusters=10, random_state=0), False),
 }
 
@@ -52,8 +56,10 @@ def main(argv=None) -> int:
         fits[name] = {"seconds": seconds, "metrics": evaluate(X, y, clusters)}
         print(f"{name}: {seconds:.1f} s, ACC {fits[name]['metrics']['acc']:.3f}", file=sys.stderr, flush=True)
     if args.json:
-        write_new_json(args.json, {"data": "sklearn digits, 1797 x 64, X / 16", "fits": fits,
-                                   "environment": provenance(torch.device("cpu"))})
+        write_new_json(
+            args.json,
+            {"data": "sklearn digits, 1797 x 64, X / 16", "fits": fits, "environment": provenance(torch.device("cpu"))},
+        )
     return 0
 
 

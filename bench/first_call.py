@@ -66,8 +66,13 @@ def measure(distance: str, dtype: str, batch: int, temperature: float, implement
     with tempfile.TemporaryDirectory() as inductor, tempfile.TemporaryDirectory() as triton:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor, "TRITON_CACHE_DIR": triton}
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", CHILD, distance, dtype, str(batch), str(temperature),
-                               implementation], env=env, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, distance, dtype, str(batch), str(temperature), implementation],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{implementation} {distance} {dtype} b={batch}: {done.stderr[-2000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -88,13 +93,22 @@ def main(argv=None) -> int:
             row[implementation] = measure(distance, dtype, batch, temperature, implementation)
         row["blocked_first_over_formula_first"] = row["blocked"]["first_s"] / row["formula"]["first_s"]
         rows.append(row)
-        print(f"{distance:9s} {dtype} b={batch:5d} T={temperature:<4}: " + ", ".join(
-            f"{name} first {row[name]['first_s']:.2f} s then {row[name]['then_s'] * 1e3:.0f} ms"
-            for name in IMPLEMENTATIONS), flush=True)
-    out = {"rows": rows, "median_blocked_first_over_formula_first":
-           statistics.median(r["blocked_first_over_formula_first"] for r in rows),
-           "environment": provenance(__import__("torch").device("cpu")),
-           "command": "python -m bench.first_call " + " ".join(sys.argv[1:] if argv is None else argv)}
+        print(
+            f"{distance:9s} {dtype} b={batch:5d} T={temperature:<4}: "
+            + ", ".join(
+                f"{name} first {row[name]['first_s']:.2f} s then {row[name]['then_s'] * 1e3:.0f} ms"
+                for name in IMPLEMENTATIONS
+            ),
+            flush=True,
+        )
+    out = {
+        "rows": rows,
+        "median_blocked_first_over_formula_first": statistics.median(
+            r["blocked_first_over_formula_first"] for r in rows
+        ),
+        "environment": provenance(__import__("torch").device("cpu")),
+        "command": "python -m bench.first_call " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     if args.json:
         write_new_json(args.json, out)
     return 0

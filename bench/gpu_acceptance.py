@@ -42,11 +42,19 @@ REFERENCE_MATRICES = 7  # live b x b fp32 temporaries of one eager reference ste
 
 def run_gpu_tests() -> dict:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "tests/test_loss_gpu.py"], capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_loss_gpu.py"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
-    return {"returncode": done.returncode, "summary": tail, "seconds": time.perf_counter() - started,
-            "output_tail": done.stdout[-4000:]}
+    return {
+        "returncode": done.returncode,
+        "summary": tail,
+        "seconds": time.perf_counter() - started,
+        "output_tail": done.stdout[-4000:],
+    }
 
 
 def compiled_training_step(device: torch.device, steps: int = 20) -> dict:
@@ -74,12 +82,18 @@ def compiled_training_step(device: torch.device, steps: int = 20) -> dict:
         losses.append(compiled(x, y).clone())
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - started)
-    grad_error = max(float((p.grad - g).abs().max() / g.abs().max().clamp_min(1e-30))
-                     for p, g in zip(model.parameters(), eager_grads))
-    return {"loss_eager": float(eager), "loss_compiled": [float(v) for v in losses],
-            "max_loss_difference": max(abs(float(v) - float(eager)) for v in losses),
-            "max_relative_grad_difference": grad_error, "first_call_s": times[0],
-            "median_step_s": statistics.median(times[len(times) // 2:])}
+    grad_error = max(
+        float((p.grad - g).abs().max() / g.abs().max().clamp_min(1e-30))
+        for p, g in zip(model.parameters(), eager_grads)
+    )
+    return {
+        "loss_eager": float(eager),
+        "loss_compiled": [float(v) for v in losses],
+        "max_loss_difference": max(abs(float(v) - float(eager)) for v in losses),
+        "max_relative_grad_difference": grad_error,
+        "first_call_s": times[0],
+        "median_step_s": statistics.median(times[len(times) // 2 :]),
+    }
 
 
 def _median_time(fn, device, repeats: int) -> float:
@@ -100,13 +114,18 @@ def loss_timings(device: torch.device) -> list[dict]:
         generator = torch.Generator().manual_seed(batch)
         z = torch.randn(batch, dim, generator=generator).to(device).requires_grad_(True)
         labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
-        reference = torch.compile(lambda z, y: soft_nearest_neighbor_loss(z, y, 0.5, backend="reference",
-                                                                          check_values=False))
-        candidates = {"triton": lambda: soft_nearest_neighbor_loss(z, labels, 0.5, backend="triton",
-                                                                   check_values=False).backward()}
+        reference = torch.compile(
+            lambda z, y: soft_nearest_neighbor_loss(z, y, 0.5, backend="reference", check_values=False)
+        )
+        candidates = {
+            "triton": lambda: soft_nearest_neighbor_loss(
+                z, labels, 0.5, backend="triton", check_values=False
+            ).backward()
+        }
         if REFERENCE_MATRICES * batch * batch * 4 < 0.8 * available_bytes(device):
-            candidates["reference"] = lambda: soft_nearest_neighbor_loss(z, labels, 0.5, backend="reference",
-                                                                         check_values=False).backward()
+            candidates["reference"] = lambda: soft_nearest_neighbor_loss(
+                z, labels, 0.5, backend="reference", check_values=False
+            ).backward()
             candidates["compiled"] = lambda: reference(z, labels).backward()
         entry = {"batch": batch, "dim": dim, "measured_s": {}}
         for name, fn in candidates.items():
@@ -129,15 +148,21 @@ def main(argv=None) -> int:
         parser.error("no CUDA device: the acceptance run is for a GPU machine")
     device = torch.device("cuda")
     started = time.perf_counter()
-    out = {"gpu": torch.cuda.get_device_name(device), "environment": provenance(device),
-           "command": "python -m bench.gpu_acceptance " + " ".join(sys.argv[1:] if argv is None else argv)}
+    out = {
+        "gpu": torch.cuda.get_device_name(device),
+        "environment": provenance(device),
+        "command": "python -m bench.gpu_acceptance " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     out["gpu_tests"] = run_gpu_tests()
     print(f"GPU tests: {out['gpu_tests']['summary']}", flush=True)
     out["compiled_training_step"] = compiled_training_step(device)
     step = out["compiled_training_step"]
-    print(f"reduce-overhead training step: loss {step['loss_eager']:.6f} eager, max difference compiled "
-          f"{step['max_loss_difference']:.2e}, gradients {step['max_relative_grad_difference']:.2e}; first call "
-          f"{step['first_call_s']:.1f} s, then {step['median_step_s'] * 1e3:.2f} ms", flush=True)
+    print(
+        f"reduce-overhead training step: loss {step['loss_eager']:.6f} eager, max difference compiled "
+        f"{step['max_loss_difference']:.2e}, gradients {step['max_relative_grad_difference']:.2e}; first call "
+        f"{step['first_call_s']:.1f} s, then {step['median_step_s'] * 1e3:.2f} ms",
+        flush=True,
+    )
     out["loss"] = loss_timings(device)
     for entry in out["loss"]:
         measured = ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in entry["measured_s"].items())

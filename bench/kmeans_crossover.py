@@ -60,19 +60,30 @@ def main(argv=None) -> int:
                 result = kmeans(x, 10, backend=backend, n_init=10, max_iter=300, seed=0)
                 times[backend].append(time.perf_counter() - started)
                 inertia[backend] = float(result.inertia)
-        row = {"n": n, "dim": x.shape[1],
-               **{f"{b}_median_s": statistics.median(t) for b, t in times.items()},
-               **{f"{b}_s": t for b, t in times.items()},
-               **{f"{b}_inertia": v for b, v in inertia.items()}}
+        row = {
+            "n": n,
+            "dim": x.shape[1],
+            **{f"{b}_median_s": statistics.median(t) for b, t in times.items()},
+            **{f"{b}_s": t for b, t in times.items()},
+            **{f"{b}_inertia": v for b, v in inertia.items()},
+        }
         row["faiss_over_sklearn"] = row["faiss_median_s"] / row["sklearn_median_s"]
         rows.append(row)
-        print(f"n={n:>7}: sklearn {row['sklearn_median_s']:.3f} s (inertia {inertia['sklearn']:.4g}), "
-              f"faiss {row['faiss_median_s']:.3f} s (inertia {inertia['faiss']:.4g}); "
-              f"faiss/sklearn time {row['faiss_over_sklearn']:.2f}", flush=True)
-    out = {"machine": {"device": device_name(torch.device("cpu")), "python": platform.python_version(),
-                       "torch_threads": torch.get_num_threads()},
-           "command": "python -m bench.kmeans_crossover " + " ".join(argv or __import__("sys").argv[1:]),
-           "rows": rows}
+        print(
+            f"n={n:>7}: sklearn {row['sklearn_median_s']:.3f} s (inertia {inertia['sklearn']:.4g}), "
+            f"faiss {row['faiss_median_s']:.3f} s (inertia {inertia['faiss']:.4g}); "
+            f"faiss/sklearn time {row['faiss_over_sklearn']:.2f}",
+            flush=True,
+        )
+    out = {
+        "machine": {
+            "device": device_name(torch.device("cpu")),
+            "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "command": "python -m bench.kmeans_crossover " + " ".join(argv or __import__("sys").argv[1:]),
+        "rows": rows,
+    }
     if args.json:
         write_new_json(args.json, out)
     return 0

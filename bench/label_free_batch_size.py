@@ -47,22 +47,40 @@ def main() -> None:
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         config = preset(args.config, batch_size=batch_size, epochs=args.epochs)
         started = time.perf_counter()
-        result = train_autoencoder(x, None, config, seed=args.seed, device="cpu", progress="lines",
-                                   image_shape=train.image_shape)
+        result = train_autoencoder(
+            x, None, config, seed=args.seed, device="cpu", progress="lines", image_shape=train.image_shape
+        )
         seconds = time.perf_counter() - started
         codes = encode_in_batches(result.model, test.x).numpy()
         clusters = kmeans(codes, test.n_classes, seed=args.seed).labels
         metrics = evaluate(codes, test.y, clusters, silhouette_sample=2000, seed=args.seed)
-        row = {"batch_size": batch_size, "acc": metrics["acc"], "nmi": metrics["nmi"], "ari": metrics["ari"],
-               "epoch_seconds_median": statistics.median(h["seconds"] for h in result.history),
-               "train_seconds": seconds, "final_loss": result.history[-1]["loss"]}
+        row = {
+            "batch_size": batch_size,
+            "acc": metrics["acc"],
+            "nmi": metrics["nmi"],
+            "ari": metrics["ari"],
+            "epoch_seconds_median": statistics.median(h["seconds"] for h in result.history),
+            "train_seconds": seconds,
+            "final_loss": result.history[-1]["loss"],
+        }
         rows.append(row)
-        print(f"batch {batch_size:>5}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
-              f"epoch {row['epoch_seconds_median']:.1f} s (median)", flush=True)
+        print(
+            f"batch {batch_size:>5}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
+            f"epoch {row['epoch_seconds_median']:.1f} s (median)",
+            flush=True,
+        )
     if args.json:
-        write_new_json(args.json, {"config": args.config, "train_images": args.train, "epochs": args.epochs,
-                                   "seed": args.seed, "rows": rows, "environment": environment(
-                                       __import__("torch").device("cpu"))})
+        write_new_json(
+            args.json,
+            {
+                "config": args.config,
+                "train_images": args.train,
+                "epochs": args.epochs,
+                "seed": args.seed,
+                "rows": rows,
+                "environment": environment(__import__("torch").device("cpu")),
+            },
+        )
 
 
 if __name__ == "__main__":

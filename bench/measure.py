@@ -90,8 +90,12 @@ def machine_rates() -> dict:
     x = torch.randn(4 << 20)
     out = torch.empty_like(x)
     exps = x.numel() / _median_seconds(lambda: torch.exp(x, out=out))
-    return {"gemm_flops": gemm, "exp_per_s": exps, "threads": torch.get_num_threads(),
-            "how": "median of 15: fp32 2048^3 matmul; torch.exp over 4M floats"}
+    return {
+        "gemm_flops": gemm,
+        "exp_per_s": exps,
+        "threads": torch.get_num_threads(),
+        "how": "median of 15: fp32 2048^3 matmul; torch.exp over 4M floats",
+    }
 
 
 def loss_bounds(batch: int, dim: int, rates: dict) -> dict:

@@ -49,8 +49,12 @@ def _time(ms: float) -> str:
 def markdown(rows: dict, bounds: dict) -> str:
     # (older result files also hold the since-removed chunked backend)
     backends = [b for b in ("reference", "compiled", "chunked", "blocked", "triton") if any(k[0] == b for k in rows)]
-    lines = ["| d | b | " + " | ".join(backends) + " | blocked vs eager | vs compiled | blocked / bound (naive, symmetric) |",
-             "|---|---|" + "---|" * (len(backends) + 3)]
+    lines = [
+        "| d | b | "
+        + " | ".join(backends)
+        + " | blocked vs eager | vs compiled | blocked / bound (naive, symmetric) |",
+        "|---|---|" + "---|" * (len(backends) + 3),
+    ]
     for dim in sorted({d for _, d in rows}):
         for batch in sorted({b for (_, d), series in rows.items() if d == dim for b in series}):
             cells = []
@@ -58,13 +62,19 @@ def markdown(rows: dict, bounds: dict) -> str:
                 entry = rows.get((backend, dim), {}).get(batch)
                 cells.append(f"{_time(entry[0])}, {entry[1]:,.0f} MiB" if entry else "not run")
             blocked = rows.get(("blocked", dim), {}).get(batch)
-            ratio = lambda other: (f"{other[0] / blocked[0]:.1f}x" if other and blocked else "—")  # noqa: E731
+            ratio = lambda other: f"{other[0] / blocked[0]:.1f}x" if other and blocked else "—"  # noqa: E731
             bound = bounds.get((dim, batch), {})
-            multiple = (f"{blocked[0] / bound['naive']:.2f}, {blocked[0] / bound['symmetric']:.2f}"
-                        if blocked and "naive" in bound else "—")
-            lines.append(f"| {dim} | {batch:,} | " + " | ".join(cells) +
-                         f" | {ratio(rows.get(('reference', dim), {}).get(batch))} | "
-                         f"{ratio(rows.get(('compiled', dim), {}).get(batch))} | {multiple} |")
+            multiple = (
+                f"{blocked[0] / bound['naive']:.2f}, {blocked[0] / bound['symmetric']:.2f}"
+                if blocked and "naive" in bound
+                else "—"
+            )
+            lines.append(
+                f"| {dim} | {batch:,} | "
+                + " | ".join(cells)
+                + f" | {ratio(rows.get(('reference', dim), {}).get(batch))} | "
+                f"{ratio(rows.get(('compiled', dim), {}).get(batch))} | {multiple} |"
+            )
     return "\n".join(lines)
 
 
@@ -103,8 +113,10 @@ def main() -> None:
     rows, meta = load_rows(args.json)
     machine = meta.get("machine")
     if machine:
-        print(f"machine: {meta.get('device')}, {machine['gemm_flops'] / 1e9:.0f} GFLOP/s fp32 GEMM, "
-              f"{machine['exp_per_s'] / 1e9:.2f} G exp/s, {machine['threads']} threads")
+        print(
+            f"machine: {meta.get('device')}, {machine['gemm_flops'] / 1e9:.0f} GFLOP/s fp32 GEMM, "
+            f"{machine['exp_per_s'] / 1e9:.2f} G exp/s, {machine['threads']} threads"
+        )
     print(markdown(rows, load_bounds(args.json)))
 
 

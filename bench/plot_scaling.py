@@ -31,8 +31,7 @@ def load_rows(path: Path) -> tuple[dict, list, dict]:
 def markdown(rows: dict, not_run: list) -> str:
     sizes = sorted({n for series in rows.values() for n in series})
     skipped = {(entry["params"].get("stage"), entry["params"].get("n")) for entry in not_run}
-    lines = ["| stage | " + " | ".join(f"n = {n:,}" for n in sizes) + " |",
-             "|---|" + "---|" * len(sizes)]
+    lines = ["| stage | " + " | ".join(f"n = {n:,}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
     for stage, series in rows.items():
         cells = []
         for n in sizes:

@@ -47,8 +47,11 @@ def main() -> None:
         digest = hashlib.sha1(points.tobytes()).hexdigest()[:10]
         clusters = final_clustering(points, k, config.cluster, 0, config.kmeans_backend)
         metrics = evaluate(points, data.y, clusters, silhouette_sample=None, seed=0)
-        print(f"threads={torch.get_num_threads()} rep={repeat} emb={digest} acc={metrics['acc']:.4f} "
-              f"nmi={metrics['nmi']:.4f} ({time.perf_counter() - started:.0f}s)", flush=True)
+        print(
+            f"threads={torch.get_num_threads()} rep={repeat} emb={digest} acc={metrics['acc']:.4f} "
+            f"nmi={metrics['nmi']:.4f} ({time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

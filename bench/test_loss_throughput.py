@@ -7,7 +7,8 @@ go through the public function with ``check_values=False``, so only the
 computation is timed; the cosine distance, fp32, mean reduction and T = 0.5.
 
     python -m pytest bench/test_loss_throughput.py --loss-sizes smoke
-    python -m pytest bench/test_loss_throughput.py --loss-sizes cpu --benchmark-json bench/results/loss-cpu-<machine>.json
+    python -m pytest bench/test_loss_throughput.py --loss-sizes cpu \
+        --benchmark-json bench/results/loss-cpu-<machine>.json
     python -m pytest bench/test_loss_throughput.py --loss-sizes full --benchmark-json bench/results/loss-<device>.json
 
 Each case records samples/s, the mean time and the extra peak memory of one
@@ -43,6 +44,7 @@ REFERENCE_MATRICES = 7
 def loss_with(backend: str):
     def loss(z, labels, t):
         return soft_nearest_neighbor_loss(z, labels, t, backend=backend, check_values=False)
+
     return loss
 
 

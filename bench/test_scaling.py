@@ -67,16 +67,28 @@ def _measure(benchmark, device, n, stage, fn, **info):
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     seconds = time.perf_counter() - started
     benchmark.group = stage
-    benchmark.extra_info.update(stage=stage, n=n, seconds=seconds, seconds_per_million=seconds / n * 1e6,
-                                peak_extra_bytes=peak.bytes, device=device.type, **info)
+    benchmark.extra_info.update(
+        stage=stage,
+        n=n,
+        seconds=seconds,
+        seconds_per_million=seconds / n * 1e6,
+        peak_extra_bytes=peak.bytes,
+        device=device.type,
+        **info,
+    )
     return result["value"]
 
 
 def test_training_epoch(benchmark, device, n):
     state = _data(n)
     config = preset("snnl-5", **MODEL)
-    result = _measure(benchmark, device, n, "training epoch",
-                      lambda: train_autoencoder(state["x"], state["y"], config, seed=0, device=device, progress=False))
+    result = _measure(
+        benchmark,
+        device,
+        n,
+        "training epoch",
+        lambda: train_autoencoder(state["x"], state["y"], config, seed=0, device=device, progress=False),
+    )
     state["model"] = result.model
 
 
@@ -84,8 +96,9 @@ def test_encoding(benchmark, device, n):
     state = _data(n)
     if "model" not in state:
         pytest.skip("needs the model of test_training_epoch")
-    state["codes"] = _measure(benchmark, device, n, "encoding",
-                              lambda: encode_in_batches(state["model"], state["x"], device=device).numpy())
+    state["codes"] = _measure(
+        benchmark, device, n, "encoding", lambda: encode_in_batches(state["model"], state["x"], device=device).numpy()
+    )
 
 
 def _codes(n):
@@ -97,8 +110,13 @@ def _codes(n):
 
 def test_kmeans(benchmark, device, n):
     state = _codes(n)
-    result = _measure(benchmark, device, n, "k-means",
-                      lambda: kmeans(state["codes"], 10, n_init=1, max_iter=20, seed=0, device=device))
+    result = _measure(
+        benchmark,
+        device,
+        n,
+        "k-means",
+        lambda: kmeans(state["codes"], 10, n_init=1, max_iter=20, seed=0, device=device),
+    )
     benchmark.extra_info["backend"] = result.backend
     state["clusters"] = result.labels
 
@@ -107,24 +125,38 @@ def test_silhouette_exact(benchmark, device, not_run, n):
     state = _codes(n)
     if n > EXACT_SILHOUETTE_MAX:
         hours = 60.0 * (n / EXACT_SILHOUETTE_MAX) ** 2 / 3600  # ~1 minute at the limit on 2 CPU cores
-        not_run(f"exact silhouette is O(n^2): ~{hours:.0f} h at this n on a 2-core CPU; "
-                f"the sampled estimate is measured instead", stage="silhouette exact", n=n)
-    _measure(benchmark, device, n, "silhouette exact", lambda: silhouette(state["codes"], state["clusters"], device=device))
+        not_run(
+            f"exact silhouette is O(n^2): ~{hours:.0f} h at this n on a 2-core CPU; "
+            f"the sampled estimate is measured instead",
+            stage="silhouette exact",
+            n=n,
+        )
+    _measure(
+        benchmark, device, n, "silhouette exact", lambda: silhouette(state["codes"], state["clusters"], device=device)
+    )
 
 
 def test_silhouette_sampled(benchmark, device, n):
     state = _codes(n)
-    _measure(benchmark, device, n, "silhouette sampled",
-             lambda: silhouette(state["codes"], state["clusters"], device=device, sample_size=SILHOUETTE_SAMPLE),
-             sample=SILHOUETTE_SAMPLE)
+    _measure(
+        benchmark,
+        device,
+        n,
+        "silhouette sampled",
+        lambda: silhouette(state["codes"], state["clusters"], device=device, sample_size=SILHOUETTE_SAMPLE),
+        sample=SILHOUETTE_SAMPLE,
+    )
 
 
 def test_umap_full(benchmark, device, not_run, n):
     if not umap_learn_status()[0]:
         not_run("umap-learn is not installed", stage="umap full", n=n)
     if n > UMAP_FULL_MAX:
-        not_run(f"UMAP's fit grows faster than linearly; past {UMAP_FULL_MAX} points it is fitted on a sample",
-                stage="umap full", n=n)
+        not_run(
+            f"UMAP's fit grows faster than linearly; past {UMAP_FULL_MAX} points it is fitted on a sample",
+            stage="umap full",
+            n=n,
+        )
     state = _codes(n)
     _measure(benchmark, device, n, "umap full", lambda: embed(state["codes"], 10, ManifoldConfig(), seed=0))
 
@@ -134,8 +166,14 @@ def test_umap_fit_on_sample(benchmark, device, not_run, n):
         not_run("umap-learn is not installed", stage="umap sample", n=n)
     state = _codes(n)
     config = ManifoldConfig(fit_sample=UMAP_FIT_SAMPLE)
-    _measure(benchmark, device, n, "umap fit on sample + transform", lambda: embed(state["codes"], 10, config, seed=0),
-             sample=UMAP_FIT_SAMPLE)
+    _measure(
+        benchmark,
+        device,
+        n,
+        "umap fit on sample + transform",
+        lambda: embed(state["codes"], 10, config, seed=0),
+        sample=UMAP_FIT_SAMPLE,
+    )
 
 
 def teardown_module():

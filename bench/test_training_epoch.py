@@ -16,7 +16,8 @@ else 10,000 random 784-pixel images with ten labels (the same work per batch:
 the loss's cost does not depend on the values, only the far-row fallback
 would, and it never triggers at the annealed temperatures).
 
-    python -m pytest bench/test_training_epoch.py --epoch-rounds 3 --benchmark-json bench/results/training-epoch-cpu-<machine>.json
+    python -m pytest bench/test_training_epoch.py --epoch-rounds 3 \
+        --benchmark-json bench/results/training-epoch-cpu-<machine>.json
 
 Each round trains one epoch of each configuration from the same starting
 weights, alternating; ``extra_info`` holds the median epoch time of each and
@@ -86,7 +87,7 @@ def test_training_epoch_before_and_after(benchmark, device, request):
     x, y, source = _data(request.config.getoption("--epoch-rows"))
     rounds = request.config.getoption("--epoch-rounds")
     trainers = {name: _trainer(name, x.shape[1]) for name in CONFIGS}
-    for name, trainer in trainers.items():  # warm-up: compilation, allocator
+    for trainer in trainers.values():  # warm-up: compilation, allocator
         _epoch(trainer, x[:2048], y[:2048], 0)
     times = {name: [] for name in CONFIGS}
     epoch = iter(range(1, 1000))
@@ -99,12 +100,14 @@ def test_training_epoch_before_and_after(benchmark, device, request):
     benchmark.group = "training epoch, snnl-5"
     benchmark.pedantic(both, rounds=rounds, warmup_rounds=0, iterations=1)
     before, after = statistics.median(times["before"]), statistics.median(times["after"])
-    benchmark.extra_info.update({
-        "data": source,
-        "configs": CONFIGS,
-        "before_s": times["before"],
-        "after_s": times["after"],
-        "median_before_s": before,
-        "median_after_s": after,
-        "speedup": before / after,
-    })
+    benchmark.extra_info.update(
+        {
+            "data": source,
+            "configs": CONFIGS,
+            "before_s": times["before"],
+            "after_s": times["after"],
+            "median_before_s": before,
+            "median_after_s": after,
+            "speedup": before / after,
+        }
+    )

@@ -63,15 +63,27 @@ def main(argv=None) -> int:
         assert torch.isfinite(grad).all()
         print(f"b={len(z)}: loss {loss:.6f}, {times[-1]:.1f} s, extra peak {memory.bytes / 2**20:.0f} MiB", flush=True)
     bounds = loss_bounds(len(z), z.shape[1], rates)
-    out = {"points": len(z), "dim": z.shape[1], "temperature": 0.5, "distance": "cosine", "loss": loss,
-           "seconds": times, "median_s": statistics.median(times), "peak_extra_bytes": peaks,
-           "gradient_bytes": grad.numel() * 4, "reference_matrix_bytes": len(z) ** 2 * 4,
-           "machine": {**rates, **{k: v for k, v in provenance(torch.device("cpu")).items() if k != "command"}},
-           "bound_naive_s": bounds["naive"], "bound_symmetric_s": bounds["symmetric"],
-           "x_bound_naive": statistics.median(times) / bounds["naive"],
-           "command": "python -m bench.whole_dataset_loss " + " ".join(sys.argv[1:] if argv is None else argv)}
-    print(f"median {out['median_s']:.1f} s = {out['x_bound_naive']:.2f}x the naive bound "
-          f"({bounds['naive']:.1f} s); extra peak {max(peaks) / 2**20:.0f} MiB")
+    out = {
+        "points": len(z),
+        "dim": z.shape[1],
+        "temperature": 0.5,
+        "distance": "cosine",
+        "loss": loss,
+        "seconds": times,
+        "median_s": statistics.median(times),
+        "peak_extra_bytes": peaks,
+        "gradient_bytes": grad.numel() * 4,
+        "reference_matrix_bytes": len(z) ** 2 * 4,
+        "machine": {**rates, **{k: v for k, v in provenance(torch.device("cpu")).items() if k != "command"}},
+        "bound_naive_s": bounds["naive"],
+        "bound_symmetric_s": bounds["symmetric"],
+        "x_bound_naive": statistics.median(times) / bounds["naive"],
+        "command": "python -m bench.whole_dataset_loss " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    print(
+        f"median {out['median_s']:.1f} s = {out['x_bound_naive']:.2f}x the naive bound "
+        f"({bounds['naive']:.1f} s); extra peak {max(peaks) / 2**20:.0f} MiB"
+    )
     if args.json:
         write_new_json(args.json, out)
     return 0

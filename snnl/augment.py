@@ -35,9 +35,14 @@ def draw(kind: str, n: int, features: int, generator: torch.Generator) -> tuple[
     apart from their use so that under torch.distributed every process draws
     those of the whole global batch and applies its own rows' (``select``)."""
     if kind == "image":
-        return (_uniform(generator, n) * math.radians(ROTATION_DEGREES), 1 + _uniform(generator, n) * SCALE,
-                _uniform(generator, n, 2) * (2 * SHIFT))  # affine_grid's coordinates span [-1, 1]
-    return torch.rand(n, features, generator=generator) >= FEATURE_DROPOUT, torch.randn(n, features, generator=generator)
+        return (
+            _uniform(generator, n) * math.radians(ROTATION_DEGREES),
+            1 + _uniform(generator, n) * SCALE,
+            _uniform(generator, n, 2) * (2 * SHIFT),
+        )  # affine_grid's coordinates span [-1, 1]
+    return torch.rand(n, features, generator=generator) >= FEATURE_DROPOUT, torch.randn(
+        n, features, generator=generator
+    )
 
 
 def select(draws: tuple[torch.Tensor, ...], rows) -> tuple[torch.Tensor, ...]:

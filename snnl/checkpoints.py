@@ -47,8 +47,11 @@ def save(state: dict, path: str | os.PathLike, *, keep_previous: bool = True) ->
     payload = buffer.getvalue()
     # The payload as a uint8 tensor: stored as raw bytes in the file (a bytes
     # object would be pickled as text), so damage to it reaches the checksum.
-    wrapper = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    wrapper = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
     with atomic_path(path) as temporary:
         torch.save(wrapper, temporary)
         if keep_previous and path.exists():  # the last step before the new file takes its place
@@ -64,8 +67,9 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
         raise
     except Exception as error:  # truncated, empty, not a torch file, flipped bits in its structure
         first_line = str(error).splitlines()[0] if str(error) else ""
-        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {first_line}): "
-                              "the file is truncated or damaged") from None
+        raise CheckpointError(
+            f"{path} cannot be read ({type(error).__name__}: {first_line}): the file is truncated or damaged"
+        ) from None
     if isinstance(wrapper, dict) and wrapper.get("format") == FORMAT:
         payload = wrapper.get("payload")
         payload = payload.cpu().numpy().tobytes() if isinstance(payload, torch.Tensor) else b""

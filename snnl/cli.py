@@ -24,8 +24,10 @@ def cmd_loss(args) -> int:
     rows = compare_backends(args.batch, args.dim, args.classes, args.temperature, args.distance, device, args.seed)
     print(f"{'backend':<10} {'loss':>12} {'max |grad - ref|':>17} {'first call':>12} {'then (median)':>14}")
     for row in rows:
-        print(f"{row['backend']:<10} {row['loss']:>12.6f} {row['max_grad_diff']:>17.2e} "
-              f"{row['first_seconds'] * 1e3:>9.1f} ms {row['seconds'] * 1e3:>11.1f} ms")
+        print(
+            f"{row['backend']:<10} {row['loss']:>12.6f} {row['max_grad_diff']:>17.2e} "
+            f"{row['first_seconds'] * 1e3:>9.1f} ms {row['seconds'] * 1e3:>11.1f} ms"
+        )
     print("(forward + backward; the first call in this process apart from the median of the next five)")
     return 0
 
@@ -79,8 +81,11 @@ def _options(text: str) -> dict:
 def _given(args, mapping: dict) -> dict:
     """{field: value} of the options given on the command line (options left
     out are None, or False for flags: they keep the stored or default value)."""
-    return {field: getattr(args, name) for name, field in mapping.items()
-            if getattr(args, name) is not None and getattr(args, name) is not False}
+    return {
+        field: getattr(args, name)
+        for name, field in mapping.items()
+        if getattr(args, name) is not None and getattr(args, name) is not False
+    }
 
 
 def _stored(args, method: str) -> dict | None:
@@ -99,20 +104,53 @@ def _stored(args, method: str) -> dict | None:
 
 # command-line option (argparse's dest) -> configuration field, per configuration class;
 # tests/test_run_config.py checks that each side names a real option and field
-SHARED_OPTIONS = {"dataset": "dataset", "seeds": "seeds", "kmeans_backend": "kmeans_backend", "device": "device",
-                  "data_dir": "data_dir", "download": "download", "blobs": "dataset_options",
-                  "projection": "projection", "silhouette_sample": "silhouette_sample"}
-TRAIN_OPTIONS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate", "init": "init",
-                 "adam_eps": "adam_eps"}
-RUN_OPTIONS = {**SHARED_OPTIONS, "labelled": "labelled", "kmeans_protocol": "kmeans_protocol",
-               "kmeans_restarts": "kmeans_restarts"}
-RUN_TRAIN_OPTIONS = {**TRAIN_OPTIONS, "alpha": "alpha", "code_dim": "code_dim", "loss_backend": "loss_backend",
-                     "amp": "amp"}
-N2D_OPTIONS = {**SHARED_OPTIONS, "n_clusters": "n_clusters", "cluster": "cluster", "codes_from": "codes_from",
-               "raw": "raw", "snapshot_every": "snapshot_every"}
+SHARED_OPTIONS = {
+    "dataset": "dataset",
+    "seeds": "seeds",
+    "kmeans_backend": "kmeans_backend",
+    "device": "device",
+    "data_dir": "data_dir",
+    "download": "download",
+    "blobs": "dataset_options",
+    "projection": "projection",
+    "silhouette_sample": "silhouette_sample",
+}
+TRAIN_OPTIONS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "init": "init",
+    "adam_eps": "adam_eps",
+}
+RUN_OPTIONS = {
+    **SHARED_OPTIONS,
+    "labelled": "labelled",
+    "kmeans_protocol": "kmeans_protocol",
+    "kmeans_restarts": "kmeans_restarts",
+}
+RUN_TRAIN_OPTIONS = {
+    **TRAIN_OPTIONS,
+    "alpha": "alpha",
+    "code_dim": "code_dim",
+    "loss_backend": "loss_backend",
+    "amp": "amp",
+}
+N2D_OPTIONS = {
+    **SHARED_OPTIONS,
+    "n_clusters": "n_clusters",
+    "cluster": "cluster",
+    "codes_from": "codes_from",
+    "raw": "raw",
+    "snapshot_every": "snapshot_every",
+}
 N2D_TRAIN_OPTIONS = {**TRAIN_OPTIONS, "patience": "patience"}
-MANIFOLD_OPTIONS = {"manifold": "method", "umap_neighbors": "umap_neighbors", "umap_min_dist": "umap_min_dist",
-                    "umap_backend": "umap_backend", "umap_fit_sample": "fit_sample"}
+MANIFOLD_OPTIONS = {
+    "manifold": "method",
+    "umap_neighbors": "umap_neighbors",
+    "umap_min_dist": "umap_min_dist",
+    "umap_backend": "umap_backend",
+    "umap_fit_sample": "fit_sample",
+}
 
 
 def experiment_from_args(args):
@@ -173,8 +211,11 @@ def _announce(args, config, header: str, *, changes: bool = True) -> None:
     check_output(config, args.out, args.resume, changes=changes)
     print(header, file=sys.stderr)
     if not args.out:
-        print(f"snnl {args.command}: no --out given, so only the metrics are printed; nothing is written "
-              "(pass --out DIR to keep metrics, codes, checkpoints and figures)", file=sys.stderr)
+        print(
+            f"snnl {args.command}: no --out given, so only the metrics are printed; nothing is written "
+            "(pass --out DIR to keep metrics, codes, checkpoints and figures)",
+            file=sys.stderr,
+        )
 
 
 def cmd_run(args) -> int:
@@ -182,8 +223,11 @@ def cmd_run(args) -> int:
     from .pipeline import run_experiment
 
     config = experiment_from_args(args)
-    _announce(args, config, f"snnl run: {config.dataset}, {config.train.name} = {describe(config.train)}; "
-                            f"seeds {list(config.seeds)}")
+    _announce(
+        args,
+        config,
+        f"snnl run: {config.dataset}, {config.train.name} = {describe(config.train)}; seeds {list(config.seeds)}",
+    )
     return _print_result(run_experiment(config, args.out, resume=args.resume, progress=_progress(args)), args.out)
 
 
@@ -199,9 +243,15 @@ def cmd_n2d(args) -> int:
 def cmd_snapshots(args) -> int:
     from .n2d import write_snapshot_scores
 
-    write_snapshot_scores(args.run, args.output, force=args.force, silhouette_sample=args.silhouette_sample,
-                          scoring_seeds=args.scoring_seeds, epochs=args.epochs,
-                          progress=lambda line: print(line, file=sys.stderr))
+    write_snapshot_scores(
+        args.run,
+        args.output,
+        force=args.force,
+        silhouette_sample=args.silhouette_sample,
+        scoring_seeds=args.scoring_seeds,
+        epochs=args.epochs,
+        progress=lambda line: print(line, file=sys.stderr),
+    )
     print(f"wrote {args.output}")
     return 0
 
@@ -265,7 +315,9 @@ def _default(cls, name: str):
     import dataclasses
 
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+    if field.default is dataclasses.MISSING:
+        return field.default_factory()  # type: ignore[operator]  # every field has one or the other
+    return field.default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,66 +331,114 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_training = _default(ExperimentConfig, ExperimentConfig.TRAINING_FIELD)
 
-    parser = argparse.ArgumentParser(prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering.")
+    parser = argparse.ArgumentParser(
+        prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_shared(parser, cls, of_preset=""):
         """Options `snnl run` and `snnl n2d` share (``of_preset``: where the
         training defaults come from, when not from ``cls`` itself)."""
         parser.add_argument("--dataset", choices=dataset_names(), help=f"(default: {_default(cls, 'dataset')})")
-        parser.add_argument("--seeds", type=_seeds, help="comma-separated, distinct, e.g. 0,1,2,3 "
-                                                         f"(default: {','.join(map(str, _default(cls, 'seeds')))})")
-        parser.add_argument("--out", help="write metrics.json, embeddings.npz, checkpoints and figures here: a new or "
-                                          "empty directory, or this run's own with --resume")
-        parser.add_argument("--resume", action="store_true",
-                            help="continue the run in --out where it stopped; options left out keep their stored "
-                                 "values; only options of the stages after training, --epochs (more) and the seeds "
-                                 "may change")
+        parser.add_argument(
+            "--seeds",
+            type=_seeds,
+            help=f"comma-separated, distinct, e.g. 0,1,2,3 (default: {','.join(map(str, _default(cls, 'seeds')))})",
+        )
+        parser.add_argument(
+            "--out",
+            help="write metrics.json, embeddings.npz, checkpoints and figures here: a new or "
+            "empty directory, or this run's own with --resume",
+        )
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run in --out where it stopped; options left out keep their stored "
+            "values; only options of the stages after training, --epochs (more) and the seeds "
+            "may change",
+        )
         training = _default(cls, cls.TRAINING_FIELD)  # the default run's training configuration
         parser.add_argument("--epochs", type=int, help=f"training epochs (default: {training.epochs}{of_preset})")
-        parser.add_argument("--batch-size", type=int, help="the global batch, split across torchrun processes "
-                                                           f"(default: {training.batch_size})")
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            help=f"the global batch, split across torchrun processes (default: {training.batch_size})",
+        )
         parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default: {training.learning_rate:g})")
-        parser.add_argument("--init", choices=choices.INITS,
-                            help=f"weight initialisation (default: {run_training.init}; N2D: {N2D_AUTOENCODER.init}, "
-                                 "as Keras)")
-        parser.add_argument("--adam-eps", type=float, help=f"Adam's epsilon (default {run_training.adam_eps:g}; "
-                                                            f"N2D: {N2D_AUTOENCODER.adam_eps:g}, as Keras)")
+        parser.add_argument(
+            "--init",
+            choices=choices.INITS,
+            help=f"weight initialisation (default: {run_training.init}; N2D: {N2D_AUTOENCODER.init}, as Keras)",
+        )
+        parser.add_argument(
+            "--adam-eps",
+            type=float,
+            help=f"Adam's epsilon (default {run_training.adam_eps:g}; N2D: {N2D_AUTOENCODER.adam_eps:g}, as Keras)",
+        )
         parser.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {_default(cls, 'device')})")
-        parser.add_argument("--kmeans-backend", choices=choices.KMEANS_BACKENDS,
-                            help=f"(default: {_default(cls, 'kmeans_backend')})")
-        parser.add_argument("--projection", choices=choices.PROJECTIONS,
-                            help=f"2-D projection in figures/projection.png (default: {_default(cls, 'projection')})")
-        parser.add_argument("--silhouette-sample", type=int,
-                            help="estimate the silhouette on this many points, >= 2 (default: exact, O(n^2))")
-        parser.add_argument("--data-dir", help="where the dataset files are; used alone and whole when given "
-                                               "(default: $SNNL_DATA, system dirs, cache)")
-        parser.add_argument("--download", action="store_true", help="download missing IDX files from the official sources")
-        parser.add_argument("--blobs", type=_options, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10")
+        parser.add_argument(
+            "--kmeans-backend", choices=choices.KMEANS_BACKENDS, help=f"(default: {_default(cls, 'kmeans_backend')})"
+        )
+        parser.add_argument(
+            "--projection",
+            choices=choices.PROJECTIONS,
+            help=f"2-D projection in figures/projection.png (default: {_default(cls, 'projection')})",
+        )
+        parser.add_argument(
+            "--silhouette-sample",
+            type=int,
+            help="estimate the silhouette on this many points, >= 2 (default: exact, O(n^2))",
+        )
+        parser.add_argument(
+            "--data-dir",
+            help="where the dataset files are; used alone and whole when given "
+            "(default: $SNNL_DATA, system dirs, cache)",
+        )
+        parser.add_argument(
+            "--download", action="store_true", help="download missing IDX files from the official sources"
+        )
+        parser.add_argument(
+            "--blobs", type=_options, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10"
+        )
         parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch")
 
     run = sub.add_parser("run", help="train, encode the test set, k-means, metrics (Agarap & Azcarraga)")
     add_shared(run, ExperimentConfig, of_preset=", the preset's")
-    run.add_argument("--config", choices=list(PRESETS),
-                     help=f"a preset of the paper's Table I, a label-free one, or a baseline "
-                          f"(default: {run_training.name})")
-    run.add_argument("--labelled", type=_labelled,
-                     help="labelled training examples, or 'all' (default: the paper's: 10,000 for MNIST and "
-                          "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)")
+    run.add_argument(
+        "--config",
+        choices=list(PRESETS),
+        help=f"a preset of the paper's Table I, a label-free one, or a baseline (default: {run_training.name})",
+    )
+    run.add_argument(
+        "--labelled",
+        type=_labelled,
+        help="labelled training examples, or 'all' (default: the paper's: 10,000 for MNIST and "
+        "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)",
+    )
     run.add_argument("--alpha", type=float, help=f"weight of the SNNL term (default: {run_training.alpha:g})")
     run.add_argument("--code-dim", type=int, help=f"width of the code layer (default: {run_training.code_dim})")
     run.add_argument("--loss-backend", choices=choices.LOSS_BACKENDS, help=f"(default: {run_training.loss_backend})")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
-    run.add_argument("--kmeans-protocol", choices=choices.KMEANS_PROTOCOLS, help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})")
+    run.add_argument(
+        "--kmeans-protocol",
+        choices=choices.KMEANS_PROTOCOLS,
+        help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})",
+    )
     run.add_argument("--kmeans-restarts", type=int, help=f"(default: {_default(ExperimentConfig, 'kmeans_restarts')})")
     run.set_defaults(func=cmd_run)
 
-    n2d = sub.add_parser("n2d", help="N2D: autoencoder -> UMAP -> Gaussian mixture (McConville et al.); "
-                                     "needs umap-learn (pip install 'snnl[umap]') or cuML")
+    n2d = sub.add_parser(
+        "n2d",
+        help="N2D: autoencoder -> UMAP -> Gaussian mixture (McConville et al.); "
+        "needs umap-learn (pip install 'snnl[umap]') or cuML",
+    )
     add_shared(n2d, N2DConfig)
     n2d.add_argument("--codes-from", help="cluster the test codes of this `snnl run --out` directory instead")
-    n2d.add_argument("--raw", action="store_true",
-                     help="no autoencoder: the manifold learner and clustering on the inputs (N2D's Table 1 baseline)")
+    n2d.add_argument(
+        "--raw",
+        action="store_true",
+        help="no autoencoder: the manifold learner and clustering on the inputs (N2D's Table 1 baseline)",
+    )
     n2d.add_argument("--manifold", choices=choices.MANIFOLDS, help=f"(default: {ManifoldConfig.method})")
     n2d.add_argument("--cluster", choices=choices.CLUSTERERS, help=f"(default: {_default(N2DConfig, 'cluster')})")
     n2d.add_argument("--n-clusters", type=int, help="at least 2 (default: the number of classes)")
@@ -347,21 +447,30 @@ def build_parser() -> argparse.ArgumentParser:
     n2d.add_argument("--umap-min-dist", type=float, help=f"(default: {ManifoldConfig.umap_min_dist})")
     n2d.add_argument("--umap-backend", choices=choices.UMAP_BACKENDS, help=f"(default: {ManifoldConfig.umap_backend})")
     n2d.add_argument("--umap-fit-sample", type=int, help="fit UMAP on this many points, transform the rest")
-    n2d.add_argument("--snapshot-every", type=int,
-                     help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)")
+    n2d.add_argument(
+        "--snapshot-every",
+        type=int,
+        help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)",
+    )
     n2d.set_defaults(func=cmd_n2d)
 
-    kernels = sub.add_parser("kernels", add_help=False,
-                             help="compile the fused kernels for sm_80/sm_90 without a GPU and report the code and a "
-                                  "performance model (see `snnl kernels --help`)")
+    kernels = sub.add_parser(
+        "kernels",
+        add_help=False,
+        help="compile the fused kernels for sm_80/sm_90 without a GPU and report the code and a "
+        "performance model (see `snnl kernels --help`)",
+    )
     kernels.add_argument("lab_argv", nargs=argparse.REMAINDER)  # handed to the lab by main()
 
     backends = sub.add_parser("backends", help="which backend each step uses on this machine, and why")
     backends.set_defaults(func=cmd_backends)
 
     labels = sub.add_parser("plot-labels", help="ACC and NMI against the number of labels (the paper's Figures 3-4)")
-    labels.add_argument("runs", nargs="+", help="--out directories of runs: supervised SNNL runs with different "
-                                                "--labelled, and label-free baselines")
+    labels.add_argument(
+        "runs",
+        nargs="+",
+        help="--out directories of runs: supervised SNNL runs with different --labelled, and label-free baselines",
+    )
     labels.add_argument("--output", required=True, help="the PNG to write (a new file, unless --force)")
     labels.add_argument("--force", action="store_true", help="replace an existing --output file")
     labels.set_defaults(func=cmd_plot_labels)
@@ -369,13 +478,23 @@ def build_parser() -> argparse.ArgumentParser:
     snapshots = sub.add_parser("snapshots", help="N2D's metrics at each snapshot of an `snnl n2d --snapshot-every` run")
     snapshots.add_argument("run", help="the --out directory of the snnl n2d run")
     snapshots.add_argument("--output", required=True, help="the JSON to write (a new file, unless --force)")
-    snapshots.add_argument("--scoring-seeds", type=_seeds,
-                           help="score each snapshot once per random state of UMAP and the mixture, e.g. 0,1,2 "
-                                "(default: once, with the training seed)")
-    snapshots.add_argument("--epochs", type=_epochs,
-                           help="score only the snapshots of these epochs, e.g. 250,300 (default: every snapshot)")
-    snapshots.add_argument("--silhouette-sample", type=int, default=SNAPSHOT_SILHOUETTE_SAMPLE,
-                           help=f"points of the sampled silhouette (default: {SNAPSHOT_SILHOUETTE_SAMPLE})")
+    snapshots.add_argument(
+        "--scoring-seeds",
+        type=_seeds,
+        help="score each snapshot once per random state of UMAP and the mixture, e.g. 0,1,2 "
+        "(default: once, with the training seed)",
+    )
+    snapshots.add_argument(
+        "--epochs",
+        type=_epochs,
+        help="score only the snapshots of these epochs, e.g. 250,300 (default: every snapshot)",
+    )
+    snapshots.add_argument(
+        "--silhouette-sample",
+        type=int,
+        default=SNAPSHOT_SILHOUETTE_SAMPLE,
+        help=f"points of the sampled silhouette (default: {SNAPSHOT_SILHOUETTE_SAMPLE})",
+    )
     snapshots.add_argument("--force", action="store_true", help="replace an existing --output file")
     snapshots.set_defaults(func=cmd_snapshots)
 
@@ -385,8 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--force", action="store_true", help="replace an existing --output file")
     table.set_defaults(func=cmd_table)
 
-    loss = sub.add_parser("loss", help="compute the loss with every available backend on a random batch",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    loss = sub.add_parser(
+        "loss",
+        help="compute the loss with every available backend on a random batch",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     loss.add_argument("--batch", type=int, default=2048, help="rows of the random batch")
     loss.add_argument("--dim", type=int, default=70, help="their dimension")
     loss.add_argument("--classes", type=int, default=10, help="labels drawn uniformly from this many classes")

@@ -97,11 +97,17 @@ def _faiss_run(x, k, n_init, max_iter, seed, use_gpu) -> KMeansResult:
 
     n, d = x.shape
     builtin_pp = hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS")
-    best = None
+    best: KMeansResult | None = None
     # One faiss call per restart so that a restart's init is ours when faiss has no k-means++.
     for restart in range(n_init):
-        options = dict(niter=max_iter, seed=seed + restart, gpu=use_gpu, verbose=False,
-                       max_points_per_centroid=n // k + 1, min_points_per_centroid=1)
+        options = dict(
+            niter=max_iter,
+            seed=seed + restart,
+            gpu=use_gpu,
+            verbose=False,
+            max_points_per_centroid=n // k + 1,
+            min_points_per_centroid=1,
+        )
         if builtin_pp:
             options["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
         km = faiss.Kmeans(d, k, **options)
@@ -110,8 +116,14 @@ def _faiss_run(x, k, n_init, max_iter, seed, use_gpu) -> KMeansResult:
         distances, assignment = km.index.search(x, 1)
         inertia = float(distances.sum())
         if best is None or inertia < best.inertia:
-            best = KMeansResult(assignment[:, 0].astype(np.int64), km.centroids.copy(), inertia, "faiss",
-                                "cuda" if use_gpu else "cpu")
+            best = KMeansResult(
+                assignment[:, 0].astype(np.int64),
+                np.array(km.centroids),
+                inertia,
+                "faiss",
+                "cuda" if use_gpu else "cpu",
+            )
+    assert best is not None, "n_init >= 1 (checked by kmeans)"
     return best
 
 
@@ -146,8 +158,6 @@ def kmeans(
         return _faiss_run(x, n_clusters, n, iterations, run_seed, use_gpu)
 
     if protocol == "paper":
-        result = None
-        for iterations in PAPER_ITERATIONS:
-            result = run(1, iterations, seed)
-        return result
+        results = [run(1, iterations, seed) for iterations in PAPER_ITERATIONS]
+        return results[-1]
     return run(n_init, max_iter, seed)

@@ -107,8 +107,10 @@ class TrainConfig:
             validate.positive(key, getattr(self, key))
         validate.non_negative("alpha", self.alpha)
         if self.positives != "classes" and (not self.snnl or self.supervised or self.method != "autoencoder"):
-            raise ValueError(f"positives={self.positives!r} is label-free SNNL: it needs snnl=True and "
-                             "supervised=False (labels would not be read)")
+            raise ValueError(
+                f"positives={self.positives!r} is label-free SNNL: it needs snnl=True and "
+                "supervised=False (labels would not be read)"
+            )
         object.__setattr__(self, "hidden", tuple(validate.integer("hidden width", h) for h in self.hidden))
 
     @classmethod
@@ -130,7 +132,7 @@ class TrainConfig:
             return FixedTemperature(self.fixed_temperature)
         return AnnealingTemperature(self.anneal_eta, self.anneal_gamma)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -139,7 +141,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -150,8 +152,11 @@ class TrainConfig:
 def uses_labels(train: dict) -> bool:
     """``TrainConfig.uses_labels`` of a stored configuration (``to_dict``),
     also of one written by an older version."""
-    return train.get("method", "autoencoder") == "autoencoder" and bool(train.get("snnl")) \
+    return (
+        train.get("method", "autoencoder") == "autoencoder"
+        and bool(train.get("snnl"))
         and bool(train.get("supervised"))
+    )
 
 
 def _snnl_preset(number: int) -> TrainConfig:
@@ -173,8 +178,17 @@ def _label_free_preset(positives: str) -> TrainConfig:
     over every layer at alpha = 100 it swamps the reconstruction), eps = 0
     (every row has its partner), and a unit-length code, compared by cosine
     in the loss and clustered by k-means in that same geometry."""
-    return TrainConfig(name=f"snnl-{positives}", supervised=False, positives=positives, temperature="fixed",
-                       fixed_temperature=0.5, alpha=1.0, eps=0.0, layers="code", code_activation="unit")
+    return TrainConfig(
+        name=f"snnl-{positives}",
+        supervised=False,
+        positives=positives,
+        temperature="fixed",
+        fixed_temperature=0.5,
+        alpha=1.0,
+        eps=0.0,
+        layers="code",
+        code_activation="unit",
+    )
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -215,10 +229,15 @@ def describe(config: TrainConfig) -> str:
         return f"autoencoder, reconstruction loss only ({config.reconstruction_loss.upper()})"
     temperature = "annealed T" if config.temperature == "annealing" else f"fixed T={config.fixed_temperature:g}"
     if config.positives != "classes":
-        partner = {"views": "a random view of itself", "neighbours": f"one of its {config.neighbours} nearest "
-                   "neighbours", "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours"}
-        return (f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {partner[config.positives]}; "
-                f"{temperature}, {'the code' if config.layers == 'code' else 'every hidden layer'})")
+        partner = {
+            "views": "a random view of itself",
+            "neighbours": f"one of its {config.neighbours} nearest neighbours",
+            "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours",
+        }
+        return (
+            f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {partner[config.positives]}; "
+            f"{temperature}, {'the code' if config.layers == 'code' else 'every hidden layer'})"
+        )
     return (
         f"autoencoder + {config.alpha:g} x SNNL ({'supervised' if config.supervised else 'unsupervised'}, "
         f"{temperature}, {config.combine} over layers)"

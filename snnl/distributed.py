@@ -118,16 +118,19 @@ def all_gather_rows(x: torch.Tensor, sizes: list[int], group=None) -> torch.Tens
 def _bind(z, labels, temperature, options: dict) -> dict:
     """The functional's options with its defaults: one signature, checked by the functional's own binding."""
     if "keys" in options or "key_labels" in options:
-        raise TypeError("the global-batch loss compares each process's rows with the gathered global batch: "
-                        "keys / key_labels cannot be given (gather a memory bank yourself and call "
-                        "soft_nearest_neighbor_loss with keys=)")
+        raise TypeError(
+            "the global-batch loss compares each process's rows with the gathered global batch: "
+            "keys / key_labels cannot be given (gather a memory bank yourself and call "
+            "soft_nearest_neighbor_loss with keys=)"
+        )
     bound = inspect.signature(soft_nearest_neighbor_loss).bind(z, labels, temperature, **options)
     bound.apply_defaults()
     return dict(bound.arguments)
 
 
-def global_loss_share(z: torch.Tensor, labels: torch.Tensor | None = None, temperature=1.0, *, group=None,
-                      **options) -> torch.Tensor:
+def global_loss_share(
+    z: torch.Tensor, labels: torch.Tensor | None = None, temperature=1.0, *, group=None, **options
+) -> torch.Tensor:
     """This process's share of the global batch's loss: the shares of all
     processes add up to it (``"none"``: this process's per-row losses).  The
     arguments are ``soft_nearest_neighbor_loss``'s (no keys) and ``group``;
@@ -139,8 +142,9 @@ def global_loss_share(z: torch.Tensor, labels: torch.Tensor | None = None, tempe
     return share
 
 
-def global_soft_nearest_neighbor_loss(z: torch.Tensor, labels: torch.Tensor | None = None, temperature=1.0, *,
-                                      group=None, **options) -> torch.Tensor:
+def global_soft_nearest_neighbor_loss(
+    z: torch.Tensor, labels: torch.Tensor | None = None, temperature=1.0, *, group=None, **options
+) -> torch.Tensor:
     """The soft nearest neighbor loss of the global batch, each process
     passing its own rows: ``soft_nearest_neighbor_loss``'s arguments (no
     keys; a multi-view batch's sample ids are global) and ``group``, the
@@ -170,13 +174,17 @@ def global_soft_nearest_neighbor_loss(z: torch.Tensor, labels: torch.Tensor | No
 
 def _share(args: dict, group):
     z, labels, reduction = args.pop("z"), args.pop("labels"), args["reduction"]
-    eps = validation.check_options(args["distance"], args["eps"], reduction, args["backend"], args["precision"],
-                                   args["ignore_index"])
+    eps = validation.check_options(
+        args["distance"], args["eps"], reduction, args["backend"], args["precision"], args["ignore_index"]
+    )
     views = z.shape[1] if z.dim() == 3 else 1
     sizes = gather_sizes(z.shape[0], z.device, group)
     first = sum(sizes[: dist.get_rank(group)])
-    batch = functional.prepare_rows(z, labels, weight=args["weight"], ignore_index=args["ignore_index"],
-                                    first_id=first) if z.shape[0] else None
+    batch = (
+        functional.prepare_rows(z, labels, weight=args["weight"], ignore_index=args["ignore_index"], first_id=first)
+        if z.shape[0]
+        else None
+    )
     if batch is None:
         # No rows here this time, but the backward of the all-gather is a
         # collective every process must join: keep the keys in the graph.
@@ -193,12 +201,20 @@ def _share(args: dict, group):
         row_sizes = [s * views for s in sizes]
         keys = all_gather_rows(batch.queries, row_sizes, group)
         key_labels = all_gather_rows(batch.query_labels, row_sizes, group)
-        gathered = functional.Rows(batch.queries, batch.query_labels, keys, key_labels, batch.weight, batch.counted,
-                                   batch.shape)
-        rows, has_positive = functional.row_losses(gathered, args["temperature"], distance=args["distance"], eps=eps,
-                                                   backend=args["backend"], precision=args["precision"],
-                                                   check_values=args["check_values"], reduction=reduction,
-                                                   self_offset=first * views)
+        gathered = functional.Rows(
+            batch.queries, batch.query_labels, keys, key_labels, batch.weight, batch.counted, batch.shape
+        )
+        rows, has_positive = functional.row_losses(
+            gathered,
+            args["temperature"],
+            distance=args["distance"],
+            eps=eps,
+            backend=args["backend"],
+            precision=args["precision"],
+            check_values=args["check_values"],
+            reduction=reduction,
+            self_offset=first * views,
+        )
         if reduction == "none":
             return functional.reduce(rows, has_positive, gathered, "none"), reduction
         local, count = functional.reduction_terms(rows, has_positive, gathered, reduction)

@@ -51,8 +51,9 @@ def check_labels(y, n_rows: int) -> np.ndarray:
         raise ValueError(f"y must have shape ({n_rows},), got {y.shape}")
     kind = type_of_target(y, input_name="y", raise_unknown=True)
     if kind not in ("binary", "multiclass") or y.dtype.kind not in "iuf":
-        raise ValueError(f"Unknown label type: y is {kind} ({y.dtype}); pass integer class labels, "
-                         "-1 for unlabelled rows")
+        raise ValueError(
+            f"Unknown label type: y is {kind} ({y.dtype}); pass integer class labels, -1 for unlabelled rows"
+        )
     labels = y.astype(np.int64)
     if (labels < UNLABELLED).any():
         raise ValueError(f"y holds {int(labels.min())}: labels are class ids >= 0, or -1 for an unlabelled row")
@@ -98,9 +99,23 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     dropout and noise).  The label-free presets are fitted without ``y``.
     """
 
-    def __init__(self, n_clusters=None, *, config="snnl-5", epochs=None, code_dim=None, alpha=None,
-                 batch_size=None, learning_rate=None, kmeans_backend="auto", n_init=10, device="auto",
-                 random_state=None, verbose=True, image_shape=None):
+    def __init__(
+        self,
+        n_clusters=None,
+        *,
+        config="snnl-5",
+        epochs=None,
+        code_dim=None,
+        alpha=None,
+        batch_size=None,
+        learning_rate=None,
+        kmeans_backend="auto",
+        n_init=10,
+        device="auto",
+        random_state=None,
+        verbose=True,
+        image_shape=None,
+    ):
         self.n_clusters = n_clusters
         self.config = config
         self.epochs = epochs
@@ -118,9 +133,17 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def _train_config(self):
         if self.config not in PRESETS:
             raise ValueError(f"config must be one of {', '.join(PRESETS)}; got {self.config!r}")
-        overrides = {k: v for k, v in {"epochs": self.epochs, "code_dim": self.code_dim, "alpha": self.alpha,
-                                       "batch_size": self.batch_size, "learning_rate": self.learning_rate}.items()
-                     if v is not None}
+        overrides = {
+            k: v
+            for k, v in {
+                "epochs": self.epochs,
+                "code_dim": self.code_dim,
+                "alpha": self.alpha,
+                "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate,
+            }.items()
+            if v is not None
+        }
         return preset(self.config, **overrides)
 
     def _needs_labels(self) -> bool:
@@ -148,8 +171,10 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         config = self._check_params()
         needs_labels = config.uses_labels
         if needs_labels and y is None:
-            raise ValueError(f"{type(self).__name__} with config={config.name!r} requires y to be passed, but the "
-                             "target y is None (labels >= 0, -1 for unlabelled rows)")
+            raise ValueError(
+                f"{type(self).__name__} with config={config.name!r} requires y to be passed, but the "
+                "target y is None (labels >= 0, -1 for unlabelled rows)"
+            )
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         if y is not None:
             y = check_labels(y, len(X))
@@ -172,9 +197,15 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             self.model_ = PCA(n_components=min(config.code_dim, *X.shape), random_state=seed).fit(X01[rows])
             self.history_ = []
         else:
-            result = train_autoencoder(X01[rows], y[rows] if needs_labels else None, config, seed=seed,
-                                       device=self.device, progress=from_verbose(self.verbose),
-                                       image_shape=self.image_shape)
+            result = train_autoencoder(
+                X01[rows],
+                y[rows] if needs_labels else None,
+                config,
+                seed=seed,
+                device=self.device,
+                progress=from_verbose(self.verbose),
+                image_shape=self.image_shape,
+            )
             self.model_, self.history_ = result.model, result.history
         codes = self._encode(X01)
         clustering = kmeans(codes, n_clusters, backend=self.kmeans_backend, n_init=self.n_init, seed=seed)
@@ -197,8 +228,11 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     def predict(self, X):
         check_is_fitted(self, "cluster_centers_")
         codes = torch.from_numpy(self.transform(X))
-        return torch.cdist(codes, torch.from_numpy(np.asarray(self.cluster_centers_, dtype=np.float32))).argmin(
-            dim=1).numpy()
+        return (
+            torch.cdist(codes, torch.from_numpy(np.asarray(self.cluster_centers_, dtype=np.float32)))
+            .argmin(dim=1)
+            .numpy()
+        )
 
     def fit_predict(self, X, y=None):
         return self.fit(X, y).labels_

@@ -44,34 +44,54 @@ def _save(fig, path: Path) -> None:
 LOSS_NAMES = {"bce": "binary cross-entropy", "mse": "mean squared error"}
 # the mirrored layers (h1 and h7, h2 and h6, ...) often have near-equal curves:
 # each layer gets its own dash pattern and marker so that none hides another
-LAYER_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "x"),
-                ((0, (8, 3)), "+")]
+LAYER_STYLES = [
+    ("-", "o"),
+    ("--", "s"),
+    (":", "^"),
+    ("-.", "D"),
+    ((0, (5, 1, 1, 1)), "v"),
+    ((0, (1, 3)), "x"),
+    ((0, (8, 3)), "+"),
+]
 
 
-def training_curves(history: list[dict], path: Path, title: str, reconstruction_loss: str = "bce",
-                    layers: str = "all") -> None:
+def training_curves(
+    history: list[dict], path: Path, title: str, reconstruction_loss: str = "bce", layers: str = "all"
+) -> None:
     """``layers``: which hidden layers the SNNL term was on (``TrainConfig.layers``), to name the curves."""
     if not history:
         return
     epochs = [h["epoch"] + 1 for h in history]
     with_snnl = bool(history[0]["snnl_per_layer"])
-    fig, axes = plt.subplots(1, 3 if with_snnl else 1, figsize=(14 if with_snnl else 5, 4.2), squeeze=False,
-                             layout="constrained")  # keeps the figure title clear of the panel titles
+    fig, axes = plt.subplots(
+        1, 3 if with_snnl else 1, figsize=(14 if with_snnl else 5, 4.2), squeeze=False, layout="constrained"
+    )  # keeps the figure title clear of the panel titles
     axes = axes[0]
     axes[0].plot(epochs, [h["reconstruction"] for h in history], marker="o" if len(epochs) < 20 else None)
-    axes[0].set(title="reconstruction loss", xlabel="epoch",
-                ylabel=f"{LOSS_NAMES[reconstruction_loss]}, mean per input value")
+    axes[0].set(
+        title="reconstruction loss", xlabel="epoch", ylabel=f"{LOSS_NAMES[reconstruction_loss]}, mean per input value"
+    )
     if with_snnl:
         per_layer = np.array([h["snnl_per_layer"] for h in history])
         names = LAYER_NAMES if layers == "all" else ("code",)
         for i in range(per_layer.shape[1]):
             line, marker = LAYER_STYLES[i % len(LAYER_STYLES)]
-            axes[1].plot(epochs, per_layer[:, i], linestyle=line, marker=marker, markersize=4, alpha=0.85,
-                         markevery=max(1, len(epochs) // 10),
-                         label=names[i] if i < len(names) else f"layer {i + 1}")
+            axes[1].plot(
+                epochs,
+                per_layer[:, i],
+                linestyle=line,
+                marker=marker,
+                markersize=4,
+                alpha=0.85,
+                markevery=max(1, len(epochs) // 10),
+                label=names[i] if i < len(names) else f"layer {i + 1}",
+            )
         axes[1].legend(fontsize=7)
-        axes[1].set(title="SNNL per hidden layer (epoch mean)" if layers == "all" else "SNNL on the code (epoch mean)",
-                    xlabel="epoch", ylabel="soft nearest neighbor loss")
+        axes[1].set(
+            title="SNNL per hidden layer (epoch mean)" if layers == "all" else "SNNL on the code (epoch mean)",
+            xlabel="epoch",
+            ylabel="soft nearest neighbor loss",
+        )
         axes[2].plot(epochs, [h["temperature"] for h in history])
         axes[2].set(title="temperature T", xlabel="epoch", ylabel="T")
     for ax in axes:
@@ -88,8 +108,17 @@ def _project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
     return TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
 
 
-def projections(raw: np.ndarray, codes: np.ndarray, labels: np.ndarray, classes, path: Path, method: str,
-                title: str, seed: int = 0, points_name: str = "codes") -> None:
+def projections(
+    raw: np.ndarray,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    classes,
+    path: Path,
+    method: str,
+    title: str,
+    seed: int = 0,
+    points_name: str = "codes",
+) -> None:
     if method == "none":
         return
     rng = np.random.default_rng(seed)
@@ -101,8 +130,10 @@ def projections(raw: np.ndarray, codes: np.ndarray, labels: np.ndarray, classes,
         ax.scatter(points[:, 0], points[:, 1], c=labels[index], cmap=cmap, s=4, vmin=0, vmax=max(len(classes) - 1, 1))
         ax.set(title=f"{PROJECTION_NAMES[method]} of the {name}, {len(index)} points", xticks=[], yticks=[])
     if len(classes) <= 20:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i / max(len(classes) - 1, 1)), label=c)
-                   for i, c in enumerate(classes)]
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=cmap(i / max(len(classes) - 1, 1)), label=c)
+            for i, c in enumerate(classes)
+        ]
         axes[1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"{title}\ncolour: the true label of each point")
     _save(fig, path)
@@ -118,14 +149,26 @@ def confusion(labels: np.ndarray, clusters: np.ndarray, classes, path: Path, tit
     fig, ax = plt.subplots(figsize=(0.6 * len(class_ids) + 4, 0.5 * len(order) + 2))
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax, label="points", shrink=0.8)
-    ax.set_xticks(range(len(class_ids)), [classes[c] if c < len(classes) else str(c) for c in class_ids],
-                  rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(
+        range(len(class_ids)),
+        [classes[c] if c < len(classes) else str(c) for c in class_ids],
+        rotation=60,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_yticks(range(len(order)), [f"cluster {cluster_ids[r]}" for r in order], fontsize=7)
     if counts.size <= 400:
         for (i, j), v in np.ndenumerate(counts):
             if v:
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8 if v < 1000 else 7,
-                        color="white" if v > counts.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(v),
+                    ha="center",
+                    va="center",
+                    fontsize=8 if v < 1000 else 7,
+                    color="white" if v > counts.max() / 2 else "black",
+                )
     ax.set(xlabel="true label", ylabel="cluster", title=title)
     _save(fig, path)
 
@@ -144,10 +187,20 @@ def write_all(directory: Path, experiment, data) -> None:
     first = experiment.seeds[0]
     config = experiment.config
     title = f"{config.dataset}, {config.label}, seed {first.seed}"
-    training_curves(first.history, directory / "training.png", title, config.training.reconstruction_loss,
-                    config.training.layers)
-    projections(data.x, first.codes, data.y, data.classes, directory / "projection.png", config.projection, title,
-                seed=first.seed, points_name=points_name(config))
+    training_curves(
+        first.history, directory / "training.png", title, config.training.reconstruction_loss, config.training.layers
+    )
+    projections(
+        data.x,
+        first.codes,
+        data.y,
+        data.classes,
+        directory / "projection.png",
+        config.projection,
+        title,
+        seed=first.seed,
+        points_name=points_name(config),
+    )
     confusion(data.y, first.clusters, data.classes, directory / "confusion.png", title)
 
 
@@ -157,7 +210,8 @@ def labels_study(run_metrics: list[tuple[str, dict]], path: Path) -> None:
     standard deviation over seeds as error bars; methods that use no labels
     (PCA, the plain autoencoder, the unsupervised presets) as horizontal
     bands (mean +- std) for comparison."""
-    supervised, label_free = {}, {}
+    supervised: dict = {}
+    label_free: dict = {}
     for _, metrics in run_metrics:
         train = metrics["config"].get("train", {})
         name = train.get("name", "?")
@@ -172,8 +226,14 @@ def labels_study(run_metrics: list[tuple[str, dict]], path: Path) -> None:
     for ax, key, title in zip(axes, ("acc", "nmi"), ("clustering accuracy", "normalised mutual information")):
         for name, by_labels in sorted(supervised.items()):
             counts = sorted(by_labels)
-            ax.errorbar(counts, [np.mean(by_labels[n][key]) for n in counts],
-                        yerr=[np.std(by_labels[n][key]) for n in counts], marker="o", capsize=3, label=name)
+            ax.errorbar(
+                counts,
+                [np.mean(by_labels[n][key]) for n in counts],
+                yerr=[np.std(by_labels[n][key]) for n in counts],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
         for (name, values), color in zip(sorted(label_free.items()), ("0.2", "tab:purple", "tab:brown", "0.6")):
             mean, std = np.mean(values[key]), np.std(values[key])
             ax.axhline(mean, color=color, linestyle="--", linewidth=1, label=f"{name} (no labels)")
@@ -187,6 +247,8 @@ def labels_study(run_metrics: list[tuple[str, dict]], path: Path) -> None:
     for ax in axes:
         ax.set_xticks(counts)
     seeds = sorted({len(m["seeds"]) for _, m in run_metrics})
-    fig.suptitle(f"k-means on the codes against the number of labels (error bars: std over "
-                 f"{'/'.join(map(str, seeds))} seeds)", y=1.02)
+    fig.suptitle(
+        f"k-means on the codes against the number of labels (error bars: std over {'/'.join(map(str, seeds))} seeds)",
+        y=1.02,
+    )
     _save(fig, path)

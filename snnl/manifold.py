@@ -54,8 +54,13 @@ def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0)
     n_components = config.components(n_clusters)
     if config.method == "umap":
         backend = resolve_umap_backend(config.umap_backend)
-        options = dict(n_components=n_components, n_neighbors=config.umap_neighbors, min_dist=config.umap_min_dist,
-                       metric=config.umap_metric, random_state=seed)
+        options = dict(
+            n_components=n_components,
+            n_neighbors=config.umap_neighbors,
+            min_dist=config.umap_min_dist,
+            metric=config.umap_metric,
+            random_state=seed,
+        )
         if backend == "cuml":
             from cuml.manifold import UMAP
         else:
@@ -79,9 +84,13 @@ def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0)
     if config.method == "isomap":
         from sklearn.manifold import Isomap
 
-        return Isomap(n_neighbors=config.isomap_neighbors, n_components=n_components).fit_transform(x).astype(np.float32), "sklearn-isomap"
+        return Isomap(n_neighbors=config.isomap_neighbors, n_components=n_components).fit_transform(x).astype(
+            np.float32
+        ), "sklearn-isomap"
     from sklearn.manifold import TSNE
 
     if n_components > 3:
         raise ValueError("t-SNE (Barnes-Hut) embeds in at most 3 dimensions; set n_components <= 3")
-    return TSNE(n_components=n_components, init="pca", random_state=seed).fit_transform(x).astype(np.float32), "sklearn-tsne"
+    return TSNE(n_components=n_components, init="pca", random_state=seed).fit_transform(x).astype(
+        np.float32
+    ), "sklearn-tsne"

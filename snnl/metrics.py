@@ -37,8 +37,14 @@ class Metric:
 
 
 # The paper's order; ``evaluate`` returns these keys, the reports and tables iterate this table.
-METRIC_TABLE = (Metric("acc", "ACC"), Metric("nmi", "NMI"), Metric("ari", "ARI"), Metric("sil", "SIL"),
-                Metric("chs", "CHS", decimals=1), Metric("dbi", "DBI"))
+METRIC_TABLE = (
+    Metric("acc", "ACC"),
+    Metric("nmi", "NMI"),
+    Metric("ari", "ARI"),
+    Metric("sil", "SIL"),
+    Metric("chs", "CHS", decimals=1),
+    Metric("dbi", "DBI"),
+)
 METRICS = tuple(metric.name for metric in METRIC_TABLE)
 
 
@@ -79,8 +85,15 @@ def clustering_accuracy(y_true, y_pred) -> float:
     return float(counts[rows, cols].sum() / len(y_true))
 
 
-def silhouette(x, labels, *, block_rows: int = 1024, device: str | torch.device | None = None,
-               sample_size: int | None = None, seed: int = 0) -> float | None:
+def silhouette(
+    x,
+    labels,
+    *,
+    block_rows: int = 1024,
+    device: str | torch.device | None = None,
+    sample_size: int | None = None,
+    seed: int = 0,
+) -> float | None:
     """Mean silhouette coefficient (Euclidean), exact, in row blocks.
 
     Matches ``sklearn.metrics.silhouette_score``: a point alone in its cluster
@@ -146,8 +159,9 @@ def _silhouette_cuml(x, labels, sample_size=None, seed=0) -> float | None:
     return float(silhouette_score(np.asarray(x, dtype=np.float32), labels))
 
 
-def evaluate(x, y_true, y_pred, *, device=None, silhouette_sample: int | None = None,
-             seed: int = 0) -> dict[str, float | None]:
+def evaluate(
+    x, y_true, y_pred, *, device=None, silhouette_sample: int | None = None, seed: int = 0
+) -> dict[str, float | None]:
     """All six metrics for a clustering ``y_pred`` of points ``x`` with true labels.
 
     ``silhouette_sample``: estimate the silhouette on that many points (the
@@ -160,8 +174,11 @@ def evaluate(x, y_true, y_pred, *, device=None, silhouette_sample: int | None = 
         "acc": clustering_accuracy(y_true, y_pred),
         "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
         "ari": float(adjusted_rand_score(y_true, y_pred)),
-        "sil": (_silhouette_cuml(x_np, y_pred, silhouette_sample, seed) if silhouette_backend(device) == "cuml"
-                else silhouette(x, y_pred, device=device, sample_size=silhouette_sample, seed=seed)),
+        "sil": (
+            _silhouette_cuml(x_np, y_pred, silhouette_sample, seed)
+            if silhouette_backend(device) == "cuml"
+            else silhouette(x, y_pred, device=device, sample_size=silhouette_sample, seed=seed)
+        ),
         "chs": float(calinski_harabasz_score(x_np, y_pred)) if defined else None,
         "dbi": float(davies_bouldin_score(x_np, y_pred)) if defined else None,
     }

@@ -50,6 +50,7 @@ class Autoencoder(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.code_index = len(self.hidden)  # the layer whose output is the code
         for index, layer in enumerate(self.layers):
+            assert isinstance(layer, nn.Linear)
             if init == "he" and self._activation(index) == "relu":
                 nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             else:
@@ -77,7 +78,7 @@ class Autoencoder(nn.Module):
         """Returns the output layer's pre-activation (logits for a logistic output,
         the reconstruction for a linear one) and every hidden layer's activations
         (the code among them, at ``code_index``)."""
-        hidden = []
+        hidden: list[torch.Tensor] = []
         for index, layer in enumerate(self.layers):
             pre = layer(x)
             if index == len(self.layers) - 1:
@@ -107,8 +108,9 @@ class Autoencoder(nn.Module):
 
 
 @torch.no_grad()
-def encode_in_batches(model: Autoencoder, x, *, batch_size: int = 4096, device=None,
-                      dtype: torch.dtype = torch.float32) -> "torch.Tensor":
+def encode_in_batches(
+    model: Autoencoder, x, *, batch_size: int = 4096, device=None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Codes of ``x`` (numpy or tensor, any device) computed batch by batch; returned on the CPU in float32.
 
     ``dtype``: what the layers compute in.  float64 makes each row's code
@@ -123,7 +125,9 @@ def encode_in_batches(model: Autoencoder, x, *, batch_size: int = 4096, device=N
     model.eval()
     encoder = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     x = torch.as_tensor(x)
-    out = [encoder.encode(x[i : i + batch_size].to(device, dtype)).to(torch.float32).cpu()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        encoder.encode(x[i : i + batch_size].to(device, dtype)).to(torch.float32).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, model.code_dim)
+    return torch.cat(out) if out else torch.empty(0, int(model.code_dim))

@@ -48,8 +48,9 @@ from .runner import check_output, checkpoint_path, execute
 from .train import resolve_device, train_autoencoder, training_seconds
 
 
-def final_clustering(points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto",
-                     device=None) -> np.ndarray:
+def final_clustering(
+    points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto", device=None
+) -> np.ndarray:
     if method == "gmm":
         gmm = GaussianMixture(n_components=n_clusters, covariance_type="full", random_state=seed).fit(points)
         return gmm.predict_proba(points).argmax(axis=1).astype(np.int64)  # as N2D's code assigns
@@ -63,13 +64,16 @@ def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:
     config_path, npz_path = run_dir / "config.json", run_dir / "embeddings.npz"
     for path in (config_path, npz_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: --codes-from needs the --out directory of a finished `snnl run`")
+            raise FileNotFoundError(
+                f"{path} not found: --codes-from needs the --out directory of a finished `snnl run`"
+            )
     run_config = json.loads(config_path.read_text())
     if run_config.get("method") != "snnl":
         raise ValueError(f"{run_dir} is not an `snnl run` output (method {run_config.get('method')!r})")
     arrays = np.load(npz_path)
-    test = load_dataset(run_config["dataset"], "test", data_dir=run_config.get("data_dir"),
-                        **run_config.get("dataset_options", {}))
+    test = load_dataset(
+        run_config["dataset"], "test", data_dir=run_config.get("data_dir"), **run_config.get("dataset_options", {})
+    )
     if not np.array_equal(arrays["y"], test.y):
         raise ValueError(f"{npz_path}: its labels do not match the {run_config['dataset']} test set")
     return arrays["z"], test, run_config
@@ -86,8 +90,9 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         config = dataclasses.replace(config, dataset=run_config["dataset"])
     else:
         source_codes = None
-        data = train_and_test(config.dataset, data_dir=config.data_dir, download=config.download,
-                              **config.dataset_options)
+        data = train_and_test(
+            config.dataset, data_dir=config.data_dir, download=config.download, **config.dataset_options
+        )
     k = config.n_clusters or data.n_classes
     if k > len(data):
         raise ValueError(f"n_clusters={k} is more than the {len(data)} points to cluster")
@@ -101,9 +106,17 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         elif source_codes is None:
             started = time.perf_counter()
             checkpoint = checkpoint_path(out_dir, seed)
-            trained = train_autoencoder(data.x, None, config.autoencoder, seed=seed, device=device,
-                                        checkpoint_path=checkpoint, resume=resume, progress=progress,
-                                        snapshot_every=config.snapshot_every)
+            trained = train_autoencoder(
+                data.x,
+                None,
+                config.autoencoder,
+                seed=seed,
+                device=device,
+                checkpoint_path=checkpoint,
+                resume=resume,
+                progress=progress,
+                snapshot_every=config.snapshot_every,
+            )
             history = trained.history
             seconds["train"] = training_seconds(history, time.perf_counter() - started)
             if not distributed.is_main_process():  # only the main process evaluates
@@ -120,12 +133,21 @@ def run_n2d(config: N2DConfig, out_dir=None, *, resume: bool = False, progress: 
         clusters = final_clustering(points, k, config.cluster, seed, config.kmeans_backend, device)
         seconds["cluster"] = time.perf_counter() - started
         started = time.perf_counter()
-        metrics = evaluate(points, data.y, clusters, device=device, silhouette_sample=config.silhouette_sample,
-                           seed=seed)
+        metrics = evaluate(
+            points, data.y, clusters, device=device, silhouette_sample=config.silhouette_sample, seed=seed
+        )
         seconds["metrics"] = time.perf_counter() - started
         arrays = {"codes": codes} if keep and not config.raw else {}  # raw: the codes are the inputs
-        return SeedResult(seed, metrics, seconds, history, points if keep else None, clusters if keep else None, arrays,
-                          backends={"manifold": manifold_backend})
+        return SeedResult(
+            seed,
+            metrics,
+            seconds,
+            history,
+            points if keep else None,
+            clusters if keep else None,
+            arrays,
+            backends={"manifold": manifold_backend},
+        )
 
     return execute(config, data, run_seed, out_dir, resume=resume, progress=progress)
 
@@ -146,9 +168,23 @@ class N2D(ClusterMixin, BaseEstimator):
     otherwise (the default); ``"lines"``; ``False`` or 0: nothing.
     """
 
-    def __init__(self, n_clusters=10, *, epochs=1000, batch_size=256, learning_rate=1e-3, patience=None,
-                 manifold="umap", n_neighbors=20, min_dist=0.0, umap_backend="auto", cluster="gmm",
-                 device="auto", random_state=None, verbose=True):
+    def __init__(
+        self,
+        n_clusters=10,
+        *,
+        epochs=1000,
+        batch_size=256,
+        learning_rate=1e-3,
+        patience=None,
+        manifold="umap",
+        n_neighbors=20,
+        min_dist=0.0,
+        umap_backend="auto",
+        cluster="gmm",
+        device="auto",
+        random_state=None,
+        verbose=True,
+    ):
         self.n_clusters = n_clusters
         self.epochs = epochs
         self.batch_size = batch_size
@@ -169,10 +205,19 @@ class N2D(ClusterMixin, BaseEstimator):
         validate.choice("cluster", self.cluster, choices.CLUSTERERS)
         validate.device(self.device)
         from_verbose(self.verbose)
-        config = N2D_AUTOENCODER.replace(code_dim=int(self.n_clusters), epochs=self.epochs, batch_size=self.batch_size,
-                                     learning_rate=self.learning_rate, patience=self.patience)
-        manifold = ManifoldConfig(method=self.manifold, umap_neighbors=self.n_neighbors, umap_min_dist=self.min_dist,
-                                  umap_backend=self.umap_backend)
+        config = N2D_AUTOENCODER.replace(
+            code_dim=int(self.n_clusters),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            patience=self.patience,
+        )
+        manifold = ManifoldConfig(
+            method=self.manifold,
+            umap_neighbors=self.n_neighbors,
+            umap_min_dist=self.min_dist,
+            umap_backend=self.umap_backend,
+        )
         manifold.check_dependencies()
         return config, manifold
 
@@ -184,8 +229,11 @@ class N2D(ClusterMixin, BaseEstimator):
         if manifold.method == "umap" and manifold.umap_neighbors >= len(X):
             # as umap-learn does with small data: fewer neighbours, said aloud
             neighbors = max(2, len(X) - 1)
-            warnings.warn(f"n_neighbors={manifold.umap_neighbors} is not below the {len(X)} samples; "
-                          f"UMAP uses {neighbors}", UserWarning, stacklevel=2)
+            warnings.warn(
+                f"n_neighbors={manifold.umap_neighbors} is not below the {len(X)} samples; UMAP uses {neighbors}",
+                UserWarning,
+                stacklevel=2,
+            )
             manifold = dataclasses.replace(manifold, umap_neighbors=neighbors)
         manifold.check_data(len(X))
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -205,9 +253,14 @@ class N2D(ClusterMixin, BaseEstimator):
         return evaluate(self.embedding_, np.asarray(y_true), self.labels_)
 
 
-def score_snapshots(run_dir, *, silhouette_sample: int | None = SNAPSHOT_SILHOUETTE_SAMPLE, scoring_seeds=None,
-                    epochs=None,
-                    progress=print) -> list[dict]:
+def score_snapshots(
+    run_dir,
+    *,
+    silhouette_sample: int | None = SNAPSHOT_SILHOUETTE_SAMPLE,
+    scoring_seeds=None,
+    epochs=None,
+    progress=print,
+) -> list[dict]:
     """N2D's metrics on the way through training: every snapshot an
     ``snnl n2d --snapshot-every N`` run keeps (``checkpoints/seedS-epochE.pt``)
     is encoded and put through the run's own UMAP and clustering steps (same
@@ -236,16 +289,20 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = SNAPSHOT_SILHOUE
     if scoring_seeds is not None:
         scoring_seeds = validate.seeds(scoring_seeds)
     pattern = re.compile(r"seed(\d+)-epoch(\d+)\.pt")
-    found = sorted((int(m[1]), int(m[2]), path) for path in (run_dir / "checkpoints").glob("seed*-epoch*.pt")
-                   if (m := pattern.fullmatch(path.name)))
+    found = sorted(
+        (int(m[1]), int(m[2]), path)
+        for path in (run_dir / "checkpoints").glob("seed*-epoch*.pt")
+        if (m := pattern.fullmatch(path.name))
+    )
     if not found:
         raise FileNotFoundError(f"no snapshots in {run_dir / 'checkpoints'}: train with --snapshot-every N")
     if epochs is not None:
         kept = sorted({epoch for _, epoch, _ in found})
         missing = sorted(set(epochs) - set(kept))
         if missing:
-            raise FileNotFoundError(f"no snapshot of epoch(s) {missing} in {run_dir / 'checkpoints'} "
-                                    f"(it has epochs {kept})")
+            raise FileNotFoundError(
+                f"no snapshot of epoch(s) {missing} in {run_dir / 'checkpoints'} (it has epochs {kept})"
+            )
         found = [entry for entry in found if entry[1] in epochs]
     config.manifold.check_dependencies()
     data = train_and_test(config.dataset, data_dir=config.data_dir, **config.dataset_options)
@@ -258,11 +315,21 @@ def score_snapshots(run_dir, *, silhouette_sample: int | None = SNAPSHOT_SILHOUE
             points, backend = embed(codes, k, config.manifold, seed=scoring_seed)
             clusters = final_clustering(points, k, config.cluster, scoring_seed, config.kmeans_backend)
             metrics = evaluate(points, data.y, clusters, silhouette_sample=silhouette_sample, seed=scoring_seed)
-            rows.append({"seed": seed, "epoch": epoch, "scoring_seed": scoring_seed, **metrics,
-                         "manifold_backend": backend, "snapshot": path.name,
-                         "seconds": time.perf_counter() - started})
-            progress(f"seed {seed} epoch {epoch} scoring seed {scoring_seed}: ACC {metrics['acc']:.4f} "
-                     f"NMI {metrics['nmi']:.4f} ARI {metrics['ari']:.4f} ({rows[-1]['seconds']:.0f} s)")
+            rows.append(
+                {
+                    "seed": seed,
+                    "epoch": epoch,
+                    "scoring_seed": scoring_seed,
+                    **metrics,
+                    "manifold_backend": backend,
+                    "snapshot": path.name,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            progress(
+                f"seed {seed} epoch {epoch} scoring seed {scoring_seed}: ACC {metrics['acc']:.4f} "
+                f"NMI {metrics['nmi']:.4f} ARI {metrics['ari']:.4f} ({rows[-1]['seconds']:.0f} s)"
+            )
     return rows
 
 
@@ -274,17 +341,29 @@ def summarise_scorings(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["seed"], row["epoch"]), []).append(row)
     summary = []
     for (seed, epoch), group in sorted(groups.items()):
-        entry = {"seed": seed, "epoch": epoch, "scorings": len(group)}
+        entry: dict[str, object] = {"seed": seed, "epoch": epoch, "scorings": len(group)}
         for metric in ("acc", "nmi", "ari"):
             values = np.array([row[metric] for row in group])
-            entry[metric] = {"mean": float(values.mean()), "std": float(values.std()),
-                             "min": float(values.min()), "max": float(values.max())}
+            entry[metric] = {
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
         summary.append(entry)
     return summary
 
 
-def write_snapshot_scores(run_dir, output, *, force: bool = False, silhouette_sample: int | None =
-                          SNAPSHOT_SILHOUETTE_SAMPLE, scoring_seeds=None, epochs=None, progress=print) -> dict:
+def write_snapshot_scores(
+    run_dir,
+    output,
+    *,
+    force: bool = False,
+    silhouette_sample: int | None = SNAPSHOT_SILHOUETTE_SAMPLE,
+    scoring_seeds=None,
+    epochs=None,
+    progress=print,
+) -> dict:
     """``score_snapshots`` written to the JSON file ``output`` (atomically; an
     existing file only with ``force``, refused before any scoring), with the
     per-snapshot summary (``summarise_scorings``) and the environment: the
@@ -297,10 +376,16 @@ def write_snapshot_scores(run_dir, output, *, force: bool = False, silhouette_sa
     output = Path(output)
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
-    rows = score_snapshots(run_dir, silhouette_sample=silhouette_sample, scoring_seeds=scoring_seeds, epochs=epochs,
-                           progress=progress)
-    document = {"run": str(run_dir), "silhouette_sample": silhouette_sample,
-                "scoring_seeds": None if scoring_seeds is None else list(scoring_seeds), "snapshots": rows,
-                "by_snapshot": summarise_scorings(rows), "environment": environment(torch.device("cpu"))}
+    rows = score_snapshots(
+        run_dir, silhouette_sample=silhouette_sample, scoring_seeds=scoring_seeds, epochs=epochs, progress=progress
+    )
+    document = {
+        "run": str(run_dir),
+        "silhouette_sample": silhouette_sample,
+        "scoring_seeds": None if scoring_seeds is None else list(scoring_seeds),
+        "snapshots": rows,
+        "by_snapshot": summarise_scorings(rows),
+        "environment": environment(torch.device("cpu")),
+    }
     write_text(output, json.dumps(document, indent=1) + "\n")
     return document

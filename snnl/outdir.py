@@ -43,10 +43,15 @@ def check(out_dir: str | os.PathLike, resume: bool) -> dict | None:
     stored = stored_config(out_dir) if out_dir.exists() else None
     if stored is not None:
         if not resume:
-            raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
+            raise FileExistsError(
+                f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out"
+            )
         return stored
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir()
-                     if p.name != LOCK_NAME) if out_dir.exists() else []
+    entries = (
+        sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if p.name != LOCK_NAME)
+        if out_dir.exists()
+        else []
+    )
     if entries:
         shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
         raise FileExistsError(
@@ -56,8 +61,10 @@ def check(out_dir: str | os.PathLike, resume: bool) -> dict | None:
     if resume:
         # a mistyped path would otherwise start the whole run afresh
         where = "does not exist" if not out_dir.exists() else "is empty"
-        raise FileNotFoundError(f"--resume: {out_dir} {where}, so there is no run to continue; check the path, "
-                                "or leave out --resume to start a new run there")
+        raise FileNotFoundError(
+            f"--resume: {out_dir} {where}, so there is no run to continue; check the path, "
+            "or leave out --resume to start a new run there"
+        )
     return None
 
 
@@ -121,7 +128,9 @@ def resume_changes(stored: dict, config) -> list[tuple[str, object, object]]:
             "Leave these options out to use the stored ones, or start a new --out"
         )
     for name, old, new in changes:
-        if name == f"{training}.epochs" and new < old:
-            raise ValueError(f"--resume cannot shorten training ({name}: {old} -> {new}): the checkpoints are "
-                             "further along; use a new --out for fewer epochs")
+        if name == f"{training}.epochs" and isinstance(old, int) and isinstance(new, int) and new < old:
+            raise ValueError(
+                f"--resume cannot shorten training ({name}: {old} -> {new}): the checkpoints are "
+                "further along; use a new --out for fewer epochs"
+            )
     return changes

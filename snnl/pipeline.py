@@ -26,42 +26,56 @@ from .runner import check_output, checkpoint_path, execute
 from .train import resolve_device, train_autoencoder, training_seconds
 
 
-def cluster_and_score(points: np.ndarray, labels: np.ndarray, n_clusters: int, seconds: dict, device, *,
-                      backend="auto", protocol="restarts", restarts=10, seed=0,
-                      silhouette_sample=None) -> tuple[np.ndarray, dict, str]:
+def cluster_and_score(
+    points: np.ndarray,
+    labels: np.ndarray,
+    n_clusters: int,
+    seconds: dict,
+    device,
+    *,
+    backend="auto",
+    protocol="restarts",
+    restarts=10,
+    seed=0,
+    silhouette_sample=None,
+) -> tuple[np.ndarray, dict, str]:
     """k-means on ``points`` and the six metrics, timing both stages into
     ``seconds``: (clusters, metrics, the k-means backend that ran)."""
     started = time.perf_counter()
-    clustering = kmeans(points, n_clusters, backend=backend, protocol=protocol, n_init=restarts, seed=seed,
-                        device=device)
+    clustering = kmeans(
+        points, n_clusters, backend=backend, protocol=protocol, n_init=restarts, seed=seed, device=device
+    )
     seconds["cluster"] = time.perf_counter() - started
     started = time.perf_counter()
-    metrics = evaluate(points, labels, clustering.labels, device=device, silhouette_sample=silhouette_sample,
-                       seed=seed)
+    metrics = evaluate(points, labels, clustering.labels, device=device, silhouette_sample=silhouette_sample, seed=seed)
     seconds["metrics"] = time.perf_counter() - started
     return clustering.labels, metrics, clustering.backend
 
 
 def load_train_and_test(config) -> tuple[Dataset, Dataset]:
     """Both splits, from one directory (``snnl.data.load_splits``)."""
-    train, test = load_splits(config.dataset, ("train", "test"), data_dir=config.data_dir, download=config.download,
-                              **config.dataset_options)
+    train, test = load_splits(
+        config.dataset, ("train", "test"), data_dir=config.data_dir, download=config.download, **config.dataset_options
+    )
     return train, test
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, *, resume: bool = False,
-                   progress: bool = True) -> ExperimentResult:
+def run_experiment(
+    config: ExperimentConfig, out_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True
+) -> ExperimentResult:
     """Agarap & Azcarraga's experiment for ``config`` (see the module docstring)."""
     config.check_dependencies()
     check_output(config, out_dir, resume)
     train, test = load_train_and_test(config)
     labelled = config.labelled_count()
     if labelled is not None and labelled > len(train):
-        raise ValueError(f"labelled: {labelled} labelled examples asked for, but the {config.dataset} training set "
-                         f"has {len(train)}")
+        raise ValueError(
+            f"labelled: {labelled} labelled examples asked for, but the {config.dataset} training set has {len(train)}"
+        )
     if test.n_classes > len(test):
-        raise ValueError(f"k-means with {test.n_classes} clusters needs at least as many test points; there are "
-                         f"{len(test)}")
+        raise ValueError(
+            f"k-means with {test.n_classes} clusters needs at least as many test points; there are {len(test)}"
+        )
     device = resolve_device(config.device)
 
     def run_seed(seed: int, keep: bool) -> SeedResult:
@@ -76,8 +90,17 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             codes = pca.transform(test.x).astype(np.float32)
         else:
             checkpoint = checkpoint_path(out_dir, seed)
-            result = train_autoencoder(subset.x, subset.y, config.train, seed=seed, device=device, image_shape=subset.image_shape,
-                                       checkpoint_path=checkpoint, resume=resume, progress=progress)
+            result = train_autoencoder(
+                subset.x,
+                subset.y,
+                config.train,
+                seed=seed,
+                device=device,
+                image_shape=subset.image_shape,
+                checkpoint_path=checkpoint,
+                resume=resume,
+                progress=progress,
+            )
             history = result.history
             seconds["train"] = training_seconds(history, time.perf_counter() - started)
             if not distributed.is_main_process():
@@ -86,12 +109,27 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path | None = None, 
             codes = encode_in_batches(result.model, test.x).numpy()
         seconds["encode"] = time.perf_counter() - started
         clusters, metrics, kmeans_backend = cluster_and_score(
-            codes, test.y, test.n_classes, seconds, device, backend=config.kmeans_backend,
-            protocol=config.kmeans_protocol, restarts=config.kmeans_restarts, seed=seed,
+            codes,
+            test.y,
+            test.n_classes,
+            seconds,
+            device,
+            backend=config.kmeans_backend,
+            protocol=config.kmeans_protocol,
+            restarts=config.kmeans_restarts,
+            seed=seed,
             silhouette_sample=config.silhouette_sample,
         )
-        return SeedResult(seed, metrics, seconds, history, codes if keep else None, clusters if keep else None,
-                          backends={"kmeans": kmeans_backend})
+        return SeedResult(
+            seed,
+            metrics,
+            seconds,
+            history,
+            codes if keep else None,
+            clusters if keep else None,
+            backends={"kmeans": kmeans_backend},
+        )
 
-    return execute(config, test, run_seed, out_dir, resume=resume, data_files=train.files + test.files,
-                   progress=progress)
+    return execute(
+        config, test, run_seed, out_dir, resume=resume, data_files=train.files + test.files, progress=progress
+    )

@@ -38,7 +38,7 @@ def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
     try:
         import faiss
     except ImportError:
-        faiss = None
+        faiss = None  # type: ignore[assignment]
     if faiss is not None:
         index = faiss.IndexFlatIP(points.shape[1])
         index.add(points)
@@ -46,8 +46,11 @@ def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
     else:
         from sklearn.neighbors import NearestNeighbors
 
-        found = NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute").fit(points) \
+        found = (
+            NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute")
+            .fit(points)
             .kneighbors(points, return_distance=False)
+        )
     # each row's own index is among its k + 1 nearest (first, but for exact duplicates): drop it
     own = found == np.arange(len(points))[:, None]
     rows = [row[~mask][:k] for row, mask in zip(found, own)]
@@ -57,8 +60,7 @@ def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
 class Partners:
     """Draws each anchor's partner for a label-free SNNL (see the module docstring)."""
 
-    def __init__(self, kind: str, x: torch.Tensor, *, neighbours: int, seed: int,
-                 image_shape: tuple[int, int] | None):
+    def __init__(self, kind: str, x: torch.Tensor, *, neighbours: int, seed: int, image_shape: tuple[int, int] | None):
         if kind not in LABEL_FREE:
             raise ValueError(f"partners are drawn for label-free positives {LABEL_FREE}, not {kind!r}")
         self.kind, self.x = kind, x
@@ -79,6 +81,7 @@ class Partners:
         if self.kind == "views":
             partners = self.x[index]
         else:
+            assert self.neighbours is not None
             choice = torch.randint(self.neighbours.shape[1], (len(global_index),), generator=self.generator)[rows]
             partners = self.x[self.neighbours[index, choice]]
         partners = partners.to(device, non_blocking=True)
@@ -86,5 +89,7 @@ class Partners:
             return partners
         draws = augment.select(augment.draw(self.view_kind, len(global_index), self.x.shape[1], self.generator), rows)
         if self.view_kind == "image":
+            assert self.image_shape is not None
             return augment.image_views(partners, self.image_shape, draws)
+        assert self.scale is not None
         return augment.tabular_views(partners, self.scale, draws)

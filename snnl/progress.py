@@ -26,8 +26,7 @@ def from_verbose(verbose) -> bool | str:
         return verbose
     if isinstance(verbose, int) and verbose >= 0:  # bool is an int
         return bool(verbose)
-    raise ValueError(f"verbose must be True, False, an integer >= 0 or one of 'auto', 'lines', 'none'; "
-                     f"got {verbose!r}")
+    raise ValueError(f"verbose must be True, False, an integer >= 0 or one of 'auto', 'lines', 'none'; got {verbose!r}")
 
 
 def _format(fields: dict) -> str:
@@ -45,16 +44,18 @@ class Progress:
         self.name, self.total = name, total_epochs
         self._epochs = None
         if self.mode == "bars":
-            self._epochs = tqdm(desc=name, unit="epoch", initial=start_epoch, total=total_epochs,
-                                dynamic_ncols=True, file=self.stream)
+            self._epochs = tqdm(
+                desc=name, unit="epoch", initial=start_epoch, total=total_epochs, dynamic_ncols=True, file=self.stream
+            )
         self._batches = None
 
     def batches(self, epoch: int, n_batches: int):
         """The batch indices of an epoch (with a bar on a terminal)."""
         if self.mode != "bars":
             return range(n_batches)
-        self._batches = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
-                             dynamic_ncols=True, file=self.stream)
+        self._batches = tqdm(
+            range(n_batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False, dynamic_ncols=True, file=self.stream
+        )
         return self._batches
 
     def batch_done(self, fields: dict) -> None:
@@ -62,15 +63,18 @@ class Progress:
             self._batches.set_postfix(fields)
 
     def epoch_done(self, epoch: int, fields: dict, seconds: float) -> None:
-        if self.mode == "bars":
+        if self._epochs is not None:  # bars
             self._epochs.update(1)
             self._epochs.set_postfix(fields)
         elif self.mode == "lines":
-            print(f"{self.name} epoch {epoch + 1}/{self.total}: {_format(fields)} ({seconds:.1f} s)",
-                  file=self.stream, flush=True)
+            print(
+                f"{self.name} epoch {epoch + 1}/{self.total}: {_format(fields)} ({seconds:.1f} s)",
+                file=self.stream,
+                flush=True,
+            )
 
     def note(self, text: str) -> None:
-        if self.mode == "bars":
+        if self._epochs is not None:  # bars
             self._epochs.write(text, file=self.stream)
         elif self.mode == "lines":
             print(text, file=self.stream, flush=True)

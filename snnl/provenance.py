@@ -44,8 +44,9 @@ def source_commit() -> str | None:
         return None
     try:
         git = ["git", "-C", str(root)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
         dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "snnl"], timeout=10).returncode != 0
     except (OSError, subprocess.SubprocessError):
         return None
@@ -55,8 +56,10 @@ def source_commit() -> str | None:
 def thread_counts() -> dict:
     """The threads each numeric library may use: BLAS's sums (and numba's, in
     UMAP) can change with them, and UMAP's output with its inputs' last bits."""
-    counts = {"torch_threads": torch.get_num_threads(),
-              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    counts: dict[str, object] = {
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
     try:
         from threadpoolctl import threadpool_info
 
@@ -84,7 +87,9 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         **thread_counts(),
         "world_size": distributed.world_size(),
-        "command": " ".join(["snnl" if Path(sys.argv[0]).name in ("snnl", "cli.py") else Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(
+            ["snnl" if Path(sys.argv[0]).name in ("snnl", "cli.py") else Path(sys.argv[0]).name, *sys.argv[1:]]
+        ),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for module, key in (("faiss", "faiss"), ("umap", "umap-learn"), ("cuml", "cuml")):

@@ -24,16 +24,22 @@ class SeedResult:
     backends: dict = field(default_factory=dict)  # stage -> which implementation ran it ("kmeans": "faiss", ...)
 
     def to_record(self) -> dict:
-        return {"seed": self.seed, "metrics": self.metrics, "backends": self.backends, "seconds": self.seconds,
-                "history": self.history}
+        return {
+            "seed": self.seed,
+            "metrics": self.metrics,
+            "backends": self.backends,
+            "seconds": self.seconds,
+            "history": self.history,
+        }
 
     @classmethod
-    def from_record(cls, record: dict) -> "SeedResult":
+    def from_record(cls, record: dict) -> SeedResult:
         """Also a record written before backends were kept apart, when they
         sat among the metrics as ``<stage>_backend`` strings."""
         metrics = {k: v for k, v in record["metrics"].items() if not isinstance(v, str)}
-        backends = record.get("backends") or {k.removesuffix("_backend"): v for k, v in record["metrics"].items()
-                                              if isinstance(v, str)}
+        backends = record.get("backends") or {
+            k.removesuffix("_backend"): v for k, v in record["metrics"].items() if isinstance(v, str)
+        }
         return cls(record["seed"], metrics, record["seconds"], record["history"], backends=backends)
 
 

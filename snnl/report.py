@@ -35,8 +35,12 @@ def write_config(out_dir: Path, config) -> None:
 def write_seed(path: Path, result, config) -> None:
     """A finished seed, with what it depends on: the evaluation options and the
     epochs trained (``--resume`` reuses it only while both are unchanged)."""
-    write_text(path, json.dumps({**result.to_record(), "evaluation": config.evaluation(),
-                                 "trained_epochs": config.trained_epochs}, indent=2))
+    write_text(
+        path,
+        json.dumps(
+            {**result.to_record(), "evaluation": config.evaluation(), "trained_epochs": config.trained_epochs}, indent=2
+        ),
+    )
 
 
 def read_seed_record(path: Path) -> dict:
@@ -60,8 +64,10 @@ def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False)
     first = experiment.seeds[0]
     metrics = {
         "config": experiment.config.to_dict(),
-        "seeds": [{"seed": s.seed, "metrics": s.metrics, "backends": s.backends, "seconds": s.seconds}
-                  for s in experiment.seeds],
+        "seeds": [
+            {"seed": s.seed, "metrics": s.metrics, "backends": s.backends, "seconds": s.seconds}
+            for s in experiment.seeds
+        ],
         "summary": experiment.summary,
         "environment": experiment.environment,
         "data_files": list(experiment.data_files),
@@ -71,9 +77,12 @@ def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False)
         started = time.perf_counter()
         projection = experiment.config.projection
         if progress:
-            how = "without projections" if projection == "none" else \
-                f"with {figures.PROJECTION_NAMES[projection]} projections" + \
-                (" (--projection pca is quicker)" if projection == "tsne" else "")
+            how = (
+                "without projections"
+                if projection == "none"
+                else f"with {figures.PROJECTION_NAMES[projection]} projections"
+                + (" (--projection pca is quicker)" if projection == "tsne" else "")
+            )
             print(f"figures: {out_dir / 'figures'}, {how} ...", file=sys.stderr, flush=True)
         figures.write_all(out_dir / "figures", experiment, data)
         metrics["seeds"][0]["seconds"]["figures"] = time.perf_counter() - started
@@ -84,9 +93,11 @@ def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False)
 
 
 def summary_rows(label: list[str], summary: dict, n_seeds: int) -> list[list[str]]:
-    mean = [m.format(summary["mean"][m.name])
-            + (f" ± {m.format(summary['std'][m.name])}" if n_seeds > 1 and summary["std"][m.name] is not None else "")
-            for m in METRIC_TABLE]
+    mean = [
+        m.format(summary["mean"][m.name])
+        + (f" ± {m.format(summary['std'][m.name])}" if n_seeds > 1 and summary["std"][m.name] is not None else "")
+        for m in METRIC_TABLE
+    ]
     best = [m.format(summary["best"][m.name]) for m in METRIC_TABLE]
     return [[*label, f"average ({n_seeds} seed{'s' if n_seeds > 1 else ''})", *mean], [*label, "best", *best]]
 
@@ -140,7 +151,8 @@ def collect_runs(run_dirs) -> tuple[list[tuple[str, dict]], list[tuple[str, str]
         try:
             metrics = json.loads(path.read_text())
             readable = isinstance(metrics.get("seeds"), list) and all(
-                isinstance(metrics.get("summary", {}).get(key), dict) for key in ("mean", "std", "best"))
+                isinstance(metrics.get("summary", {}).get(key), dict) for key in ("mean", "std", "best")
+            )
         except (ValueError, AttributeError) as error:
             raise ValueError(f"{path} is not a readable snnl metrics file ({error})") from None
         if not readable:

@@ -79,8 +79,12 @@ class RunConfig:
     def evaluation(self) -> dict:
         """The options of the stages after training (a finished seed is reused
         on resume only if they are unchanged)."""
-        return {name: (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
-                for name, value in ((n, getattr(self, n)) for n in self.fields_resumed_as("evaluation"))}
+        return {
+            name: (
+                dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+            )
+            for name, value in ((n, getattr(self, n)) for n in self.fields_resumed_as("evaluation"))
+        }
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -99,8 +103,9 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown {cls.METHOD} options {sorted(unknown)}")
         training = TrainConfig.from_dict({**TrainConfig().to_dict(), **data.pop(cls.TRAINING_FIELD, {})})
-        return cls(**{**cls._nested_from_dict(data), cls.TRAINING_FIELD: training,
-                      "seeds": tuple(data.get("seeds", (0,)))})
+        return cls(
+            **{**cls._nested_from_dict(data), cls.TRAINING_FIELD: training, "seeds": tuple(data.get("seeds", (0,)))}
+        )
 
     @classmethod
     def _nested_from_dict(cls, data: dict) -> dict:
@@ -198,8 +203,9 @@ class ManifoldConfig:
         """What depends on the number of points to embed."""
         neighbors = {"umap": self.umap_neighbors, "isomap": self.isomap_neighbors}.get(self.method)
         if neighbors is not None and neighbors >= n_points:
-            raise ValueError(f"{self.method} with {neighbors} neighbours needs more than {neighbors} points; "
-                             f"there are {n_points}")
+            raise ValueError(
+                f"{self.method} with {neighbors} neighbours needs more than {neighbors} points; there are {n_points}"
+            )
 
     def components(self, n_clusters: int) -> int:
         if self.n_components is not None:
@@ -209,8 +215,13 @@ class ManifoldConfig:
 
 # N2D's autoencoder, as its authors' code trains it (see snnl.n2d)
 N2D_AUTOENCODER = TrainConfig(
-    name="n2d-ae", snnl=False, code_activation="linear", output_activation="linear", epochs=1000,
-    init="glorot", adam_eps=1e-7,
+    name="n2d-ae",
+    snnl=False,
+    code_activation="linear",
+    output_activation="linear",
+    epochs=1000,
+    init="glorot",
+    adam_eps=1e-7,
 )
 
 

@@ -32,7 +32,11 @@ from .train import resolve_device
 
 
 def checkpoint_path(out_dir, seed: int) -> Path | None:
-    return Path(out_dir) / "checkpoints" / f"seed{seed}.pt" if out_dir is not None else None
+    return _checkpoint(Path(out_dir), seed) if out_dir is not None else None
+
+
+def _checkpoint(out_dir: Path, seed: int) -> Path:
+    return out_dir / "checkpoints" / f"seed{seed}.pt"
 
 
 def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> None:
@@ -80,7 +84,7 @@ def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
     stored = report.read_seed_record(finished)
     if stored.get("evaluation") == config.evaluation() and stored.get("trained_epochs") == config.trained_epochs:
         return True
-    checkpoint = checkpoint_path(out_dir, seed)
+    checkpoint = _checkpoint(out_dir, seed)
     if config.trained_epochs is not None and not (checkpoint.is_file() or previous_path(checkpoint).is_file()):
         raise FileNotFoundError(
             f"seed {seed} must be evaluated again (its options changed) but its checkpoint {checkpoint} is gone; "
@@ -89,8 +93,16 @@ def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
     return False
 
 
-def execute(config, data: Dataset, run_seed: Callable[[int, bool], SeedResult], out_dir=None, *,
-            resume: bool = False, data_files: tuple = (), progress=True) -> ExperimentResult:
+def execute(
+    config,
+    data: Dataset,
+    run_seed: Callable[[int, bool], SeedResult],
+    out_dir=None,
+    *,
+    resume: bool = False,
+    data_files: tuple = (),
+    progress=True,
+) -> ExperimentResult:
     """Run ``run_seed(seed, keep_arrays)`` for every seed of ``config`` and collect the results.
 
     ``data`` is what was clustered (its labels score the clustering; its raw
@@ -118,7 +130,13 @@ def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> E
     for position, seed in enumerate(config.seeds):
         first = position == 0  # its arrays and history feed embeddings.npz and the figures
         finished = out_dir / "seeds" / f"seed{seed}.json" if out_dir is not None else None
-        if resume and not first and finished.is_file() and _reusable(finished, config, out_dir, seed):
+        if (
+            resume
+            and not first
+            and finished is not None
+            and finished.is_file()
+            and _reusable(finished, config, out_dir, seed)
+        ):
             results.append(SeedResult.from_record(report.read_seed_record(finished)))
             continue
         result = run_seed(seed, first)
@@ -129,8 +147,9 @@ def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> E
     if not main:  # the other processes only trained
         return ExperimentResult(config, results, data.y, {}, {})
     summary = aggregate([r.metrics for r in results])
-    experiment = ExperimentResult(config, results, data.y, summary, environment(resolve_device(config.device)),
-                                  tuple(data_files or data.files))
+    experiment = ExperimentResult(
+        config, results, data.y, summary, environment(resolve_device(config.device)), tuple(data_files or data.files)
+    )
     if out_dir is not None:
         report.write_experiment(out_dir, experiment, data, progress=progress not in (False, "none"))
     return experiment

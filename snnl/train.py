@@ -77,8 +77,9 @@ def _check_training_data(x: np.ndarray, y: np.ndarray | None, config: TrainConfi
 
 
 def build_model(input_dim: int, config: TrainConfig) -> Autoencoder:
-    return Autoencoder(input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation,
-                       config.init)
+    return Autoencoder(
+        input_dim, config.code_dim, config.hidden, config.code_activation, config.output_activation, config.init
+    )
 
 
 def _progress_fields(config: TrainConfig, reconstruction: float, snnl: float, temperature: float) -> dict:
@@ -89,8 +90,15 @@ def _progress_fields(config: TrainConfig, reconstruction: float, snnl: float, te
     return fields
 
 
-def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_rows: int | None = None,
-               partners: torch.Tensor | None = None):
+def batch_loss(
+    model,
+    xb,
+    yb,
+    temperature: float,
+    config: TrainConfig,
+    global_rows: int | None = None,
+    partners: torch.Tensor | None = None,
+):
     """(loss, reconstruction, per-layer SNNL list) for one batch.
 
     ``partners``: for label-free positives (``config.positives``), each
@@ -107,7 +115,7 @@ def batch_loss(model, xb, yb, temperature: float, config: TrainConfig, global_ro
     output, hidden = model(xb if partners is None else torch.cat([xb, partners]))
     if partners is not None:
         output = output[: len(xb)]
-        hidden, partner_hidden = [h[: len(xb)] for h in hidden], [h[len(xb):] for h in hidden]
+        hidden, partner_hidden = [h[: len(xb)] for h in hidden], [h[len(xb) :] for h in hidden]
     if config.reconstruction_loss == "bce":
         total = F.binary_cross_entropy_with_logits(output.float(), xb.float(), reduction="sum")
     else:
@@ -165,11 +173,15 @@ def _check_resumable(checkpoint: dict, config: TrainConfig, seed: int, path: Pat
     stored = {**TrainConfig().to_dict(), **checkpoint["config"]}
     refused = [c for c in config_changes(stored, config.to_dict()) if c[0] not in TrainConfig.resumable_fields()]
     if refused:
-        raise ValueError(f"{path} was trained with other options ({describe_changes(refused)}); resume with the "
-                         "stored options (leave them out) or start a new output directory")
+        raise ValueError(
+            f"{path} was trained with other options ({describe_changes(refused)}); resume with the "
+            "stored options (leave them out) or start a new output directory"
+        )
     if config.epochs < checkpoint["epoch"] + 1:
-        raise ValueError(f"{path} has already trained {checkpoint['epoch'] + 1} epochs; --epochs {config.epochs} "
-                         "cannot undo that (use a larger value, or a new output directory)")
+        raise ValueError(
+            f"{path} has already trained {checkpoint['epoch'] + 1} epochs; --epochs {config.epochs} "
+            "cannot undo that (use a larger value, or a new output directory)"
+        )
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Adam:
@@ -189,8 +201,9 @@ def snapshot_path(checkpoint_path: Path, epochs_done: int) -> Path:
 def verify_version(checkpoint: dict, source) -> dict:
     """``checkpoint`` when it holds snnl training state of this layout (the one check of both load paths)."""
     if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise checkpoints.CheckpointError(f"{source}: not an snnl training checkpoint "
-                                          f"(version {checkpoint.get('version')!r})")
+        raise checkpoints.CheckpointError(
+            f"{source}: not an snnl training checkpoint (version {checkpoint.get('version')!r})"
+        )
     return checkpoint
 
 
@@ -206,13 +219,26 @@ def model_from_checkpoint(path: str | os.PathLike, map_location="cpu") -> Autoen
     return model
 
 
-def checkpoint_state(model: Autoencoder, config: TrainConfig, seed: int, epoch: int, optimizer=None,
-                     random_states: dict | None = None, history: list[dict] | None = None) -> dict:
+def checkpoint_state(
+    model: Autoencoder,
+    config: TrainConfig,
+    seed: int,
+    epoch: int,
+    optimizer=None,
+    random_states: dict | None = None,
+    history: list[dict] | None = None,
+) -> dict:
     """What a checkpoint holds: the model and what made it, and, to resume from
     it (``optimizer`` given), the optimizer, every random state training draws
     on and the history.  A snapshot is the first part alone."""
-    state = {"version": CHECKPOINT_VERSION, "epoch": epoch, "seed": seed, "config": config.to_dict(),
-             "model_config": model.config(), "model": model.state_dict()}
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "seed": seed,
+        "config": config.to_dict(),
+        "model_config": model.config(),
+        "model": model.state_dict(),
+    }
     if optimizer is not None:
         state.update(optimizer=optimizer.state_dict(), rng=random_states, history=history)
     return state
@@ -230,7 +256,7 @@ class _State:
 
     def random_states(self) -> dict:
         """Every random state training draws on."""
-        states = {"shuffle": self.shuffle.get_state()}
+        states: dict = {"shuffle": self.shuffle.get_state()}
         if self.partners is not None:
             states["partners"] = self.partners.generator.get_state()
         return states
@@ -254,6 +280,7 @@ def _restore(state: _State, checkpoint_path: Path | None, config: TrainConfig, s
     if checkpoint is None:
         return
     verify_version(checkpoint, source)
+    assert source is not None, "a loaded checkpoint has a path"
     _check_resumable(checkpoint, config, seed, source)
     state.model.load_state_dict(checkpoint["model"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])  # and its implementation (fused or not) with it
@@ -263,15 +290,30 @@ def _restore(state: _State, checkpoint_path: Path | None, config: TrainConfig, s
 
 def _save(state: _State, checkpoint_path: Path, config: TrainConfig, seed: int, snapshot_every: int | None) -> None:
     epoch = state.next_epoch - 1
-    checkpoints.save(checkpoint_state(state.model, config, seed, epoch, state.optimizer, state.random_states(),
-                                      state.history), checkpoint_path)
+    checkpoints.save(
+        checkpoint_state(state.model, config, seed, epoch, state.optimizer, state.random_states(), state.history),
+        checkpoint_path,
+    )
     if snapshot_every and (epoch + 1) % snapshot_every == 0:
-        checkpoints.save(checkpoint_state(state.model, config, seed, epoch),
-                         snapshot_path(checkpoint_path, epoch + 1), keep_previous=False)
+        checkpoints.save(
+            checkpoint_state(state.model, config, seed, epoch),
+            snapshot_path(checkpoint_path, epoch + 1),
+            keep_previous=False,
+        )
 
 
-def _run_epoch(state: _State, network, x_all, y_all, epoch: int, config: TrainConfig, temperature: float,
-               device, bars: Progress, checkpoint_path) -> dict:
+def _run_epoch(
+    state: _State,
+    network,
+    x_all,
+    y_all,
+    epoch: int,
+    config: TrainConfig,
+    temperature: float,
+    device,
+    bars: Progress,
+    checkpoint_path,
+) -> dict:
     """One pass over the shuffled data; the epoch's record (means over its batches).
 
     Under torch.distributed each global batch (drawn from the same shuffled
@@ -281,7 +323,9 @@ def _run_epoch(state: _State, network, x_all, y_all, epoch: int, config: TrainCo
     epoch_started = time.perf_counter()
     n_batches = -(-len(x_all) // config.batch_size)
     order = torch.randperm(len(x_all), generator=state.shuffle)
-    totals, layer_totals, layer_batches, layers, snnl = None, None, 0, [], 0.0
+    totals: torch.Tensor | None = None
+    layer_totals: torch.Tensor | None = None
+    layer_batches, layers, snnl = 0, [], 0.0
     for b in bars.batches(epoch, n_batches):
         global_index = order[b * config.batch_size : (b + 1) * config.batch_size]
         rows = torch.tensor_split(torch.arange(len(global_index)), world)[rank]  # this process's slice
@@ -290,11 +334,13 @@ def _run_epoch(state: _State, network, x_all, y_all, epoch: int, config: TrainCo
         yb = y_all[index].to(device, non_blocking=True)
         partners = state.partners(global_index, rows, device) if state.partners is not None else None
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
-            loss, reconstruction, per_layer = batch_loss(network, xb, yb, temperature, config, len(global_index),
-                                                         partners)
+            loss, reconstruction, per_layer = batch_loss(
+                network, xb, yb, temperature, config, len(global_index), partners
+            )
         # one collective for the logged values: the global batch's loss terms
-        values = distributed.all_reduce_tensor(torch.stack([loss.detach(), reconstruction.detach(),
-                                                            *(v.detach() for v in per_layer)]).double())
+        values = distributed.all_reduce_tensor(
+            torch.stack([loss.detach(), reconstruction.detach(), *(v.detach() for v in per_layer)]).double()
+        )
         if not torch.isfinite(values[0]):
             raise FloatingPointError(
                 f"{config.name}: the training loss became {values[0].item()} at epoch {epoch + 1}, "
@@ -312,6 +358,7 @@ def _run_epoch(state: _State, network, x_all, y_all, epoch: int, config: TrainCo
         layers = (layer_totals / max(layer_batches, 1)).tolist() if layer_totals is not None else []
         snnl = (sum(layers) if config.combine == "sum" else min(layers)) if layers else 0.0
         bars.batch_done(_progress_fields(config, values[1].item(), snnl, temperature))
+    assert totals is not None, "an epoch has at least one batch"
     means = (totals / n_batches).tolist()
     return {
         "epoch": epoch,
@@ -365,8 +412,13 @@ def train_autoencoder(
     model = _seeded_model(x.shape[1], config, seed, device)
     partners = None
     if config.positives != "classes":
-        partners = Partners(config.positives, torch.from_numpy(x), neighbours=config.neighbours, seed=seed,
-                            image_shape=image_shape)
+        partners = Partners(
+            config.positives,
+            torch.from_numpy(x),
+            neighbours=config.neighbours,
+            seed=seed,
+            image_shape=image_shape,
+        )
     state = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(seed), partners)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if resume:
@@ -374,9 +426,11 @@ def train_autoencoder(
     start_epoch = state.next_epoch
 
     main = distributed.is_main_process()
-    network = model
+    network: torch.nn.Module = model
     if distributed.world_size() > 1:
-        network = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     x_all = torch.from_numpy(x)
     y_all = torch.from_numpy(y) if y is not None else torch.zeros(len(x), dtype=torch.int64)
     last_epoch = start_epoch if plateaued(state.history, config.patience) else config.epochs  # stopped early before
@@ -385,18 +439,24 @@ def train_autoencoder(
     try:
         for epoch in range(start_epoch, last_epoch):
             temperature = schedule(epoch)
-            record = _run_epoch(state, network, x_all, y_all, epoch, config, temperature, device, bars,
-                                checkpoint_path)
+            record = _run_epoch(state, network, x_all, y_all, epoch, config, temperature, device, bars, checkpoint_path)
             state.history.append(record)
-            bars.epoch_done(epoch, {"loss": f"{record['loss']:.4f}",
-                                    **_progress_fields(config, record["reconstruction"], record["snnl"], temperature)},
-                            record["seconds"])
+            bars.epoch_done(
+                epoch,
+                {
+                    "loss": f"{record['loss']:.4f}",
+                    **_progress_fields(config, record["reconstruction"], record["snnl"], temperature),
+                },
+                record["seconds"],
+            )
             if checkpoint_path is not None and main:
                 _save(state, checkpoint_path, config, seed, snapshot_every)
             if on_epoch_end is not None:
                 on_epoch_end(record)
             if plateaued(state.history, config.patience):
-                bars.note(f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}")
+                bars.note(
+                    f"{config.name}: no improvement in {config.patience} epochs, stopping after epoch {epoch + 1}"
+                )
                 break
     finally:
         bars.close()  # also on an interruption: its message then starts on a line of its own

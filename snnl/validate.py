@@ -7,12 +7,17 @@ Imports nothing heavy: configurations check their fields with these at once.
 from __future__ import annotations
 
 import numbers
+from typing import Literal, overload
 
 
+@overload
+def integer(name: str, value, minimum: int = 1, *, allow_none: Literal[False] = False) -> int: ...
+@overload
+def integer(name: str, value, minimum: int = 1, *, allow_none: bool) -> int | None: ...
 def integer(name: str, value, minimum: int = 1, *, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -24,13 +29,13 @@ def choice(name: str, value, allowed) -> str:
 
 
 def positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
 
 
 def non_negative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
 
@@ -43,7 +48,7 @@ def seeds(values) -> tuple[int, ...]:
     if not values:
         raise ValueError("at least one seed is needed")
     for seed in values:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**32:
             raise ValueError(f"seeds must be integers in [0, 2**32), got {seed!r}")
     repeated = sorted({s for s in values if values.count(s) > 1})
     if repeated:

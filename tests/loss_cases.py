@@ -50,8 +50,18 @@ def backend_rows(backend: str, distance: str, eps: float):
         dtype = compute_dtype(z.dtype)
         if entry.casts_inputs:
             z, keys = z.to(dtype), None if keys is None else keys.to(dtype)
-        return ops.rows(z, keys, labels, key_labels, t.to(dtype), backend, 0 if keys is None else self_offset,
-                        distance, eps, "tf32x3")[0]
+        return ops.rows(
+            z,
+            keys,
+            labels,
+            key_labels,
+            t.to(dtype),
+            backend,
+            0 if keys is None else self_offset,
+            distance,
+            eps,
+            "tf32x3",
+        )[0]
 
     return rows
 
@@ -101,7 +111,8 @@ def assert_close_scaled(actual, expected, rtol, row_floor=None):
     worst = int(torch.argmax(error - tolerance))
     assert bool((error <= tolerance).all()), (
         f"gradient differs at {divmod(worst, expected.shape[1])}: {actual.flatten()[worst]} vs "
-        f"{expected.flatten()[worst]} (tolerance {tolerance.flatten()[worst]:.3g})")
+        f"{expected.flatten()[worst]} (tolerance {tolerance.flatten()[worst]:.3g})"
+    )
 
 
 def _unit_rows_loss(x, labels, temperature, eps):
@@ -157,5 +168,6 @@ def compare(backend, b, d, pattern, temperature, distance, eps, dtype=torch.floa
 
 def reference_rows(z, labels, temperature, distance, eps, **kw):
     """The oracle's per-row losses (keys / key_labels / self_offset as ``reference.rows``)."""
-    return reference.rows(z, kw.get("keys"), labels, kw.get("key_labels"), temperature, kw.get("self_offset", 0),
-                          distance, eps)[0]
+    return reference.rows(
+        z, kw.get("keys"), labels, kw.get("key_labels"), temperature, kw.get("self_offset", 0), distance, eps
+    )[0]

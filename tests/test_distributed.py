@@ -48,8 +48,9 @@ def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: s
     start = sum(SIZES[:rank])
     local = z[start : start + SIZES[rank]].clone().requires_grad_(True)
     t = torch.tensor(0.4, dtype=torch.float64, requires_grad=True)
-    share = distributed.global_loss_share(local, labels[start : start + SIZES[rank]], t, distance=distance, eps=eps,
-                                          backend=backend)
+    share = distributed.global_loss_share(
+        local, labels[start : start + SIZES[rank]], t, distance=distance, eps=eps, backend=backend
+    )
     share.backward()
     torch.save({"share": share.detach(), "grad": local.grad, "grad_t": t.grad}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -91,8 +92,9 @@ def _ddp_worker(rank: int, rendezvous: str, out: str, backend: str, views: int) 
         local = torch.stack([local, local + 0.1], 1)
         loss = distributed.global_soft_nearest_neighbor_loss(ddp(local), None, 0.4, group=group, backend=backend)
     else:
-        loss = distributed.global_soft_nearest_neighbor_loss(ddp(local), labels[start : start + SIZES[rank]], 0.4,
-                                                             group=group, backend=backend)
+        loss = distributed.global_soft_nearest_neighbor_loss(
+            ddp(local), labels[start : start + SIZES[rank]], 0.4, group=group, backend=backend
+        )
     loss.backward()
     torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -119,10 +121,13 @@ def test_ddp_gradients_equal_single_process_ones_with_no_scaling(tmp_path, backe
 
 def test_without_process_group_it_is_the_ordinary_loss():
     z, labels = _batch("cosine")
-    torch.testing.assert_close(distributed.global_soft_nearest_neighbor_loss(z, labels, 0.5),
-                               soft_nearest_neighbor_loss(z, labels, 0.5))
-    torch.testing.assert_close(distributed.global_soft_nearest_neighbor_loss(z, labels, 0.5, reduction="sum", eps=0.0),
-                               soft_nearest_neighbor_loss(z, labels, 0.5, reduction="sum", eps=0.0))
+    torch.testing.assert_close(
+        distributed.global_soft_nearest_neighbor_loss(z, labels, 0.5), soft_nearest_neighbor_loss(z, labels, 0.5)
+    )
+    torch.testing.assert_close(
+        distributed.global_soft_nearest_neighbor_loss(z, labels, 0.5, reduction="sum", eps=0.0),
+        soft_nearest_neighbor_loss(z, labels, 0.5, reduction="sum", eps=0.0),
+    )
     with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
         distributed.global_soft_nearest_neighbor_loss(z, labels, temprature=0.5)
     with pytest.raises(TypeError, match="keys / key_labels cannot be given"):
@@ -134,8 +139,11 @@ TRAIN = dict(hidden=(16, 16, 32), code_dim=4, epochs=2, batch_size=33)
 
 # the paper's SNNL both ways of combining layers, and label-free SNNL, whose
 # partners (tabular views of neighbours) every process must draw alike
-TRAINED = {"sum": ("snnl-5", {"combine": "sum"}), "min": ("snnl-5", {"combine": "min"}),
-           "label-free": ("snnl-neighbour-views", {})}
+TRAINED = {
+    "sum": ("snnl-5", {"combine": "sum"}),
+    "min": ("snnl-5", {"combine": "min"}),
+    "label-free": ("snnl-neighbour-views", {}),
+}
 
 
 def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
@@ -145,8 +153,9 @@ def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
     y = rng.integers(0, 4, 100)
     name, options = TRAINED[combine]
     config = preset(name, **options, **TRAIN)
-    result = train_autoencoder(x, y, config, seed=5, device="cpu", progress=False,
-                               checkpoint_path=f"{out}/checkpoint.pt")
+    result = train_autoencoder(
+        x, y, config, seed=5, device="cpu", progress=False, checkpoint_path=f"{out}/checkpoint.pt"
+    )
     if rank == 0:
         torch.save({"state": result.model.state_dict(), "history": result.history}, f"{out}/trained.pt")
     dist.destroy_process_group()
@@ -179,27 +188,62 @@ def _structure(value):
 
 @pytest.mark.slow
 def test_torchrun_snnl_run_writes_the_same_layout(tmp_path):
-    common = ["run", "--epochs", "1", "--batch-size", "128", "--code-dim", "8", "--kmeans-restarts", "1",
-              "--projection", "none", "--quiet", "--seeds", "0,1"]
+    common = [
+        "run",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "128",
+        "--code-dim",
+        "8",
+        "--kmeans-restarts",
+        "1",
+        "--projection",
+        "none",
+        "--quiet",
+        "--seeds",
+        "0,1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                "-m", "snnl.cli"]
-    done = subprocess.run([*launcher, *common, "--out", str(tmp_path / "ddp")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "snnl.cli",
+    ]
+    done = subprocess.run(
+        [*launcher, *common, "--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr
-    single = subprocess.run([sys.executable, "-m", "snnl.cli", *common, "--out", str(tmp_path / "single")],
-                            env=env, capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        [sys.executable, "-m", "snnl.cli", *common, "--out", str(tmp_path / "single")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
     a = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     b = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert _structure(a) == _structure(b)
     assert a["environment"]["world_size"] == 2 and b["environment"]["world_size"] == 1
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
+        p.name for p in (tmp_path / "single").iterdir()
+    )
     # Same seed, same global batches: the distributed run trains the same model.
     assert a["summary"]["mean"]["acc"] == pytest.approx(b["summary"]["mean"]["acc"], abs=0.02)
     # Resuming the finished distributed run reads it back.
-    again = subprocess.run([*launcher, *common, "--out", str(tmp_path / "ddp"), "--resume"], env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [*launcher, *common, "--out", str(tmp_path / "ddp"), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["summary"] == a["summary"]
     assert Path(tmp_path / "ddp" / "checkpoints" / "seed1.pt").is_file()

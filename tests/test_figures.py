@@ -17,8 +17,15 @@ def drawn(monkeypatch):
 
 
 def history(epochs=3, layers=7):
-    return [{"epoch": e, "reconstruction": 0.1 / (e + 1), "snnl_per_layer": [1.0 / (e + 1)] * layers,
-             "temperature": 1.0 / (1 + e) ** 0.55} for e in range(epochs)]
+    return [
+        {
+            "epoch": e,
+            "reconstruction": 0.1 / (e + 1),
+            "snnl_per_layer": [1.0 / (e + 1)] * layers,
+            "temperature": 1.0 / (1 + e) ** 0.55,
+        }
+        for e in range(epochs)
+    ]
 
 
 @pytest.mark.parametrize("loss,name", [("bce", "binary cross-entropy"), ("mse", "mean squared error")])
@@ -44,8 +51,16 @@ def test_an_snnl_on_the_code_alone_is_named_so(drawn):
 def test_the_projection_says_what_it_projects_and_what_the_colours_are(drawn):
     rng = np.random.default_rng(0)
     x, labels = rng.normal(size=(60, 5)), np.arange(60) % 3
-    figures.projections(x, x[:, :3], labels, ["a", "b", "c"], Path("unused.png"), "pca", "run",
-                        points_name="umap embedding of the codes")
+    figures.projections(
+        x,
+        x[:, :3],
+        labels,
+        ["a", "b", "c"],
+        Path("unused.png"),
+        "pca",
+        "run",
+        points_name="umap embedding of the codes",
+    )
     titles = [ax.get_title() for ax in drawn[0].axes[:2]]
     assert titles == ["PCA of the raw inputs, 60 points", "PCA of the umap embedding of the codes, 60 points"]
     assert "colour: the true label of each point" in drawn[0].texts[0].get_text()

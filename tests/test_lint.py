@@ -1,5 +1,7 @@
-"""The tree passes the linter configured in pyproject.toml ([tool.ruff]), so
-an unused import or an unsorted import block fails here, not in review."""
+"""The tree passes the linter, the formatter and the type checker configured
+in pyproject.toml ([tool.ruff], [tool.mypy]), so an unused import, an
+unformatted block or a None passed where a tensor is expected fails here, not
+in review.  CI also runs them itself (.ci/run), ruff before the install."""
 
 import subprocess
 import sys
@@ -10,8 +12,20 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_tree_passes_its_linter():
+def _run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("command", [("check",), ("format", "--check")], ids=["lint", "format"])
+def test_the_tree_passes_ruff(command):
     pytest.importorskip("ruff", reason="ruff comes with the dev extra (pip install -e '.[dev]')")
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = _run("ruff", *command, "--no-cache", str(ROOT))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow  # about 30 s on the 2-core Xeon without a cache
+def test_the_package_passes_mypy(tmp_path):
+    pytest.importorskip("mypy", reason="mypy comes with the dev extra (pip install -e '.[dev]')")
+    done = _run("mypy", "--cache-dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (ROOT / "snnl" / "py.typed").is_file(), "the package declares its types (PEP 561)"

@@ -146,25 +146,39 @@ def test_module_takes_the_per_call_arguments():
     module = SNNLoss(0.4, reduction="sum", ignore_index=3)
     torch.testing.assert_close(
         module(q, q_labels, keys=k, key_labels=k_labels, weight=w),
-        soft_nearest_neighbor_loss(q, q_labels, 0.4, keys=k, key_labels=k_labels, weight=w, reduction="sum",
-                                   ignore_index=3))
+        soft_nearest_neighbor_loss(
+            q, q_labels, 0.4, keys=k, key_labels=k_labels, weight=w, reduction="sum", ignore_index=3
+        ),
+    )
     assert "ignore_index=3" in repr(module)
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda z, y: soft_nearest_neighbor_loss(z, None), ValueError, "only for a multi-view batch"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, keys=z), ValueError, "keys need key_labels"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, key_labels=y), ValueError, "key_labels were given without keys"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, keys=z[:, :3], key_labels=y), ValueError, "keys must have z's"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, keys=z, key_labels=y[:4]), ValueError,
-     r"key_labels must have shape \(30,\)"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, weight=torch.ones(4, dtype=torch.float64)), ValueError,
-     "weight must have shape"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, weight=-torch.ones(30, dtype=torch.float64)), ValueError,
-     "weight must be finite and >= 0"),
-    (lambda z, y: soft_nearest_neighbor_loss(z, y, ignore_index=1.5), TypeError, "ignore_index must be an integer"),
-    (lambda z, y: soft_nearest_neighbor_loss(z.reshape(30, 1, 7), None), ValueError, "views >= 2"),
-])
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda z, y: soft_nearest_neighbor_loss(z, None), ValueError, "only for a multi-view batch"),
+        (lambda z, y: soft_nearest_neighbor_loss(z, y, keys=z), ValueError, "keys need key_labels"),
+        (lambda z, y: soft_nearest_neighbor_loss(z, y, key_labels=y), ValueError, "key_labels were given without keys"),
+        (lambda z, y: soft_nearest_neighbor_loss(z, y, keys=z[:, :3], key_labels=y), ValueError, "keys must have z's"),
+        (
+            lambda z, y: soft_nearest_neighbor_loss(z, y, keys=z, key_labels=y[:4]),
+            ValueError,
+            r"key_labels must have shape \(30,\)",
+        ),
+        (
+            lambda z, y: soft_nearest_neighbor_loss(z, y, weight=torch.ones(4, dtype=torch.float64)),
+            ValueError,
+            "weight must have shape",
+        ),
+        (
+            lambda z, y: soft_nearest_neighbor_loss(z, y, weight=-torch.ones(30, dtype=torch.float64)),
+            ValueError,
+            "weight must be finite and >= 0",
+        ),
+        (lambda z, y: soft_nearest_neighbor_loss(z, y, ignore_index=1.5), TypeError, "ignore_index must be an integer"),
+        (lambda z, y: soft_nearest_neighbor_loss(z.reshape(30, 1, 7), None), ValueError, "views >= 2"),
+    ],
+)
 def test_bad_forms_are_named(call, error, match):
     z, y = _batch()
     with pytest.raises(error, match=match):

@@ -134,8 +134,12 @@ def test_queries_against_keys_add_up_to_the_square_loss(small_tiles, backend, di
     zq = z.clone().requires_grad_(True)
     tq = t.clone().requires_grad_(True)
     rows_of = backend_rows(backend, distance, eps)
-    rows = torch.cat([rows_of(zq[a:b], labels[a:b], tq, keys=zq, key_labels=labels, self_offset=a)
-                      for a, b in [(0, 23), (23, 24), (24, 70)]])
+    rows = torch.cat(
+        [
+            rows_of(zq[a:b], labels[a:b], tq, keys=zq, key_labels=labels, self_offset=a)
+            for a, b in [(0, 23), (23, 24), (24, 70)]
+        ]
+    )
     objective = torch.where(torch.isfinite(rows), rows * weights, torch.zeros_like(rows)).sum()
     grad_z, grad_t = torch.autograd.grad(objective, [zq, tq])
     assert_close_rows(rows.detach(), expected[0], rtol=1e-10, atol=1e-12)
@@ -158,14 +162,16 @@ def test_queries_against_other_keys(small_tiles, backend, distance):
     out = []
     for name in ("reference", backend):
         qq, kk = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
-        rows = backend_rows(name, distance, 1e-5)(qq, q_labels, torch.tensor(0.4, dtype=torch.float64), keys=kk,
-                                                  key_labels=k_labels)
+        rows = backend_rows(name, distance, 1e-5)(
+            qq, q_labels, torch.tensor(0.4, dtype=torch.float64), keys=kk, key_labels=k_labels
+        )
         out.append((rows.detach(), *torch.autograd.grad((rows * torch.arange(30.0).double()).sum(), [qq, kk])))
     assert_close_rows(out[1][0], out[0][0], rtol=1e-10, atol=1e-12)
     assert_close_scaled(out[1][1], out[0][1], 1e-9)
     assert_close_scaled(out[1][2], out[0][2], 1e-9)
-    expected = reference_rows(q, q_labels, torch.tensor(0.4, dtype=torch.float64), distance, 1e-5, keys=k,
-                              key_labels=k_labels, self_offset=-1)
+    expected = reference_rows(
+        q, q_labels, torch.tensor(0.4, dtype=torch.float64), distance, 1e-5, keys=k, key_labels=k_labels, self_offset=-1
+    )
     assert_close_rows(out[0][0], expected, rtol=0, atol=0)
 
 
@@ -198,7 +204,7 @@ def test_operands_split_for_3xtf32():
     assert hi.shape == (37, 32) and not hi[:, 21:].any() and not lo[:, 21:].any()
     assert not (hi.view(torch.int32) & 0x1FFF).any()
     assert torch.equal(hi[:, :21] + lo[:, :21], x)
-    assert (lo[:, :21].abs() <= hi[:, :21].abs() * 2.0 ** -11).all()
+    assert (lo[:, :21].abs() <= hi[:, :21].abs() * 2.0**-11).all()
     torch.testing.assert_close(sq, x.pow(2).sum(1), rtol=1e-6, atol=0)
     hi, lo, norms = prepare(x, "tf32x3", cosine=True)
     torch.testing.assert_close(hi[:, :21] + lo[:, :21], F.normalize(x, dim=1), rtol=1e-6, atol=1e-7)

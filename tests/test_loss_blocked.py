@@ -64,8 +64,9 @@ def rescaled_rows(monkeypatch):
 @pytest.mark.parametrize("tiles", ["small", "default"])
 @pytest.mark.parametrize("dtype,temperature", [(torch.float64, 0.0011), (torch.float32, 0.011)])
 @pytest.mark.parametrize("eps", [0.0, 1e-5])
-def test_far_rows_whose_sums_survived_take_their_own_scale(request, exact_rows_calls, rescaled_rows, tiles, dtype,
-                                                           temperature, eps):
+def test_far_rows_whose_sums_survived_take_their_own_scale(
+    request, exact_rows_calls, rescaled_rows, tiles, dtype, temperature, eps
+):
     # Random 70-d points at these temperatures: rows are far (their sums below
     # exp(-FAR): all of them in fp32, about half in fp64) but keep some terms:
     # the far rows' pass recomputes them at the scale of their own
@@ -154,8 +155,9 @@ def test_workers_run_single_threaded_and_leave_the_callers_threads_alone():
     torch.set_num_threads(2)
     try:
         seen = set()
-        workers.run_in_order(8, lambda k: (threading.get_ident(), torch.get_num_threads()),
-                             lambda k, r: seen.add(r), workers=2)
+        workers.run_in_order(
+            8, lambda k: (threading.get_ident(), torch.get_num_threads()), lambda k, r: seen.add(r), workers=2
+        )
         assert {threads for _, threads in seen} == {1}
         assert threading.get_ident() not in {ident for ident, _ in seen}
         assert torch.get_num_threads() == 2
@@ -163,12 +165,12 @@ def test_workers_run_single_threaded_and_leave_the_callers_threads_alone():
         torch.set_num_threads(previous)
 
 
-def test_nan_in_points_gives_nan_loss_when_values_are_not_checked():
+@pytest.mark.parametrize("backend", ["reference", "blocked"])
+def test_nan_in_points_gives_nan_loss_when_values_are_not_checked(backend):
     # check_values=False (and compiled code, which skips the check): no
     # quietly finite loss from a NaN input
     g = torch.Generator().manual_seed(zlib.crc32(b"nan"))
     z = make_points(50, 6, "cosine", torch.float32, g)
     labels = make_labels("few_classes", 50, g)
     z[3, 2] = float("nan")
-    for backend in ("reference", "blocked"):
-        assert torch.isnan(soft_nearest_neighbor_loss(z, labels, backend=backend, check_values=False))
+    assert torch.isnan(soft_nearest_neighbor_loss(z, labels, backend=backend, check_values=False))

@@ -26,25 +26,29 @@ def test_closed_form_euclidean():
     z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     labels = torch.tensor([5, 5, 5])
     t = 0.5
-    rows = soft_nearest_neighbor_loss(z, labels, t, distance="euclidean", eps=0.0, reduction="none", backend="reference")
+    rows = soft_nearest_neighbor_loss(
+        z, labels, t, distance="euclidean", eps=0.0, reduction="none", backend="reference"
+    )
     # One class: N_i = S_i, so with eps = 0 every row's loss is exactly 0.
     torch.testing.assert_close(rows, torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-15)
     labels = torch.tensor([0, 0, 1])
-    rows = soft_nearest_neighbor_loss(z, labels, t, distance="euclidean", eps=0.0, reduction="none", backend="reference")
+    rows = soft_nearest_neighbor_loss(
+        z, labels, t, distance="euclidean", eps=0.0, reduction="none", backend="reference"
+    )
     # Row 0: neighbours at squared distance 1 (same class) and 4 (other class).
     expected0 = math.log(math.exp(-1 / t) + math.exp(-4 / t)) - (-1 / t)
     assert rows[0].item() == pytest.approx(expected0, rel=1e-14)
     assert rows[2].item() == math.inf
 
 
-def test_self_pair_is_excluded_exactly():
+@pytest.mark.parametrize("t", [0.01, 1.0, 100.0])
+def test_self_pair_is_excluded_exactly(t):
     # Two identical points of different classes: row i sees only the other point,
     # so N_i = 0 and the loss is -log(eps) whatever the temperature.
     z = torch.ones(2, 3, dtype=torch.float64)
     labels = torch.tensor([0, 1])
-    for t in (0.01, 1.0, 100.0):
-        rows = soft_nearest_neighbor_loss(z, labels, t, reduction="none", backend="reference")
-        torch.testing.assert_close(rows, torch.full((2,), -math.log(1e-5), dtype=torch.float64))
+    rows = soft_nearest_neighbor_loss(z, labels, t, reduction="none", backend="reference")
+    torch.testing.assert_close(rows, torch.full((2,), -math.log(1e-5), dtype=torch.float64))
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
@@ -66,7 +70,7 @@ def test_gradcheck_reference(distance, eps):
 def test_row_coefficients_match_autograd(eps):
     g = torch.Generator().manual_seed(2)
     lse_all = (torch.randn(12, dtype=torch.float64, generator=g) * 30).requires_grad_(True)
-    lse_same = (lse_all.detach() - torch.rand(12, dtype=torch.float64, generator=g) * 40)
+    lse_same = lse_all.detach() - torch.rand(12, dtype=torch.float64, generator=g) * 40
     lse_same[3] = -math.inf
     lse_same.requires_grad_(True)
     grad_rows = torch.randn(12, dtype=torch.float64, generator=g)
@@ -84,7 +88,9 @@ def test_log_domain_survives_extreme_logits():
     # 0 in a linear-domain implementation; the log domain keeps the exact value.
     z = torch.tensor([[0.0], [10.0], [10.5], [50.0]], dtype=torch.float32)
     labels = torch.tensor([0, 1, 0, 1])
-    rows = soft_nearest_neighbor_loss(z, labels, 0.1, distance="euclidean", eps=0.0, reduction="none", backend="reference")
+    rows = soft_nearest_neighbor_loss(
+        z, labels, 0.1, distance="euclidean", eps=0.0, reduction="none", backend="reference"
+    )
     # Row 0: same-class neighbour at d = 110.25, other class at d = 100: l = logaddexp(-1000, -1102.5) + 1102.5
     expected0 = math.log1p(math.exp(-102.5)) + 102.5
     assert rows[0].item() == pytest.approx(expected0, rel=1e-6)
@@ -126,14 +132,14 @@ def test_unsupervised_single_class_loss_is_nearly_zero():
     assert rows.abs().max() < 1e-4
 
 
-def test_half_precision_inputs_are_accumulated_in_fp32():
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_inputs_are_accumulated_in_fp32(dtype):
     z = torch.randn(16, 8)
     labels = torch.randint(0, 3, (16,))
-    for dtype in (torch.float16, torch.bfloat16):
-        loss = soft_nearest_neighbor_loss(z.to(dtype), labels)
-        assert loss.dtype == torch.float32
-        ref = soft_nearest_neighbor_loss(z.to(dtype).double(), labels)
-        assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    loss = soft_nearest_neighbor_loss(z.to(dtype), labels)
+    assert loss.dtype == torch.float32
+    ref = soft_nearest_neighbor_loss(z.to(dtype).double(), labels)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_learned_temperature_gets_gradient():
@@ -149,8 +155,12 @@ def test_module_matches_functional_and_overrides_temperature():
     z = torch.randn(16, 4)
     labels = torch.randint(0, 2, (16,))
     module = SNNLoss(0.5, distance="euclidean", reduction="sum")
-    torch.testing.assert_close(module(z, labels), soft_nearest_neighbor_loss(z, labels, 0.5, distance="euclidean", reduction="sum"))
-    torch.testing.assert_close(module(z, labels, 2.0), soft_nearest_neighbor_loss(z, labels, 2.0, distance="euclidean", reduction="sum"))
+    torch.testing.assert_close(
+        module(z, labels), soft_nearest_neighbor_loss(z, labels, 0.5, distance="euclidean", reduction="sum")
+    )
+    torch.testing.assert_close(
+        module(z, labels, 2.0), soft_nearest_neighbor_loss(z, labels, 2.0, distance="euclidean", reduction="sum")
+    )
     assert "learn_temperature=False" in repr(module)
 
 

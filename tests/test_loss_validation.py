@@ -47,7 +47,10 @@ def test_z_wrong_type_and_dtype():
         soft_nearest_neighbor_loss(torch.ones(4, 2, dtype=torch.long), torch.zeros(4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("labels", [torch.zeros(7, dtype=torch.long), torch.zeros(8, 1, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)])
+@pytest.mark.parametrize(
+    "labels",
+    [torch.zeros(7, dtype=torch.long), torch.zeros(8, 1, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long)],
+)
 def test_labels_wrong_shape(labels):
     z, _ = batch()
     with pytest.raises(ValueError, match=r"labels must have shape \(8,\)"):
@@ -63,7 +66,9 @@ def test_labels_wrong_dtype(dtype):
         soft_nearest_neighbor_loss(z, [0] * 8)
 
 
-@pytest.mark.parametrize("t", [0.0, -1.0, math.nan, math.inf, torch.tensor(0.0), torch.tensor(-2.0), torch.tensor(math.nan)])
+@pytest.mark.parametrize(
+    "t", [0.0, -1.0, math.nan, math.inf, torch.tensor(0.0), torch.tensor(-2.0), torch.tensor(math.nan)]
+)
 def test_bad_temperature_values(t):
     z, y = batch()
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):

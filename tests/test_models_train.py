@@ -58,12 +58,22 @@ def test_encode_in_batches_matches_encode():
 
 def test_presets_follow_table_one():
     expected = {  # number: (supervised, annealing, combine)
-        1: (True, False, "sum"), 2: (False, False, "sum"), 3: (True, False, "min"), 4: (False, False, "min"),
-        5: (True, True, "sum"), 6: (False, True, "sum"), 7: (True, True, "min"), 8: (False, True, "min"),
+        1: (True, False, "sum"),
+        2: (False, False, "sum"),
+        3: (True, False, "min"),
+        4: (False, False, "min"),
+        5: (True, True, "sum"),
+        6: (False, True, "sum"),
+        7: (True, True, "min"),
+        8: (False, True, "min"),
     }
     for n, (supervised, annealing, combine) in expected.items():
         config = PRESETS[f"snnl-{n}"]
-        assert (config.supervised, config.temperature == "annealing", config.combine) == (supervised, annealing, combine)
+        assert (config.supervised, config.temperature == "annealing", config.combine) == (
+            supervised,
+            annealing,
+            combine,
+        )
         assert config.alpha == 100 and config.epochs == 50 and config.batch_size == 256 and config.code_dim == 70
     assert not PRESETS["baseline-ae"].snnl and PRESETS["original"].method == "pca"
     assert "annealed T" in describe(PRESETS["snnl-5"]) and "fixed T=100" in describe(PRESETS["snnl-1"])
@@ -116,8 +126,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "a.pt")
     train_interrupted(data.x, data.y, config, 1, seed=3, checkpoint_path=tmp_path / "b.pt")
     assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 0
-    resumed = train_autoencoder(data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "b.pt",
-                                resume=True)
+    resumed = train_autoencoder(
+        data.x, data.y, config, seed=3, progress=False, checkpoint_path=tmp_path / "b.pt", resume=True
+    )
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
@@ -129,16 +140,40 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_resume_refuses_a_different_configuration_naming_each_field(tmp_path):
     data = digits_subset(128)
     train_interrupted(data.x, data.y, preset("snnl-5", **SMALL), 1, seed=0, checkpoint_path=tmp_path / "c.pt")
-    with pytest.raises(ValueError, match=r"trained with other options \(name: 'snnl-5' -> 'snnl-1'; "
-                                         r"temperature: 'annealing' -> 'fixed'\)"):
-        train_autoencoder(data.x, data.y, preset("snnl-1", **SMALL), seed=0, progress=False,
-                          checkpoint_path=tmp_path / "c.pt", resume=True)
+    with pytest.raises(
+        ValueError,
+        match=r"trained with other options \(name: 'snnl-5' -> 'snnl-1'; "
+        r"temperature: 'annealing' -> 'fixed'\)",
+    ):
+        train_autoencoder(
+            data.x,
+            data.y,
+            preset("snnl-1", **SMALL),
+            seed=0,
+            progress=False,
+            checkpoint_path=tmp_path / "c.pt",
+            resume=True,
+        )
     with pytest.raises(ValueError, match="belongs to seed 0, not 1"):
-        train_autoencoder(data.x, data.y, preset("snnl-5", **SMALL), seed=1, progress=False,
-                          checkpoint_path=tmp_path / "c.pt", resume=True)
+        train_autoencoder(
+            data.x,
+            data.y,
+            preset("snnl-5", **SMALL),
+            seed=1,
+            progress=False,
+            checkpoint_path=tmp_path / "c.pt",
+            resume=True,
+        )
     with pytest.raises(ValueError, match=r"has already trained 1 epochs; --epochs 0|epochs must be an integer >= 1"):
-        train_autoencoder(data.x, data.y, preset("snnl-5", **{**SMALL, "epochs": 0}), seed=0, progress=False,
-                          checkpoint_path=tmp_path / "c.pt", resume=True)
+        train_autoencoder(
+            data.x,
+            data.y,
+            preset("snnl-5", **{**SMALL, "epochs": 0}),
+            seed=0,
+            progress=False,
+            checkpoint_path=tmp_path / "c.pt",
+            resume=True,
+        )
 
 
 def test_resume_extends_training_to_more_epochs(tmp_path):
@@ -146,10 +181,18 @@ def test_resume_extends_training_to_more_epochs(tmp_path):
     data = digits_subset(128)
     config = preset("snnl-5", **SMALL)
     full = train_autoencoder(data.x, data.y, config, seed=1, progress=False)
-    train_autoencoder(data.x, data.y, config.replace(epochs=2), seed=1, progress=False,
-                      checkpoint_path=tmp_path / "c.pt")
-    longer = train_autoencoder(data.x, data.y, config.replace(loss_backend="reference"), seed=1, progress=False,
-                               checkpoint_path=tmp_path / "c.pt", resume=True)
+    train_autoencoder(
+        data.x, data.y, config.replace(epochs=2), seed=1, progress=False, checkpoint_path=tmp_path / "c.pt"
+    )
+    longer = train_autoencoder(
+        data.x,
+        data.y,
+        config.replace(loss_backend="reference"),
+        seed=1,
+        progress=False,
+        checkpoint_path=tmp_path / "c.pt",
+        resume=True,
+    )
     assert [h["epoch"] for h in longer.history] == [0, 1, 2]
     assert longer.history[2]["loss"] == pytest.approx(full.history[2]["loss"], rel=1e-4)
 
@@ -174,8 +217,7 @@ def test_damaged_checkpoints_are_named_and_the_previous_one_is_used(tmp_path):
     with pytest.raises(CheckpointError, match="is damaged: its contents do not match the checksum"):
         load_checkpoint(path)
     with pytest.warns(UserWarning, match=r"is damaged.*resuming from the checkpoint before it, .*seed0.prev.pt"):
-        resumed = train_autoencoder(data.x, data.y, config, seed=0, progress=False, checkpoint_path=path,
-                                    resume=True)
+        resumed = train_autoencoder(data.x, data.y, config, seed=0, progress=False, checkpoint_path=path, resume=True)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     path.write_bytes(b"junk")
     previous_path(path).write_bytes(b"junk")
@@ -212,7 +254,9 @@ def test_training_input_errors():
     with pytest.raises(ValueError, match="needs labels"):
         train_autoencoder(np.zeros((10, 4)), None, config, progress=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        train_autoencoder(np.zeros((10, 4)), np.zeros(10, dtype=int), config.replace(amp=True), device="cpu", progress=False)
+        train_autoencoder(
+            np.zeros((10, 4)), np.zeros(10, dtype=int), config.replace(amp=True), device="cpu", progress=False
+        )
 
 
 def test_glorot_init_is_keras_dense_default():
@@ -236,8 +280,9 @@ def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
     data = digits_subset(128)
     config = preset("baseline-ae", **{**SMALL, "epochs": 4}, adam_eps=1e-3, init="glorot")
     checkpoint = tmp_path / "seed0.pt"
-    result = train_autoencoder(data.x, data.y, config, seed=0, device="cpu", checkpoint_path=checkpoint,
-                               progress=False, snapshot_every=2)
+    result = train_autoencoder(
+        data.x, data.y, config, seed=0, device="cpu", checkpoint_path=checkpoint, progress=False, snapshot_every=2
+    )
     state = load_checkpoint(checkpoint)
     assert state["optimizer"]["param_groups"][0]["eps"] == 1e-3 and state["model_config"]["init"] == "glorot"
     assert sorted(p.name for p in tmp_path.glob("seed0-epoch*.pt")) == ["seed0-epoch0002.pt", "seed0-epoch0004.pt"]
@@ -257,9 +302,13 @@ def test_no_label_reaches_label_free_training(name):
     data = digits_subset(200)
     config = preset(name, **{**SMALL, "epochs": 2})
     permuted = np.random.default_rng(1).permutation(data.y)
-    codes = [encode_in_batches(train_autoencoder(data.x, labels, config, seed=4, progress=False,
-                                                 image_shape=data.image_shape).model, data.x)
-             for labels in (data.y, permuted, None)]
+    codes = [
+        encode_in_batches(
+            train_autoencoder(data.x, labels, config, seed=4, progress=False, image_shape=data.image_shape).model,
+            data.x,
+        )
+        for labels in (data.y, permuted, None)
+    ]
     assert not np.array_equal(permuted, data.y)
     for other in codes[1:]:
         assert torch.equal(codes[0], other)
@@ -272,26 +321,42 @@ def test_label_free_estimator_ignores_y():
     from snnl.estimator import SNNLKMeans
 
     data = digits_subset(200)
-    fitted = [SNNLKMeans(10, config="snnl-neighbour-views", epochs=2, random_state=0, verbose=False,
-                         image_shape=data.image_shape).fit(data.x, labels).labels_
-              for labels in (data.y, None)]
+    fitted = [
+        SNNLKMeans(
+            10, config="snnl-neighbour-views", epochs=2, random_state=0, verbose=False, image_shape=data.image_shape
+        )
+        .fit(data.x, labels)
+        .labels_
+        for labels in (data.y, None)
+    ]
     assert np.array_equal(*fitted)
 
 
 def test_label_free_resume_equals_uninterrupted(tmp_path):
     # the partners' random state travels in the checkpoint
+    name = "snnl-neighbour-views"
     data = digits_subset(200)
-    config = preset("snnl-neighbour-views", **SMALL)
+    config = preset(name, **SMALL)
     full = train_autoencoder(data.x, None, config, seed=2, progress=False, image_shape=data.image_shape)
     train_interrupted(data.x, None, config, 1, seed=2, checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
-    resumed = train_autoencoder(data.x, None, config, seed=2, progress=False, checkpoint_path=tmp_path / "c.pt",
-                                resume=True, image_shape=data.image_shape)
+    resumed = train_autoencoder(
+        data.x,
+        None,
+        config,
+        seed=2,
+        progress=False,
+        checkpoint_path=tmp_path / "c.pt",
+        resume=True,
+        image_shape=data.image_shape,
+    )
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
 
 
 def test_label_free_positives_refuse_labels_and_the_pca_baseline():
-    with pytest.raises(ValueError, match="positives='views' is label-free SNNL: it needs snnl=True and supervised=False"):
+    with pytest.raises(
+        ValueError, match="positives='views' is label-free SNNL: it needs snnl=True and supervised=False"
+    ):
         TrainConfig(positives="views")
     with pytest.raises(ValueError, match="is label-free SNNL"):
         TrainConfig(positives="neighbours", supervised=False, snnl=False)

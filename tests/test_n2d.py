@@ -11,10 +11,11 @@ import torch
 from sklearn.datasets import make_blobs
 
 from snnl.backends import backend_report, format_report
+from snnl.choices import UMAP_BACKENDS
 from snnl.cli import main
 from snnl.config import preset
 from snnl.data import DatasetNotFoundError, load_dataset, sources, train_and_test
-from snnl.manifold import ManifoldConfig, embed, umap_learn_status
+from snnl.manifold import ManifoldConfig, cuml_status, embed, umap_learn_status
 from snnl.metrics import clustering_accuracy
 from snnl.n2d import N2D, N2D_AUTOENCODER, N2DConfig, final_clustering, run_n2d
 from snnl.pipeline import ExperimentConfig, run_experiment
@@ -22,8 +23,10 @@ from snnl.train import train_autoencoder
 
 # Isomap on these tests' few points finds a disconnected neighbour graph and
 # completes it (scikit-learn and scipy say so); the tests check its output.
-pytestmark = [pytest.mark.filterwarnings("ignore:The number of connected components:UserWarning"),
-              pytest.mark.filterwarnings("ignore::scipy.sparse.SparseEfficiencyWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The number of connected components:UserWarning"),
+    pytest.mark.filterwarnings("ignore::scipy.sparse.SparseEfficiencyWarning"),
+]
 
 HAS_UMAP = umap_learn_status()[0]
 
@@ -96,17 +99,19 @@ def test_manifold_embeddings(method):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_UMAP, reason="umap-learn is not installed")
-def test_each_umap_backend_recovers_blobs():
-    # cuML's UMAP is tested the same way where it is installed (GPU machines).
+@pytest.mark.parametrize("backend", [b for b in UMAP_BACKENDS if b != "auto"])
+def test_each_umap_backend_recovers_blobs(backend):
+    # cuML's UMAP runs where it is installed (GPU machines); elsewhere its case is skipped
+    if backend == "cuml" and not cuml_status()[0]:
+        pytest.skip("cuML is not installed (RAPIDS, CUDA only)")
     x, y = separated_blobs()
-    for backend in ["umap-learn"]:
-        points, used = embed(x, 4, ManifoldConfig(umap_backend=backend), seed=0)
-        assert used == backend and points.shape == (600, 4)
-        assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
-        # large data: fit on a sample, transform everything
-        points, used = embed(x, 4, ManifoldConfig(umap_backend=backend, fit_sample=200), seed=0)
-        assert used == f"{backend} (fit on 200)" and points.shape == (600, 4)
-        assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
+    points, used = embed(x, 4, ManifoldConfig(umap_backend=backend), seed=0)
+    assert used == backend and points.shape == (600, 4)
+    assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
+    # large data: fit on a sample, transform everything
+    points, used = embed(x, 4, ManifoldConfig(umap_backend=backend, fit_sample=200), seed=0)
+    assert used == f"{backend} (fit on 200)" and points.shape == (600, 4)
+    assert clustering_accuracy(y, final_clustering(points, 4, "gmm", 0)) >= 0.99
 
 
 @pytest.mark.slow
@@ -119,14 +124,21 @@ def test_umap_leaves_torch_threads_as_they_were():
     import subprocess
     import sys
 
-    script = ("import numpy as np, torch\n"
-              "from snnl.manifold import ManifoldConfig, embed\n"
-              "x = np.random.default_rng(0).normal(size=(2000, 10)).astype(np.float32)\n"
-              "embed(x, 4, ManifoldConfig(umap_backend='umap-learn'), seed=0)\n"
-              "print(torch.get_num_threads())\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-                          # the user's count from OMP_NUM_THREADS; numba's above it even on a 1-core machine
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"})
+    script = (
+        "import numpy as np, torch\n"
+        "from snnl.manifold import ManifoldConfig, embed\n"
+        "x = np.random.default_rng(0).normal(size=(2000, 10)).astype(np.float32)\n"
+        "embed(x, 4, ManifoldConfig(umap_backend='umap-learn'), seed=0)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        # the user's count from OMP_NUM_THREADS; numba's above it even on a 1-core machine
+        env={**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1"]
 
@@ -149,8 +161,12 @@ def test_final_clustering_methods_agree_on_blobs():
 
 
 def n2d_config(**changes):
-    base = dict(dataset="digits", autoencoder=N2D_AUTOENCODER.replace(epochs=2, hidden=(64, 64, 128)),
-                manifold=ManifoldConfig(method="isomap"), projection="pca")
+    base = dict(
+        dataset="digits",
+        autoencoder=N2D_AUTOENCODER.replace(epochs=2, hidden=(64, 64, 128)),
+        manifold=ManifoldConfig(method="isomap"),
+        projection="pca",
+    )
     return N2DConfig(**{**base, **changes})
 
 
@@ -159,8 +175,7 @@ def test_run_n2d_on_digits(tmp_path):
     assert result.config.n_clusters == 10 and result.config.autoencoder.code_dim == 10
     metrics = json.loads((tmp_path / "n2d" / "metrics.json").read_text())
     assert metrics["config"]["method"] == "n2d" and metrics["config"]["autoencoder"]["output_activation"] == "linear"
-    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "manifold", "cluster", "metrics",
-                                                         "figures"}
+    assert set(metrics["seeds"][0]["seconds"]) == {"train", "encode", "manifold", "cluster", "metrics", "figures"}
     arrays = np.load(tmp_path / "n2d" / "embeddings.npz")
     assert arrays["codes"].shape == (1797, 10) and arrays["z"].shape == (1797, 10) and arrays["y"].shape == (1797,)
     assert result.summary["mean"]["acc"] > 0.3
@@ -168,12 +183,21 @@ def test_run_n2d_on_digits(tmp_path):
 
 def test_n2d_on_the_codes_of_an_snnl_run(tmp_path):
     fast = preset("snnl-5", hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
-    run_experiment(ExperimentConfig(train=fast, kmeans_restarts=1, projection="none"), tmp_path / "snnl", progress=False)
-    result = run_n2d(n2d_config(codes_from=str(tmp_path / "snnl"), manifold=ManifoldConfig(method="none")),
-                     tmp_path / "after", progress=False)
+    run_experiment(
+        ExperimentConfig(train=fast, kmeans_restarts=1, projection="none"), tmp_path / "snnl", progress=False
+    )
+    result = run_n2d(
+        n2d_config(codes_from=str(tmp_path / "snnl"), manifold=ManifoldConfig(method="none")),
+        tmp_path / "after",
+        progress=False,
+    )
     assert result.config.label == "snnl codes + none + gmm"
     assert set(json.loads((tmp_path / "after" / "metrics.json").read_text())["seeds"][0]["seconds"]) == {
-        "manifold", "cluster", "metrics", "figures"}
+        "manifold",
+        "cluster",
+        "metrics",
+        "figures",
+    }
     assert len(result.labels) == 450 and result.summary["mean"]["acc"] > 0.3
     with pytest.raises(FileNotFoundError, match="finished `snnl run`"):
         run_n2d(n2d_config(codes_from=str(tmp_path / "nothing")))
@@ -183,7 +207,10 @@ def test_n2d_on_raw_inputs(tmp_path):
     result = run_n2d(n2d_config(raw=True), tmp_path / "raw", progress=False)
     assert result.config.label == "raw inputs + isomap + gmm"
     metrics = json.loads((tmp_path / "raw" / "metrics.json").read_text())
-    assert set(metrics["seeds"][0]["seconds"]) == {"manifold", "cluster", "metrics", "figures"} and metrics["config"]["raw"]
+    assert (
+        set(metrics["seeds"][0]["seconds"]) == {"manifold", "cluster", "metrics", "figures"}
+        and metrics["config"]["raw"]
+    )
     assert not (tmp_path / "raw" / "checkpoints").exists()
     arrays = np.load(tmp_path / "raw" / "embeddings.npz")
     assert "codes" not in arrays and arrays["z"].shape == (1797, 10)
@@ -193,8 +220,25 @@ def test_n2d_on_raw_inputs(tmp_path):
 
 
 def test_cli_n2d_and_backends(tmp_path, capsys):
-    assert main(["n2d", "--epochs", "1", "--manifold", "none", "--cluster", "kmeans", "--projection", "none",
-                 "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "n2d",
+                "--epochs",
+                "1",
+                "--manifold",
+                "none",
+                "--cluster",
+                "kmeans",
+                "--projection",
+                "none",
+                "--quiet",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     assert "digits n2d (none + kmeans)" in capsys.readouterr().out
     assert main(["backends"]) == 0
     printed = capsys.readouterr().out
@@ -202,10 +246,23 @@ def test_cli_n2d_and_backends(tmp_path, capsys):
         assert step in printed
 
 
-def test_backend_report_explains_every_row():
-    rows = backend_report()
-    assert all(row["why"] for row in rows)
-    assert "cuML has no Gaussian mixture" in format_report(rows)
+def test_backend_report_names_what_auto_runs():
+    # the report is read by users deciding what to install: it must name the
+    # backends that "auto" really resolves to on this machine
+    import torch
+
+    from snnl.cluster import resolve_kmeans_backend
+    from snnl.loss.registry import resolve
+    from snnl.manifold import resolve_umap_backend
+
+    rows = {row["step"]: row for row in backend_report()}
+    assert rows["SNNL loss (backend='auto')"]["backend"] == resolve("auto", torch.zeros(4, 2)).name
+    kmeans_row = rows["k-means (backend='auto')"]["backend"]
+    assert kmeans_row.startswith({"sklearn": "scikit-learn", "faiss": "faiss"}[resolve_kmeans_backend("auto")])
+    umap_row = rows["UMAP"]["backend"]
+    if HAS_UMAP or umap_row != "unavailable":
+        assert umap_row.lower().startswith(resolve_umap_backend("auto").lower())
+    assert "cuML has no Gaussian mixture" in format_report(list(rows.values()))
 
 
 def test_n2d_estimator_on_blobs():
@@ -233,15 +290,34 @@ def test_snapshots_are_scored_like_the_run(tmp_path, capsys):
     from snnl.cli import main
 
     out = tmp_path / "n2d"
-    assert main(["n2d", "--epochs", "4", "--snapshot-every", "2", "--manifold", "isomap", "--projection", "none",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "n2d",
+                "--epochs",
+                "4",
+                "--snapshot-every",
+                "2",
+                "--manifold",
+                "isomap",
+                "--projection",
+                "none",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     scores = tmp_path / "snapshots.json"
     assert main(["snapshots", str(out), "--output", str(scores)]) == 0
     written = json.loads(scores.read_text())
     rows = written["snapshots"]
     assert [(r["seed"], r["epoch"]) for r in rows] == [(0, 2), (0, 4)]
-    assert written["environment"]["torch_threads"] == torch.get_num_threads() and "snnl_commit" in written["environment"]
+    assert (
+        written["environment"]["torch_threads"] == torch.get_num_threads() and "snnl_commit" in written["environment"]
+    )
     # the last snapshot is the trained model: the same clustering as the run's own
     final = json.loads((out / "metrics.json").read_text())["seeds"][0]["metrics"]
     assert rows[-1]["acc"] == pytest.approx(final["acc"]) and rows[-1]["nmi"] == pytest.approx(final["nmi"])

@@ -16,8 +16,9 @@ FAST = dict(hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
 
 
 def fast_config(name="snnl-5", seeds=(0,), **extra):
-    return ExperimentConfig(dataset="digits", train=preset(name, **FAST), seeds=seeds, kmeans_restarts=2,
-                            projection="pca", **extra)
+    return ExperimentConfig(
+        dataset="digits", train=preset(name, **FAST), seeds=seeds, kmeans_restarts=2, projection="pca", **extra
+    )
 
 
 @pytest.mark.slow
@@ -54,15 +55,23 @@ def test_resume_skips_finished_seeds(tmp_path):
     # the recorded training time is the training's (its epochs' times), not
     # the seconds the resumed run took to load the finished checkpoint
     for before, after in zip(first.seeds, again.seeds):
-        assert after.seconds["train"] == before.seconds["train"] == pytest.approx(
-            sum(epoch["seconds"] for epoch in before.history))
+        assert (
+            after.seconds["train"]
+            == before.seconds["train"]
+            == pytest.approx(sum(epoch["seconds"] for epoch in before.history))
+        )
     # seeds may change on resume: a new seed trains, the others stay as they were
     more = run_experiment(fast_config(seeds=(0, 1, 2)), out, resume=True, progress=False)
     assert [s.seed for s in more.seeds] == [0, 1, 2] and more.seeds[1].metrics == first.seeds[1].metrics
     with pytest.raises(ValueError, match=r"cannot change what the trained models depend on: train.alpha"):
-        run_experiment(fast_config(seeds=(0, 1), ).__class__(**{**fast_config().__dict__,
-                                                              "train": preset("snnl-5", **FAST, alpha=1.0)}),
-                       out, resume=True, progress=False)
+        run_experiment(
+            fast_config(
+                seeds=(0, 1),
+            ).__class__(**{**fast_config().__dict__, "train": preset("snnl-5", **FAST, alpha=1.0)}),
+            out,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_original_pca_baseline():

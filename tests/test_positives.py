@@ -41,8 +41,9 @@ def test_a_rotation_turns_the_image():
     quarter = (torch.tensor([math.pi / 2]), torch.ones(1), torch.zeros(1, 2))
     turned = augment.image_views(x, (28, 28), quarter).reshape(28, 28)
     image = x.reshape(28, 28)
-    assert torch.allclose(turned, torch.rot90(image, 1, dims=(0, 1)), atol=1e-5) or \
-        torch.allclose(turned, torch.rot90(image, -1, dims=(0, 1)), atol=1e-5)
+    assert torch.allclose(turned, torch.rot90(image, 1, dims=(0, 1)), atol=1e-5) or torch.allclose(
+        turned, torch.rot90(image, -1, dims=(0, 1)), atol=1e-5
+    )
 
 
 def test_draws_are_seeded_and_within_their_ranges():

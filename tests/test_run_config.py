@@ -13,12 +13,27 @@ from snnl.run_config import ExperimentConfig, ManifoldConfig, N2DConfig
 def test_resume_rules_are_field_metadata():
     # the sets that stored seed records' "evaluation" were written with
     assert set(ExperimentConfig.fields_resumed_as("evaluation")) == {
-        "kmeans_backend", "kmeans_protocol", "kmeans_restarts", "projection", "silhouette_sample"}
+        "kmeans_backend",
+        "kmeans_protocol",
+        "kmeans_restarts",
+        "projection",
+        "silhouette_sample",
+    }
     assert set(N2DConfig.fields_resumed_as("evaluation")) == {
-        "manifold", "cluster", "kmeans_backend", "projection", "silhouette_sample"}
+        "manifold",
+        "cluster",
+        "kmeans_backend",
+        "projection",
+        "silhouette_sample",
+    }
     assert set(ExperimentConfig.fields_resumed_as("placement")) == {"device", "data_dir", "download", "seeds"}
-    assert set(N2DConfig.fields_resumed_as("placement")) == {"device", "data_dir", "download", "seeds",
-                                                             "snapshot_every"}
+    assert set(N2DConfig.fields_resumed_as("placement")) == {
+        "device",
+        "data_dir",
+        "download",
+        "seeds",
+        "snapshot_every",
+    }
     assert set(TrainConfig.resumable_fields()) == {"epochs", "loss_backend"}
 
 
@@ -64,8 +79,10 @@ def test_the_loss_registry_lists_the_shared_backend_choices():
 
 def test_the_parser_and_the_configurations_load_without_torch():
     """`snnl --help` answers without importing torch or scikit-learn (seconds of start-up)."""
-    code = ("import sys; from snnl.cli import build_parser; from snnl.run_config import ExperimentConfig; "
-            "build_parser(); print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    code = (
+        "import sys; from snnl.cli import build_parser; from snnl.run_config import ExperimentConfig; "
+        "build_parser(); print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -76,11 +93,16 @@ def test_every_command_line_option_maps_to_a_configuration_field():
     from snnl import cli
 
     parser = cli.build_parser()
-    commands = {name: sub for action in parser._actions if isinstance(action, __import__("argparse")._SubParsersAction)
-                for name, sub in action.choices.items()}
-    for command, maps in (("run", {ExperimentConfig: cli.RUN_OPTIONS, TrainConfig: cli.RUN_TRAIN_OPTIONS}),
-                          ("n2d", {N2DConfig: cli.N2D_OPTIONS, TrainConfig: cli.N2D_TRAIN_OPTIONS,
-                                   ManifoldConfig: cli.MANIFOLD_OPTIONS})):
+    commands = {
+        name: sub
+        for action in parser._actions
+        if isinstance(action, __import__("argparse")._SubParsersAction)
+        for name, sub in action.choices.items()
+    }
+    for command, maps in (
+        ("run", {ExperimentConfig: cli.RUN_OPTIONS, TrainConfig: cli.RUN_TRAIN_OPTIONS}),
+        ("n2d", {N2DConfig: cli.N2D_OPTIONS, TrainConfig: cli.N2D_TRAIN_OPTIONS, ManifoldConfig: cli.MANIFOLD_OPTIONS}),
+    ):
         options = {action.dest for action in commands[command]._actions}
         for cls, mapping in maps.items():
             fields = {f.name for f in dataclasses.fields(cls)}

@@ -20,6 +20,7 @@ SMALL_NET = ["--code-dim", "8"]
 @pytest.fixture
 def no_training(monkeypatch):
     """Fails the test if any model starts training."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("training started although an option was invalid")
 
@@ -96,17 +97,20 @@ def test_a_run_without_out_says_that_it_writes_nothing(tmp_path, capsys, monkeyp
 # --------------------------------------------------------------------------- options checked first
 
 
-@pytest.mark.parametrize("options,message", [
-    (["--seeds", "-1"], r"seeds must be integers in \[0, 2\*\*32\), got -1"),
-    (["--seeds", "0,0"], "seeds must not repeat; 0 appear"),
-    (["--kmeans-restarts", "0"], "kmeans_restarts must be an integer >= 1, got 0"),
-    (["--silhouette-sample", "0"], "silhouette_sample must be an integer >= 2, got 0"),
-    (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
-    (["--labelled", "5000"], "5000 labelled examples asked for, but the digits training set has 1347"),
-    (["--dataset", "blobs", "--blobs", "n_sample=50"], r"blobs: unknown option\(s\) n_sample; the options are"),
-    (["--dataset", "blobs", "--blobs", "centers=x"], "--blobs centers: 'x' is not a number"),
-    (["--blobs", "centers=3"], "dataset options are blobs parameters; digits takes none"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--seeds", "-1"], r"seeds must be integers in \[0, 2\*\*32\), got -1"),
+        (["--seeds", "0,0"], "seeds must not repeat; 0 appear"),
+        (["--kmeans-restarts", "0"], "kmeans_restarts must be an integer >= 1, got 0"),
+        (["--silhouette-sample", "0"], "silhouette_sample must be an integer >= 2, got 0"),
+        (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        (["--labelled", "5000"], "5000 labelled examples asked for, but the digits training set has 1347"),
+        (["--dataset", "blobs", "--blobs", "n_sample=50"], r"blobs: unknown option\(s\) n_sample; the options are"),
+        (["--dataset", "blobs", "--blobs", "centers=x"], "--blobs centers: 'x' is not a number"),
+        (["--blobs", "centers=3"], "dataset options are blobs parameters; digits takes none"),
+    ],
+)
 def test_snnl_run_options_are_checked_before_training(tmp_path, capsys, no_training, options, message):
     started = time.perf_counter()
     assert run("--out", str(tmp_path / "run"), *options) == 2
@@ -115,12 +119,15 @@ def test_snnl_run_options_are_checked_before_training(tmp_path, capsys, no_train
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("options,message", [
-    (["--umap-neighbors", "1"], "umap_neighbors must be an integer >= 2, got 1"),
-    (["--n-clusters", "1"], "n_clusters must be an integer >= 2, got 1"),
-    (["--n-clusters", "5000"], "n_clusters=5000 is more than the 1797 points to cluster"),
-    (["--manifold", "isomap", "--umap-fit-sample", "5"], "fit_sample must be an integer >= 21"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--umap-neighbors", "1"], "umap_neighbors must be an integer >= 2, got 1"),
+        (["--n-clusters", "1"], "n_clusters must be an integer >= 2, got 1"),
+        (["--n-clusters", "5000"], "n_clusters=5000 is more than the 1797 points to cluster"),
+        (["--manifold", "isomap", "--umap-fit-sample", "5"], "fit_sample must be an integer >= 21"),
+    ],
+)
 def test_snnl_n2d_options_are_checked_before_training(tmp_path, capsys, no_training, options, message):
     assert main(["n2d", "--epochs", "1", "--quiet", "--out", str(tmp_path / "n2d"), *options]) == 2
     assert message in capsys.readouterr().err
@@ -129,12 +136,15 @@ def test_snnl_n2d_options_are_checked_before_training(tmp_path, capsys, no_train
 def test_a_missing_umap_is_reported_before_training(tmp_path, capsys, no_training, monkeypatch):
     from snnl import manifold
 
-    monkeypatch.setattr(manifold, "umap_learn_status", lambda: (False, "umap-learn is not installed (pip install "
-                                                                       "'snnl[umap]')"))
+    monkeypatch.setattr(
+        manifold, "umap_learn_status", lambda: (False, "umap-learn is not installed (pip install 'snnl[umap]')")
+    )
     monkeypatch.setattr(manifold, "cuml_status", lambda: (False, "cuML is not installed"))
     assert main(["n2d", "--epochs", "1000", "--quiet", "--out", str(tmp_path / "n2d")]) == 2
-    assert "UMAP needs cuML or umap-learn: umap-learn is not installed (pip install 'snnl[umap]')" in \
-        capsys.readouterr().err
+    assert (
+        "UMAP needs cuML or umap-learn: umap-learn is not installed (pip install 'snnl[umap]')"
+        in capsys.readouterr().err
+    )
 
 
 # --------------------------------------------------------------------------- resume
@@ -161,8 +171,10 @@ def test_resume_with_another_dataset_names_the_change_before_reading_it(tmp_path
     loaded = []
     monkeypatch.setattr(pipeline, "load_train_and_test", lambda config: loaded.append(config))
     assert run("--out", str(out), "--resume", "--dataset", "fashion-mnist") == 2
-    assert "--resume cannot change what the trained models depend on: dataset: 'digits' -> 'fashion-mnist'" in \
-        capsys.readouterr().err
+    assert (
+        "--resume cannot change what the trained models depend on: dataset: 'digits' -> 'fashion-mnist'"
+        in capsys.readouterr().err
+    )
     assert loaded == []
 
 
@@ -288,8 +300,24 @@ def test_an_interruption_message_follows_the_closed_progress_bars(tmp_path, monk
         return train.batch_loss(*args, **kwargs)
 
     monkeypatch.setattr(train, "batch_loss", interrupted)
-    assert main(["run", "--epochs", "2", "--batch-size", "128", "--code-dim", "8", "--projection", "none",
-                 "--out", str(tmp_path / "run")]) == 130
+    assert (
+        main(
+            [
+                "run",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "128",
+                "--code-dim",
+                "8",
+                "--projection",
+                "none",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 130
+    )
     drawn = terminal.getvalue()
     message = "snnl run: interrupted (--resume continues from the last checkpoint)\n"
     assert "epoch 1:" in drawn and drawn.endswith(message)
@@ -299,8 +327,26 @@ def test_an_interruption_message_follows_the_closed_progress_bars(tmp_path, monk
 
 @pytest.mark.slow
 def test_logs_are_plain_lines_when_redirected(tmp_path, capsys):
-    assert main(["run", "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "128", "--code-dim", "8",
-                 "--kmeans-restarts", "1", "--projection", "none"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(tmp_path / "run"),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "128",
+                "--code-dim",
+                "8",
+                "--kmeans-restarts",
+                "1",
+                "--projection",
+                "none",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "snnl-5 epoch 1/2: loss=" in err and "snnl-5 epoch 2/2: loss=" in err
     assert f"figures: {tmp_path / 'run' / 'figures'}, without projections ..." in err  # the figure stage is said
@@ -311,8 +357,9 @@ def test_logs_are_plain_lines_when_redirected(tmp_path, capsys):
 @pytest.mark.skipif(not umap_learn_status()[0], reason="umap-learn is not installed")
 def test_n2d_resume_may_change_the_manifold_but_not_the_autoencoder(tmp_path, capsys):
     out = tmp_path / "n2d"
-    assert main(["n2d", "--epochs", "1", "--quiet", "--manifold", "none", "--projection", "none",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["n2d", "--epochs", "1", "--quiet", "--manifold", "none", "--projection", "none", "--out", str(out)]) == 0
+    )
     capsys.readouterr()
     assert main(["n2d", "--out", str(out), "--resume", "--manifold", "isomap", "--quiet"]) == 0
     assert json.loads((out / "metrics.json").read_text())["config"]["manifold"]["method"] == "isomap"
@@ -328,7 +375,22 @@ def test_the_closing_line_names_only_what_the_run_wrote(tmp_path, capsys):
     assert run("--out", str(trained)) == 0
     assert f"results, embeddings, checkpoints and figures in {trained}" in capsys.readouterr().err
     clustered = tmp_path / "n2d"
-    assert main(["n2d", "--codes-from", str(trained), "--manifold", "none", "--projection", "none", "--quiet",
-                 "--out", str(clustered)]) == 0
+    assert (
+        main(
+            [
+                "n2d",
+                "--codes-from",
+                str(trained),
+                "--manifold",
+                "none",
+                "--projection",
+                "none",
+                "--quiet",
+                "--out",
+                str(clustered),
+            ]
+        )
+        == 0
+    )
     assert f"results, embeddings and figures in {clustered}" in capsys.readouterr().err  # it trained nothing
     assert not (clustered / "checkpoints").exists()

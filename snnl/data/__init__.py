@@ -59,17 +59,17 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, indices: np.ndarray) -> "Dataset":
-        return Dataset(self.name, self.split, self.x[indices], self.y[indices], self.classes, self.image_shape,
-                       self.files)
+    def subset(self, indices: np.ndarray) -> Dataset:
+        return Dataset(
+            self.name, self.split, self.x[indices], self.y[indices], self.classes, self.image_shape, self.files
+        )
 
 
 def _read_checked(path, spec: IdxDataset, file_name: str) -> tuple[np.ndarray, dict]:
-    digests = {}
+    digests: dict[str, str] = {}
     array = read_idx(path, digests)
     expected_file = next((r.sha256 for r in spec.remote if r.name == file_name), None)
-    record = sources.check_file(path, spec.name, file_name, digests, spec.content_sha256.get(file_name),
-                                expected_file)
+    record = sources.check_file(path, spec.name, file_name, digests, spec.content_sha256.get(file_name), expected_file)
     return array, record
 
 
@@ -135,16 +135,23 @@ def load_splits(name: str, splits=SPLITS, *, data_dir=None, download: bool = Fal
     if name == "blobs":
         import sklearn
 
-        record = ({"file": "sklearn.datasets.make_blobs", "options": builtin.blobs_options(**options),
-                   "scikit-learn": sklearn.__version__},)
+        record = (
+            {
+                "file": "sklearn.datasets.make_blobs",
+                "options": builtin.blobs_options(**options),
+                "scikit-learn": sklearn.__version__,
+            },
+        )
         out = []
         for split in splits:
             x, y = builtin.blobs(split, **options)
             out.append(Dataset(name, split, x, y, tuple(str(i) for i in range(int(y.max()) + 1)), None, record))
         return out
     if name in TEXT_DATASETS:
-        return [Dataset(name, split, x, y, spec.classes, spec.image_shape, records)
-                for split, (x, y, spec, records) in zip(splits, load_text_dataset(name, splits, data_dir))]
+        return [
+            Dataset(name, split, x, y, spec.classes, spec.image_shape, records)
+            for split, (x, y, spec, records) in zip(splits, load_text_dataset(name, splits, data_dir))
+        ]
     if name not in IDX_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
     return _load_idx(IDX_DATASETS[name], splits, data_dir, download)
@@ -160,8 +167,15 @@ def train_and_test(name: str, *, data_dir=None, download: bool = False, **option
     """Both splits in one dataset (split "all", training rows first): N2D
     clusters everything it is given."""
     train, test = load_splits(name, ("train", "test"), data_dir=data_dir, download=download, **options)
-    return Dataset(name, "all", np.concatenate([train.x, test.x]), np.concatenate([train.y, test.y]),
-                   train.classes, train.image_shape, train.files + test.files)
+    return Dataset(
+        name,
+        "all",
+        np.concatenate([train.x, test.x]),
+        np.concatenate([train.y, test.y]),
+        train.classes,
+        train.image_shape,
+        train.files + test.files,
+    )
 
 
 def labelled_subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
@@ -170,7 +184,9 @@ def labelled_subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
         return dataset
     n = validate.integer("the labelled subset size", n)
     if n > len(dataset):
-        raise ValueError(f"cannot take {n} labelled examples from the {len(dataset)} of {dataset.name} ({dataset.split})")
+        raise ValueError(
+            f"cannot take {n} labelled examples from the {len(dataset)} of {dataset.name} ({dataset.split})"
+        )
     indices = np.arange(len(dataset))
     counts = np.bincount(dataset.y)
     stratify = dataset.y if n >= dataset.n_classes and counts[counts > 0].min() >= 2 else None

@@ -27,8 +27,14 @@ def digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return (x_train, y_train) if split == "train" else (x_test, y_test)
 
 
-BLOBS_DEFAULTS = {"n_samples": 2000, "n_features": 32, "centers": 10, "cluster_std": 1.0, "seed": 0,
-                  "test_fraction": 0.25}
+BLOBS_DEFAULTS = {
+    "n_samples": 2000,
+    "n_features": 32,
+    "centers": 10,
+    "cluster_std": 1.0,
+    "seed": 0,
+    "test_fraction": 0.25,
+}
 
 
 def blobs_options(**options) -> dict:
@@ -36,8 +42,10 @@ def blobs_options(**options) -> dict:
     bad values are errors that say what is allowed)."""
     unknown = sorted(set(options) - set(BLOBS_DEFAULTS))
     if unknown:
-        raise ValueError(f"blobs: unknown option(s) {', '.join(unknown)}; the options are "
-                         f"{', '.join(f'{k} (default {v})' for k, v in BLOBS_DEFAULTS.items())}")
+        raise ValueError(
+            f"blobs: unknown option(s) {', '.join(unknown)}; the options are "
+            f"{', '.join(f'{k} (default {v})' for k, v in BLOBS_DEFAULTS.items())}"
+        )
     merged = {**BLOBS_DEFAULTS, **options}
     for name in ("n_samples", "n_features", "centers"):
         merged[name] = validate.integer(f"blobs: {name}", merged[name])
@@ -49,8 +57,10 @@ def blobs_options(**options) -> dict:
     if not 0 < merged["test_fraction"] < 1:
         raise ValueError(f"blobs: test_fraction must lie strictly between 0 and 1, got {merged['test_fraction']!r}")
     if merged["n_samples"] < 2 * merged["centers"]:
-        raise ValueError(f"blobs: n_samples={merged['n_samples']} is too small for {merged['centers']} centers "
-                         "(at least 2 per center)")
+        raise ValueError(
+            f"blobs: n_samples={merged['n_samples']} is too small for {merged['centers']} centers "
+            "(at least 2 per center)"
+        )
     return merged
 
 
@@ -62,8 +72,13 @@ def blobs(split: str, **options) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_blobs
     from sklearn.model_selection import train_test_split
 
-    x, y = make_blobs(n_samples=o["n_samples"], n_features=o["n_features"], centers=o["centers"],
-                      cluster_std=o["cluster_std"], random_state=o["seed"])
+    x, y = make_blobs(
+        n_samples=o["n_samples"],
+        n_features=o["n_features"],
+        centers=o["centers"],
+        cluster_std=o["cluster_std"],
+        random_state=o["seed"],
+    )
     low, high = x.min(axis=0), x.max(axis=0)
     x = ((x - low) / np.where(high > low, high - low, 1.0)).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(

@@ -78,7 +78,10 @@ _FASHION_CONTENT_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
-_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/")
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
 _FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 _EMNIST_ARCHIVE = RemoteFile(
     name="gzip.zip",
@@ -97,9 +100,7 @@ IDX_DATASETS: dict[str, IdxDataset] = {
         name="mnist",
         files=_mnist_style_files(),
         classes=DIGITS,
-        remote=tuple(
-            RemoteFile(f, tuple(m + f for m in _MNIST_MIRRORS), sha256=s) for f, s in _MNIST_SHA256.items()
-        ),
+        remote=tuple(RemoteFile(f, tuple(m + f for m in _MNIST_MIRRORS), sha256=s) for f, s in _MNIST_SHA256.items()),
         home="http://yann.lecun.com/exdb/mnist/ (mirrors: " + ", ".join(_MNIST_MIRRORS) + ")",
         labelled_default=10_000,
         content_sha256=_MNIST_CONTENT_SHA256,
@@ -107,7 +108,18 @@ IDX_DATASETS: dict[str, IdxDataset] = {
     "fashion-mnist": IdxDataset(
         name="fashion-mnist",
         files=_mnist_style_files(),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
         remote=tuple(
             RemoteFile(f, tuple(m + f for m in _FASHION_MIRRORS), sha256=s) for f, s in _FASHION_SHA256.items()
         ),

@@ -17,7 +17,7 @@ import numpy as np
 GZIP_MAGIC = b"\x1f\x8b"
 
 # type byte -> big-endian numpy dtype
-IDX_TYPES = {
+IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -55,9 +55,7 @@ def read_idx(path: str | os.PathLike, digests: dict | None = None) -> np.ndarray
     if len(data) < 4:
         raise IdxFormatError(f"{path}: {len(data)} bytes is too short for an IDX header")
     if data[0] != 0 or data[1] != 0:
-        raise IdxFormatError(
-            f"{path}: bad magic number {data[:4].hex()} (an IDX file starts with two zero bytes)"
-        )
+        raise IdxFormatError(f"{path}: bad magic number {data[:4].hex()} (an IDX file starts with two zero bytes)")
     type_code, ndim = data[2], data[3]
     if type_code not in IDX_TYPES:
         raise IdxFormatError(f"{path}: unknown IDX data type 0x{type_code:02x}")
@@ -71,9 +69,7 @@ def read_idx(path: str | os.PathLike, digests: dict | None = None) -> np.ndarray
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     payload = len(data) - header_end
     if payload < expected:
-        raise IdxFormatError(
-            f"{path}: truncated: shape {shape} needs {expected} data bytes, the file has {payload}"
-        )
+        raise IdxFormatError(f"{path}: truncated: shape {shape} needs {expected} data bytes, the file has {payload}")
     if payload > expected:
         raise IdxFormatError(f"{path}: {payload - expected} unexpected bytes after the data of shape {shape}")
     array = np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape)

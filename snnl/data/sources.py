@@ -103,8 +103,12 @@ def not_found_message(spec: IdxDataset, splits, data_dir) -> str:
     names = [spec.files[(split, kind)] for split in splits for kind in ("images", "labels")]
     dirs = search_dirs(spec.name, data_dir)
     looked = "\n".join(f"  {d}: {_missing(d, names)}" for d in dirs)
-    where = ("An explicit data directory is used alone: put all of them there, or leave --data-dir out to "
-             "search $SNNL_DATA, the system directories and the cache.\n" if data_dir is not None else "")
+    where = (
+        "An explicit data directory is used alone: put all of them there, or leave --data-dir out to "
+        "search $SNNL_DATA, the system directories and the cache.\n"
+        if data_dir is not None
+        else ""
+    )
     return (
         f"{spec.name} ({', '.join(splits)}): {', '.join(names)} (gzipped or not) are not all in one of:\n{looked}\n"
         f"{where}Get them from {spec.home} and pass --data-dir DIR (or set SNNL_DATA), "
@@ -119,8 +123,9 @@ def _missing(directory: Path, names: list[str]) -> str:
     return "missing " + ", ".join(absent) if absent else "complete"
 
 
-def check_file(path: Path, dataset: str, file_name: str, digests: dict, expected_content: str | None,
-               expected_file: str | None) -> dict:
+def check_file(
+    path: Path, dataset: str, file_name: str, digests: dict, expected_content: str | None, expected_file: str | None
+) -> dict:
     """Compare a file's digests (``sha256`` of its bytes, ``content_sha256`` of
     its decompressed content) with the published ones and return the record
     that goes into metrics.json.  A file known as another dataset's (or another
@@ -131,15 +136,18 @@ def check_file(path: Path, dataset: str, file_name: str, digests: dict, expected
     if matches_content or matches_file:
         return {**record, "check": "matches the published checksum"}
     known = known_files()
-    other = known.get(digests.get("content_sha256")) or known.get(digests.get("sha256"))
+    other = known.get(digests.get("content_sha256", "")) or known.get(digests.get("sha256", ""))
     if other is not None and other != (dataset, file_name):
         raise DataMismatchError(
             f"{path} is {other[0]}'s {other[1]}, not {dataset}'s {file_name}: check --dataset and --data-dir"
         )
     if expected_content is None and expected_file is None:
         return {**record, "check": "no published checksum to compare with"}
-    warnings.warn(f"{path} does not match the published checksum of {dataset}'s {file_name}: "
-                  "a modified or different copy; results may not compare with published ones", stacklevel=3)
+    warnings.warn(
+        f"{path} does not match the published checksum of {dataset}'s {file_name}: "
+        "a modified or different copy; results may not compare with published ones",
+        stacklevel=3,
+    )
     return {**record, "check": "MISMATCH: differs from the published file"}
 
 
@@ -200,8 +208,11 @@ def download_dataset(spec: IdxDataset, *, timeout: float = 60.0) -> Path:
             target = target_dir / name
             if target.is_file():
                 continue
-            with atomic_path(target) as tmp, zf.open(f"{spec.archive_member_dir}/{name}") as src, \
-                    open(tmp, "wb") as out:
+            with (
+                atomic_path(target) as tmp,
+                zf.open(f"{spec.archive_member_dir}/{name}") as src,
+                open(tmp, "wb") as out,
+            ):
                 while block := src.read(1 << 20):
                     out.write(block)
     return target_dir

@@ -41,11 +41,16 @@ class TextDataset:
 
 TEXT_DATASETS = {
     "usps": TextDataset(
-        "usps", {"train": ("usps",), "test": ("usps.t",)}, tuple("0123456789"),
-        "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps", (16, 16),
+        "usps",
+        {"train": ("usps",), "test": ("usps.t",)},
+        tuple("0123456789"),
+        "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
+        (16, 16),
     ),
     "pendigits": TextDataset(
-        "pendigits", {"train": ("pendigits.tra",), "test": ("pendigits.tes",)}, tuple("0123456789"),
+        "pendigits",
+        {"train": ("pendigits.tra",), "test": ("pendigits.tes",)},
+        tuple("0123456789"),
         "https://archive.ics.uci.edu/dataset/81/pen+based+recognition+of+handwritten+digits",
     ),
     "har": TextDataset(
@@ -76,8 +81,11 @@ def _variants(directory: Path, relative: str) -> list[Path]:
 
 def _record(path: Path) -> dict:
     """Provenance of a text file: no checksums are published for these sets."""
-    return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "check": "no published checksum to compare with"}
+    return {
+        "file": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "check": "no published checksum to compare with",
+    }
 
 
 def _read_libsvm(path: Path, n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +102,9 @@ def _read_libsvm(path: Path, n_features: int) -> tuple[np.ndarray, np.ndarray]:
                     index, value = item.split(":")
                     row[int(index) - 1] = float(value)
             except (ValueError, IndexError):
-                raise ValueError(f"{path}:{number}: not a LIBSVM line with {n_features} features: {line.strip()[:60]!r}") from None
+                raise ValueError(
+                    f"{path}:{number}: not a LIBSVM line with {n_features} features: {line.strip()[:60]!r}"
+                ) from None
             rows.append(row)
     return np.stack(rows), np.asarray(labels, dtype=np.int64)
 
@@ -123,8 +133,14 @@ def load_text_dataset(name: str, splits, data_dir=None) -> list[tuple[np.ndarray
             f"{name} ({', '.join(splits)}): {', '.join(wanted)} are not all in one of:\n{looked}\n"
             f"Get the files from {spec.home} and pass --data-dir DIR (or set SNNL_DATA)."
         )
-    return [(*_read_split(spec, [found[r] for r in spec.files[split]]), spec,
-             tuple(_record(found[r]) for r in spec.files[split])) for split in splits]
+    return [
+        (
+            *_read_split(spec, [found[r] for r in spec.files[split]]),
+            spec,
+            tuple(_record(found[r]) for r in spec.files[split]),
+        )
+        for split in splits
+    ]
 
 
 def _read_split(spec: TextDataset, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -141,8 +157,10 @@ def _read_split(spec: TextDataset, paths: list[Path]) -> tuple[np.ndarray, np.nd
     else:
         x, labels = _read_table(paths[0]), _read_table(paths[1])
         _expect(x.shape[1] == 561, f"{paths[0]}: expected 561 features per row, got {x.shape[1]}")
-        _expect(labels.shape[1] == 1 and len(labels) == len(x),
-                f"{paths[1]}: expected one label per row of {paths[0]} ({len(x)}), got shape {labels.shape}")
+        _expect(
+            labels.shape[1] == 1 and len(labels) == len(x),
+            f"{paths[1]}: expected one label per row of {paths[0]} ({len(x)}), got shape {labels.shape}",
+        )
         y = labels[:, 0].astype(np.int64) - 1
         _expect(y.min() >= 0 and y.max() <= 5, f"{paths[1]}: HAR activities must be 1-6")
         x = (x + 1.0) / 2.0

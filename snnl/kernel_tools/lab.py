@@ -114,7 +114,8 @@ def main_loop(sass: str) -> list[str]:
     loop nest around it)."""
     lines = _lines(sass)
     where = {text: i for i, (kind, text) in enumerate(lines) if kind == "label"}
-    best, best_work = [], -1
+    best: list = []
+    best_work = -1
     for i, (kind, text) in enumerate(lines):
         if kind != "instruction" or _opcode(text) != "BRA":
             continue
@@ -122,7 +123,7 @@ def main_loop(sass: str) -> list[str]:
         start = where.get(target)
         if start is None or start > i:
             continue
-        body = [t for k, t in lines[start:i + 1] if k == "instruction"]
+        body = [t for k, t in lines[start : i + 1] if k == "instruction"]
         counts = classify(body)
         work = counts["mma"] + counts["ffma"] + counts["dfma"]
         if work > best_work or (work == best_work and len(body) > len(best)):
@@ -136,8 +137,15 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = "cosine",
-                  precision: str = "tf32x3", distributed: bool = False, capability: int = 90) -> list[tuple[str, object]]:
+def loss_launches(
+    batch: int,
+    dim: int,
+    dtype: str = "float32",
+    distance: str = "cosine",
+    precision: str = "tf32x3",
+    distributed: bool = False,
+    capability: int = 90,
+) -> list[tuple[str, object]]:
     """The launches the loss makes for this problem, for every candidate
     configuration of the pair kernels: (role, Launch).  Tensors are allocated
     (never touched: ``torch.empty``) on the CPU with the real shapes, so
@@ -153,20 +161,24 @@ def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = 
     x = torch.empty(batch, dim, dtype=torch_dtype)
     prepare, (hi, lo, aux) = rows.prepare_launch(x, precision, None, not euclidean)
     sq = aux if euclidean else None
-    launches = [("prepare", prepare)]
+    launches: list[tuple[str, object]] = [("prepare", prepare)]
     points = (hi, lo)
     labels = torch.empty(batch, dtype=torch.int64)
     temperature = torch.empty((), dtype=acc)
     coefs = (torch.empty(batch, dtype=acc), torch.empty(batch, dtype=acc), torch.empty((4, batch), dtype=acc))
     any_far = torch.empty(1, dtype=torch.int32)
-    first_sums = first_parts = None
+    first_sums: torch.Tensor | None = None
+    first_parts = None
     for config in configs.candidate_configs("forward", batch, dim, torch_dtype, capability, euclidean):
-        launch, sums = pair_kernels.forward_launch(points, points, labels, labels, sq, sq, temperature, 0, config=config,
-                                              precision=precision)
+        launch, sums = pair_kernels.forward_launch(
+            points, points, labels, labels, sq, sq, temperature, 0, config=config, precision=precision
+        )
         launches.append(("forward", launch))
         first_sums = sums if first_sums is None else first_sums
-    finish, _ = rows.finish_forward_launch(points, points, labels, labels, sq, sq, temperature, 0, first_sums,
-                                           FAR[acc], 1e-5, precision=precision)
+    assert first_sums is not None, "every shape has a forward candidate"
+    finish, _ = rows.finish_forward_launch(
+        points, points, labels, labels, sq, sq, temperature, 0, first_sums, FAR[acc], 1e-5, precision=precision
+    )
     launches.append(("finish-forward", finish))
     coefficients, _ = rows.coefficients_launch(first_sums[0, 0], first_sums[0, 1], first_sums[0, 0], 1e-5, FAR[acc])
     launches.append(("coefficients", coefficients))
@@ -174,23 +186,77 @@ def loss_launches(batch: int, dim: int, dtype: str = "float32", distance: str = 
         if distributed:  # a process's rows (a quarter of the batch here) against the gathered batch
             queries = tuple(p[: batch // 4] for p in points)
             q_coefs = tuple(c[..., : batch // 4] for c in coefs)
-            launch, parts = pair_kernels.backward_launch(queries, points, labels[: batch // 4], labels, sq, sq,
-                                                    temperature, q_coefs, None, 0, True, config=config,
-                                                    precision=precision, any_far=any_far)
+            launch, parts = pair_kernels.backward_launch(
+                queries,
+                points,
+                labels[: batch // 4],
+                labels,
+                sq,
+                sq,
+                temperature,
+                q_coefs,
+                None,
+                0,
+                True,
+                config=config,
+                precision=precision,
+                any_far=any_far,
+            )
             launches.append(("backward-queries", launch))
-            launch, _ = pair_kernels.backward_launch(points, queries, labels, labels[: batch // 4], sq, sq, temperature,
-                                                None, q_coefs, 0, False, config=config, precision=precision,
-                                                any_far=any_far)
+            launch, _ = pair_kernels.backward_launch(
+                points,
+                queries,
+                labels,
+                labels[: batch // 4],
+                sq,
+                sq,
+                temperature,
+                None,
+                q_coefs,
+                0,
+                False,
+                config=config,
+                precision=precision,
+                any_far=any_far,
+            )
             launches.append(("backward-keys", launch))
         else:
-            launch, parts = pair_kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs,
-                                                    0, True, config=config, precision=precision, any_far=any_far)
+            launch, parts = pair_kernels.backward_launch(
+                points,
+                points,
+                labels,
+                labels,
+                sq,
+                sq,
+                temperature,
+                coefs,
+                coefs,
+                0,
+                True,
+                config=config,
+                precision=precision,
+                any_far=any_far,
+            )
             launches.append(("backward", launch))
         first_parts = parts if first_parts is None else first_parts
     # the far rows' exact terms (no trips unless some row is far)
-    far, far_parts = pair_kernels.backward_launch(points, points, labels, labels, sq, sq, temperature, coefs, coefs, 0,
-                                             True, config=configs.far_pass_config(dim, torch_dtype),
-                                             precision=precision, any_far=any_far, far_pass=True)
+    far, far_parts = pair_kernels.backward_launch(
+        points,
+        points,
+        labels,
+        labels,
+        sq,
+        sq,
+        temperature,
+        coefs,
+        coefs,
+        0,
+        True,
+        config=configs.far_pass_config(dim, torch_dtype),
+        precision=precision,
+        any_far=any_far,
+        far_pass=True,
+    )
     launches.append(("backward-far", far))
     finish, _ = rows.finish_backward_launch(first_parts, far_parts, x, aux, temperature, not euclidean)
     launches.append(("finish-backward", finish))
@@ -227,16 +293,30 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
     programs = 1
     for g in launch.grid:
         programs *= g
-    report = LaunchReport(role, target, asdict(config), dict(launch.constexprs), list(launch.grid), programs,
-                          _iterations(role, launch), shared_limit=SHARED_LIMIT[target])
+    report = LaunchReport(
+        role,
+        target,
+        asdict(config),
+        dict(launch.constexprs),
+        list(launch.grid),
+        programs,
+        _iterations(role, launch),
+        shared_limit=SHARED_LIMIT[target],
+    )
     gpu = GPUTarget("cuda", TARGETS[target], 32)
     backend = make_backend(gpu)
     kwargs = {**launch.constexprs, **launch.options()}
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
-    key = (target, fn.__name__, repr(signature), repr(sorted(constexprs.items(), key=str)), repr(attrs),
-           repr(sorted(options.__dict__.items())))
+    key = (
+        target,
+        fn.__name__,
+        repr(signature),
+        repr(sorted(constexprs.items(), key=str)),
+        repr(attrs),
+        repr(sorted(options.__dict__.items())),
+    )
     if key in _COMPILED:  # the same code (launches differ only in sizes): read it once
         cached = _COMPILED[key]
         for name in ("registers", "spill_stores", "spill_loads", "shared", "sass_total", "sass_loop", "error"):
@@ -249,8 +329,7 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
     triton.knobs.nvidia.dump_ptxas_log = triton.knobs.compilation.always_compile = True
     try:
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=gpu,
-                                      options=options.__dict__)
+            compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=gpu, options=options.__dict__)
     except Exception as error:  # a configuration the target cannot compile (e.g. out of shared memory)
         report.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         return report
@@ -269,20 +348,33 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
     return report
 
 
-def inspect_problem(batch: int, dim: int, dtype: str = "float32", distance: str = "cosine",
-                    precision: str = "tf32x3", targets=tuple(TARGETS), distributed: bool = False) -> list[LaunchReport]:
+def inspect_problem(
+    batch: int,
+    dim: int,
+    dtype: str = "float32",
+    distance: str = "cosine",
+    precision: str = "tf32x3",
+    targets=tuple(TARGETS),
+    distributed: bool = False,
+) -> list[LaunchReport]:
     """Compile every launch of a problem for every target."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("the compiled-code lab needs a process without TRITON_INTERPRET=1 (the interpreter "
-                           "makes no compilable kernels)")
-    return [compile_launch(role, launch, target)
-            for target in targets
-            for role, launch in loss_launches(batch, dim, dtype, distance, precision, distributed, TARGETS[target])]
+        raise RuntimeError(
+            "the compiled-code lab needs a process without TRITON_INTERPRET=1 (the interpreter "
+            "makes no compilable kernels)"
+        )
+    return [
+        compile_launch(role, launch, target)
+        for target in targets
+        for role, launch in loss_launches(batch, dim, dtype, distance, precision, distributed, TARGETS[target])
+    ]
 
 
 def format_reports(reports: list[LaunchReport]) -> str:
-    header = (f"{'target':<6} {'launch':<17} {'tile (m,n,d) w/s':<20} {'programs':>8} {'trips':>6} {'regs':>4} "
-              f"{'spill':>6} {'shared':>8} {'loop: mma':>9} {'ffma':>5} {'ex2':>4} {'local':>5} {'all':>5}")
+    header = (
+        f"{'target':<6} {'launch':<17} {'tile (m,n,d) w/s':<20} {'programs':>8} {'trips':>6} {'regs':>4} "
+        f"{'spill':>6} {'shared':>8} {'loop: mma':>9} {'ffma':>5} {'ex2':>4} {'local':>5} {'all':>5}"
+    )
     lines = [header]
     for r in reports:
         c = r.config
@@ -291,9 +383,11 @@ def format_reports(reports: list[LaunchReport]) -> str:
             lines.append(f"{r.target:<6} {r.role:<17} {tile:<20} error: {r.error}")
             continue
         loop = r.sass_loop
-        lines.append(f"{r.target:<6} {r.role:<17} {tile:<20} {r.programs:>8} {r.iterations:>6} {r.registers:>4} "
-                     f"{r.spill_stores:>6} {r.shared:>8} {loop.get('mma', 0):>9} {loop.get('ffma', 0):>5} "
-                     f"{loop.get('ex2', 0):>4} {loop.get('local', 0):>5} {loop.get('all', 0):>5}")
+        lines.append(
+            f"{r.target:<6} {r.role:<17} {tile:<20} {r.programs:>8} {r.iterations:>6} {r.registers:>4} "
+            f"{r.spill_stores:>6} {r.shared:>8} {loop.get('mma', 0):>9} {loop.get('ffma', 0):>5} "
+            f"{loop.get('ex2', 0):>4} {loop.get('local', 0):>5} {loop.get('all', 0):>5}"
+        )
     return "\n".join(lines)
 
 
@@ -311,12 +405,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=128, help="its feature dimension")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="of the points")
     parser.add_argument("--distance", choices=DISTANCES, default=DISTANCES[0], help="the pair distance")
-    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
-                        help="of fp32 products on the tensor cores")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=PRECISIONS[0], help="of fp32 products on the tensor cores"
+    )
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from " + ", ".join(TARGETS))
     parser.add_argument("--distributed", action="store_true", help="the queries-vs-keys launches of torch.distributed")
-    parser.add_argument("--model", action="store_true", help="add the performance model's estimates (a model, "
-                                                             "not a measurement)")
+    parser.add_argument(
+        "--model", action="store_true", help="add the performance model's estimates (a model, not a measurement)"
+    )
     parser.add_argument("--json", default=None, help="also write the reports (and estimates) to this file")
 
 
@@ -327,10 +423,13 @@ def run(args) -> int:
         raise ValueError(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
     if args.json and os.path.exists(args.json):
         raise FileExistsError(f"{args.json} exists; choose another --json file")
-    reports = inspect_problem(args.batch, args.dim, args.dtype, args.distance, args.precision, targets,
-                              args.distributed)
-    print(f"the loss's launches for b = {args.batch}, d = {args.dim}, {args.dtype}, {args.distance} distance, "
-          f"{args.precision} products{', queries against keys (torch.distributed)' if args.distributed else ''}")
+    reports = inspect_problem(
+        args.batch, args.dim, args.dtype, args.distance, args.precision, targets, args.distributed
+    )
+    print(
+        f"the loss's launches for b = {args.batch}, d = {args.dim}, {args.dtype}, {args.distance} distance, "
+        f"{args.precision} products{', queries against keys (torch.distributed)' if args.distributed else ''}"
+    )
     print(format_reports(reports))
     print(LEGEND)
     import platform
@@ -338,12 +437,22 @@ def run(args) -> int:
     import torch
     import triton
 
-    out = {"problem": {"batch": args.batch, "dim": args.dim, "dtype": args.dtype, "distance": args.distance,
-                       "precision": args.precision},
-           "compiled_with": {"triton": triton.__version__, "torch": torch.__version__,
-                             "python": platform.python_version(),
-                             "command": "snnl kernels " + " ".join(sys.argv[1:])},
-           "launches": [asdict(r) for r in reports]}
+    out = {
+        "problem": {
+            "batch": args.batch,
+            "dim": args.dim,
+            "dtype": args.dtype,
+            "distance": args.distance,
+            "precision": args.precision,
+        },
+        "compiled_with": {
+            "triton": triton.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "command": "snnl kernels " + " ".join(sys.argv[1:]),
+        },
+        "launches": [asdict(r) for r in reports],
+    }
     if args.model:
         from .model import estimate_problem, format_estimates
 
@@ -357,8 +466,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="snnl kernels", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="snnl kernels", description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

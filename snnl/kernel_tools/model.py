@@ -68,12 +68,34 @@ GPUS = {
     # NVIDIA H100 SXM5 datasheet: 132 SMs, 494.7 TFLOP/s dense TF32, 989 BF16,
     # 66.9 FP64 tensor, 66.9 FP32, 3.35 TB/s HBM3 (tensor figures at 1.83 GHz).
     # L2 bandwidth and mma.sync at half the warpgroup-MMA rate: assumptions.
-    "sm_90": Gpu("H100 SXM", 132, 1.83e9, 494.7e12, 989.4e12, 66.9e12, 66.9e12, 3.35e12, 5.5e12,
-                 shared_per_sm=228 * 1024, mma_sync_fraction=0.5),
+    "sm_90": Gpu(
+        "H100 SXM",
+        132,
+        1.83e9,
+        494.7e12,
+        989.4e12,
+        66.9e12,
+        66.9e12,
+        3.35e12,
+        5.5e12,
+        shared_per_sm=228 * 1024,
+        mma_sync_fraction=0.5,
+    ),
     # NVIDIA A100 SXM4 80GB datasheet: 108 SMs at 1.41 GHz, 156 TFLOP/s TF32,
     # 312 BF16, 19.5 FP64 tensor, 19.5 FP32, 2.04 TB/s HBM2e.  L2: assumed.
-    "sm_80": Gpu("A100 SXM", 108, 1.41e9, 156e12, 312e12, 19.5e12, 19.5e12, 2.04e12, 3.8e12,
-                 shared_per_sm=164 * 1024, mma_sync_fraction=1.0),
+    "sm_80": Gpu(
+        "A100 SXM",
+        108,
+        1.41e9,
+        156e12,
+        312e12,
+        19.5e12,
+        19.5e12,
+        2.04e12,
+        3.8e12,
+        shared_per_sm=164 * 1024,
+        mma_sync_fraction=1.0,
+    ),
 }
 
 COMPILED_BYTES_PER_PAIR = 30  # see the module docstring
@@ -128,10 +150,15 @@ def launch_time(report, dtype: str) -> dict:
     slots = gpu.sms * blocks
     occupancy = report.programs / (math.ceil(report.programs / slots) * slots)
     terms = {"issue": issue, "tensor": tensor, "exp2": ex2, "l2": l2}
-    bound = max(terms, key=terms.get)
+    bound = max(terms, key=lambda term: terms[term])
     seconds = terms[bound] / occupancy + gpu.launch_s
-    return {"seconds": seconds, "bound": bound, "occupancy": occupancy, "blocks_per_sm": blocks,
-            **{f"{k}_s": v for k, v in terms.items()}}
+    return {
+        "seconds": seconds,
+        "bound": bound,
+        "occupancy": occupancy,
+        "blocks_per_sm": blocks,
+        **{f"{k}_s": v for k, v in terms.items()},
+    }
 
 
 ROW_ROLES = ("prepare", "finish-forward", "coefficients", "backward-far", "finish-backward")
@@ -153,8 +180,12 @@ def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> di
         "finish-forward": (parts.get("forward", 1) + 1) * 2 * batch * acc,  # the parts in, lse out
         "coefficients": 9 * batch * acc,  # lse_all, lse_same, the upstream gradient in; six per-row values out
         "backward-far": batch * padded * acc + 2 * batch * acc,  # its part, zeros without far rows
-        "finish-backward": ((parts.get("backward", 1) + 1) * (batch * padded + 2 * batch) * acc * 2  # read twice
-                            + 2 * batch * dim * size + batch * dim * size + batch * acc),
+        "finish-backward": (
+            (parts.get("backward", 1) + 1) * (batch * padded + 2 * batch) * acc * 2  # read twice
+            + 2 * batch * dim * size
+            + batch * dim * size
+            + batch * acc
+        ),
     }[report.role]
     seconds = moved / gpu.hbm_bytes + gpu.launch_s
     return {"seconds": seconds, "bound": "memory", "bytes": moved}
@@ -191,12 +222,23 @@ def eager_bytes_per_pair(batch: int = 512, dim: int = 128) -> float:
             soft_nearest_neighbor_loss(z, y, t, backend="reference").backward()
         total = 0
         for event in prof.events():
-            if not event.name.startswith("aten::") or event.name in ("aten::mm", "aten::empty", "aten::empty_like",
-                                                                      "aten::empty_strided", "aten::view",
-                                                                      "aten::t", "aten::transpose", "aten::expand",
-                                                                      "aten::as_strided", "aten::reshape",
-                                                                      "aten::unsqueeze", "aten::select",
-                                                                      "aten::slice", "aten::to", "aten::_to_copy"):
+            if not event.name.startswith("aten::") or event.name in (
+                "aten::mm",
+                "aten::empty",
+                "aten::empty_like",
+                "aten::empty_strided",
+                "aten::view",
+                "aten::t",
+                "aten::transpose",
+                "aten::expand",
+                "aten::as_strided",
+                "aten::reshape",
+                "aten::unsqueeze",
+                "aten::select",
+                "aten::slice",
+                "aten::to",
+                "aten::_to_copy",
+            ):
                 continue
             if any(sub.name.startswith("aten::") for sub in event.cpu_children):
                 continue  # count the innermost operations only
@@ -217,12 +259,17 @@ def baseline_times(batch: int, dim: int, gpu: Gpu) -> dict:
     pairs = float(batch) * batch
     eager = pairs * eager_bytes_per_pair() / gpu.hbm_bytes + products + 60 * gpu.torch_op_s
     compiled = pairs * COMPILED_BYTES_PER_PAIR / gpu.hbm_bytes + products + 10 * gpu.torch_op_s
-    return {"eager_s": eager, "compiled_s": compiled, "eager_bytes_per_pair": eager_bytes_per_pair(),
-            "compiled_bytes_per_pair": COMPILED_BYTES_PER_PAIR}
+    return {
+        "eager_s": eager,
+        "compiled_s": compiled,
+        "eager_bytes_per_pair": eager_bytes_per_pair(),
+        "compiled_bytes_per_pair": COMPILED_BYTES_PER_PAIR,
+    }
 
 
-def estimate_problem(reports, batch: int, dim: int, dtype: str, counts: dict | None = None,
-                     distance: str = "cosine") -> list[dict]:
+def estimate_problem(
+    reports, batch: int, dim: int, dtype: str, counts: dict | None = None, distance: str = "cosine"
+) -> list[dict]:
     """Per target: the fastest configuration of each pair launch in the model
     (what autotuning would pick were the model right), the row kernels, the
     torch work counted around them (``counts`` from
@@ -233,12 +280,13 @@ def estimate_problem(reports, batch: int, dim: int, dtype: str, counts: dict | N
 
         # the same operations at any size (tests/test_compiled_code.py); bf16
         # counted as fp16, which the interpreter computes correctly
-        counts = count_in_subprocess(min(batch, 256), min(dim, 128), distance,
-                                     "float16" if dtype == "bfloat16" else dtype)
+        counts = count_in_subprocess(
+            min(batch, 256), min(dim, 128), distance, "float16" if dtype == "bfloat16" else dtype
+        )
     out = []
     for target in sorted({r.target for r in reports}):
         gpu = GPUS[target]
-        chosen = {}
+        chosen: dict = {}
         for report in (r for r in reports if r.target == target and not r.error and r.role not in ROW_ROLES):
             timing = launch_time(report, dtype)
             if report.role not in chosen or timing["seconds"] < chosen[report.role][1]["seconds"]:
@@ -248,10 +296,19 @@ def estimate_problem(reports, batch: int, dim: int, dtype: str, counts: dict | N
             chosen[report.role] = (report, row_launch_time(report, batch, dim, dtype, parts))
         glue = glue_time(counts, gpu)
         kernels = sum(t["seconds"] for _, t in chosen.values())
-        entry = {"target": target, "gpu": asdict(gpu), "batch": batch, "dim": dim, "dtype": dtype,
-                 "launches": {role: {"config": r.config, "programs": r.programs, **t} for role, (r, t) in chosen.items()},
-                 "torch_ops_counted": counts["total"], "glue_s": glue, "kernels_s": kernels,
-                 "total_s": kernels + glue, "label": "model estimate, not a measurement"}
+        entry = {
+            "target": target,
+            "gpu": asdict(gpu),
+            "batch": batch,
+            "dim": dim,
+            "dtype": dtype,
+            "launches": {role: {"config": r.config, "programs": r.programs, **t} for role, (r, t) in chosen.items()},
+            "torch_ops_counted": counts["total"],
+            "glue_s": glue,
+            "kernels_s": kernels,
+            "total_s": kernels + glue,
+            "label": "model estimate, not a measurement",
+        }
         if dtype == "float32":
             entry.update(baseline_times(batch, dim, gpu))
             entry["x_eager"] = entry["eager_s"] / entry["total_s"]
@@ -263,11 +320,18 @@ def estimate_problem(reports, batch: int, dim: int, dtype: str, counts: dict | N
 def format_estimates(estimates: list[dict]) -> str:
     lines = ["MODEL ESTIMATES (not measurements):"]
     for e in estimates:
-        launches = ", ".join(f"{role} {t['seconds'] * 1e3:.3f} ms ({t['bound']}-bound, "
-                             f"{t['config']['block_m']}x{t['config']['block_n']})" for role, t in e["launches"].items())
-        line = f"  {e['gpu']['name']}: total {e['total_s'] * 1e3:.3f} ms = {launches} + torch {e['glue_s'] * 1e3:.3f} ms"
+        launches = ", ".join(
+            f"{role} {t['seconds'] * 1e3:.3f} ms ({t['bound']}-bound, "
+            f"{t['config']['block_m']}x{t['config']['block_n']})"
+            for role, t in e["launches"].items()
+        )
+        line = (
+            f"  {e['gpu']['name']}: total {e['total_s'] * 1e3:.3f} ms = {launches} + torch {e['glue_s'] * 1e3:.3f} ms"
+        )
         if "eager_s" in e:
-            line += (f"; eager reference {e['eager_s'] * 1e3:.2f} ms ({e['x_eager']:.1f}x), torch.compile "
-                     f"{e['compiled_s'] * 1e3:.2f} ms ({e['x_compiled']:.1f}x)")
+            line += (
+                f"; eager reference {e['eager_s'] * 1e3:.2f} ms ({e['x_eager']:.1f}x), torch.compile "
+                f"{e['compiled_s'] * 1e3:.2f} ms ({e['x_compiled']:.1f}x)"
+            )
         lines.append(line)
     return "\n".join(lines)

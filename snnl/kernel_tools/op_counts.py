@@ -30,27 +30,66 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 KINDS = ("torch", "operator", "triton", "sync")
 # aten operations that launch no kernel on a GPU
 NO_KERNEL = {
-    "view", "_unsafe_view", "t", "transpose", "expand", "as_strided", "slice", "select", "unsqueeze", "squeeze",
-    "alias", "detach", "reshape", "permute", "empty", "empty_like", "empty_strided", "split", "unbind", "size",
-    "sym_size", "is_same_size", "_to_copy_noop", "new_empty",
+    "view",
+    "_unsafe_view",
+    "t",
+    "transpose",
+    "expand",
+    "as_strided",
+    "slice",
+    "select",
+    "unsqueeze",
+    "squeeze",
+    "alias",
+    "detach",
+    "reshape",
+    "permute",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "split",
+    "unbind",
+    "size",
+    "sym_size",
+    "is_same_size",
+    "_to_copy_noop",
+    "new_empty",
     # a Python number as a 0-dim operand: a wrapped host scalar, no kernel
     "scalar_tensor",
 }
 # aten operations that make the host wait for the device
-SYNCHRONISING = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "bincount",
-                 "masked_select", "lift_fresh"}
+SYNCHRONISING = {
+    "_local_scalar_dense",
+    "nonzero",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "bincount",
+    "masked_select",
+    "lift_fresh",
+}
 
 
-def count(batch: int, dim: int, distance: str = "cosine", dtype: str = "float32", learned_temperature: bool = False,
-          check_values: bool = True, seed: int = 0) -> dict:
+def count(
+    batch: int,
+    dim: int,
+    distance: str = "cosine",
+    dtype: str = "float32",
+    learned_temperature: bool = False,
+    check_values: bool = True,
+    seed: int = 0,
+) -> dict:
     """Counts of one forward + backward (see the module docstring), per phase."""
     if os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("snnl.kernel_tools.op_counts.count needs TRITON_INTERPRET=1 set before Triton is "
-                           "imported (use count_in_subprocess)")
+        raise RuntimeError(
+            "snnl.kernel_tools.op_counts.count needs TRITON_INTERPRET=1 set before Triton is "
+            "imported (use count_in_subprocess)"
+        )
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -87,13 +126,15 @@ def count(batch: int, dim: int, distance: str = "cosine", dtype: str = "float32"
 
     def inside(fn):
         """The operators' implementations run with the dispatch mode off: record them too."""
+
         def recorded(*args, **kwargs):
             with Recorder():
                 return fn(*args, **kwargs)
+
         return recorded
 
     implementation = (fused.forward, fused.backward)
-    configs.Launch.run = run
+    configs.Launch.run = run  # type: ignore[method-assign]  # recorded for this count only
     fused.forward, fused.backward = (inside(fn) for fn in implementation)
     try:
         generator = torch.Generator().manual_seed(seed)
@@ -101,31 +142,59 @@ def count(batch: int, dim: int, distance: str = "cosine", dtype: str = "float32"
         labels = torch.randint(0, 10, (batch,), generator=generator)
         temperature = torch.tensor(0.5, requires_grad=True) if learned_temperature else 0.5
         with Recorder():
-            loss = soft_nearest_neighbor_loss(z, labels, temperature, distance=distance, backend="triton",
-                                              check_values=check_values)
+            loss = soft_nearest_neighbor_loss(
+                z, labels, temperature, distance=distance, backend="triton", check_values=check_values
+            )
             forward = len(log)
             loss.backward()
     finally:
-        configs.Launch.run = original
+        configs.Launch.run = original  # type: ignore[method-assign]
         fused.forward, fused.backward = implementation
     phases = {"forward": log[:forward], "backward": log[forward:]}
-    out = {"problem": {"batch": batch, "dim": dim, "distance": distance, "dtype": dtype,
-                       "learned_temperature": learned_temperature, "check_values": check_values}}
+    out: dict[str, Any] = {
+        "problem": {
+            "batch": batch,
+            "dim": dim,
+            "distance": distance,
+            "dtype": dtype,
+            "learned_temperature": learned_temperature,
+            "check_values": check_values,
+        }
+    }
     for phase, entries in phases.items():
         counts = collections.Counter(kind for kind, _ in entries)
-        out[phase] = {"counts": {k: counts.get(k, 0) for k in KINDS},
-                      "operations": [f"{kind}:{name}" for kind, name in entries]}
+        out[phase] = {
+            "counts": {k: counts.get(k, 0) for k in KINDS},
+            "operations": [f"{kind}:{name}" for kind, name in entries],
+        }
     out["total"] = {k: out["forward"]["counts"][k] + out["backward"]["counts"][k] for k in KINDS}
     return out
 
 
-def count_in_subprocess(batch: int, dim: int, distance: str = "cosine", dtype: str = "float32",
-                        learned_temperature: bool = False, check_values: bool = True) -> dict:
+def count_in_subprocess(
+    batch: int,
+    dim: int,
+    distance: str = "cosine",
+    dtype: str = "float32",
+    learned_temperature: bool = False,
+    check_values: bool = True,
+) -> dict:
     """``count`` in a child process under the interpreter (the caller may have
     imported Triton without it, as the compiled-code lab does)."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-m", "snnl.kernel_tools.op_counts", "--batch", str(batch), "--dim", str(dim),
-               "--distance", distance, "--dtype", dtype] + (["--learned-temperature"] if learned_temperature else [])
+    command = [
+        sys.executable,
+        "-m",
+        "snnl.kernel_tools.op_counts",
+        "--batch",
+        str(batch),
+        "--dim",
+        str(dim),
+        "--distance",
+        distance,
+        "--dtype",
+        dtype,
+    ] + (["--learned-temperature"] if learned_temperature else [])
     command += [] if check_values else ["--no-check-values"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -142,8 +211,11 @@ def main(argv=None) -> int:
     parser.add_argument("--learned-temperature", action="store_true")
     parser.add_argument("--no-check-values", action="store_true", help="count a call with check_values=False")
     args = parser.parse_args(argv)
-    print(json.dumps(count(args.batch, args.dim, args.distance, args.dtype, args.learned_temperature,
-                           not args.no_check_values)))
+    print(
+        json.dumps(
+            count(args.batch, args.dim, args.distance, args.dtype, args.learned_temperature, not args.no_check_values)
+        )
+    )
     return 0
 
 

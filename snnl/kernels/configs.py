@@ -46,8 +46,9 @@ def feature_block(dim: int, dtype: torch.dtype) -> int:
     return whole if whole <= (64 if dtype == torch.float64 else 128) else 64
 
 
-def candidate_configs(kind: str, n: int, dim: int, dtype: torch.dtype, capability: int = 90,
-                      euclidean: bool = False) -> list[TileConfig]:
+def candidate_configs(
+    kind: str, n: int, dim: int, dtype: torch.dtype, capability: int = 90, euclidean: bool = False
+) -> list[TileConfig]:
     """What autotuning tries for a launch (``kind``: "forward" or "backward") on
     a GPU of compute ``capability`` (80: A100, 90: H100), per bucket of
     (b, d); the first is the one used without a GPU to time them (the
@@ -135,8 +136,7 @@ class Launch:
         """Compile options of the configuration (as triton.jit launch keywords)."""
         # fused multiply-adds asked for explicitly: Triton 3.10 turns its default off,
         # and the accuracy and instruction counts of the kernels are stated with them
-        options = {"num_warps": self.config.num_warps, "num_stages": self.config.num_stages,
-                   "enable_fp_fusion": True}
+        options = {"num_warps": self.config.num_warps, "num_stages": self.config.num_stages, "enable_fp_fusion": True}
         if self.config.maxnreg is not None and not interpreted():
             options["maxnreg"] = self.config.maxnreg
         return options
@@ -148,8 +148,9 @@ class Launch:
 _TUNED: dict = {}
 
 
-def tuned_config(kind: str, n: int, dim: int, dtype: torch.dtype, precision: str, euclidean: bool, make_launch,
-                 device: torch.device) -> TileConfig:
+def tuned_config(
+    kind: str, n: int, dim: int, dtype: torch.dtype, precision: str, euclidean: bool, make_launch, device: torch.device
+) -> TileConfig:
     """The fastest candidate configuration for a shape bucket, timed once per
     bucket on the GPU (``make_launch(config)`` builds a launch); the first
     candidate, pinned, under the interpreter."""

@@ -56,10 +56,31 @@ from .tiles import LOG2E, _dot3, _exact_terms, _key_logits, _row_tile, _split_tf
 
 @triton.jit
 def _forward_kernel(
-    Q, Q_LO, K, K_LO, Q_LABELS, K_LABELS, Q_SQ, K_SQ, TEMPERATURE, SUMS,
-    n_queries, n_keys, offset, dim, q_stride, k_stride, keys_per_split,
-    EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-    WHOLE_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q,
+    Q_LO,
+    K,
+    K_LO,
+    Q_LABELS,
+    K_LABELS,
+    Q_SQ,
+    K_SQ,
+    TEMPERATURE,
+    SUMS,
+    n_queries,
+    n_keys,
+    offset,
+    dim,
+    q_stride,
+    k_stride,
+    keys_per_split,
+    EUCLIDEAN: tl.constexpr,
+    FP64: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    WHOLE_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Partial sums over this program's key range: SUMS[split, 0, i] = sum_j w_ij,
     SUMS[split, 1, i] = sum_{same class} w_ij.  Labels are compared as given
@@ -88,8 +109,32 @@ def _forward_kernel(
     self_shift = (row0 + offset).to(tl.int32) + rows_local
     for c0 in range(key_start, key_stop, BLOCK_N):
         _, _, _, _, _, s2, _, col_labels, keep = _key_logits(
-            K, K_LO, K_SQ, K_LABELS, c0, key_stop, q_base, q_lo_base, row_hi, row_lo, row_ok, sq_rows, self_shift,
-            scale, dim, q_stride, k_stride, EUCLIDEAN, FP64, SPLIT, PRECISION, WHOLE_D, BLOCK_M, BLOCK_N, BLOCK_D)
+            K,
+            K_LO,
+            K_SQ,
+            K_LABELS,
+            c0,
+            key_stop,
+            q_base,
+            q_lo_base,
+            row_hi,
+            row_lo,
+            row_ok,
+            sq_rows,
+            self_shift,
+            scale,
+            dim,
+            q_stride,
+            k_stride,
+            EUCLIDEAN,
+            FP64,
+            SPLIT,
+            PRECISION,
+            WHOLE_D,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+        )
         w = tl.where(keep, tl.exp2(s2), 0.0)
         sum_all += tl.sum(w, axis=1)
         sum_same += tl.sum(tl.where(row_labels[:, None] == col_labels[None, :], w, 0.0), axis=1)
@@ -100,13 +145,45 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    ROWS, ROWS_LO, COLS, COLS_LO, ROW_LABELS, COL_LABELS, ROW_SQ, COL_SQ, TEMPERATURE,
-    ROW_A, ROW_C, COL_A, COL_C, ROW_EXACT, COL_EXACT, ANY_FAR, GRAD, HSUM, WEIGHTED,
-    n_rows, n_cols, self_delta, dim, row_stride, col_stride, cols_per_split,
-    OWN_TERM: tl.constexpr, THEIR_TERM: tl.constexpr, NEED_WEIGHTED: tl.constexpr,
-    EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-    GRAD_SPLIT: tl.constexpr, WHOLE_D: tl.constexpr, FAR_PASS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROWS,
+    ROWS_LO,
+    COLS,
+    COLS_LO,
+    ROW_LABELS,
+    COL_LABELS,
+    ROW_SQ,
+    COL_SQ,
+    TEMPERATURE,
+    ROW_A,
+    ROW_C,
+    COL_A,
+    COL_C,
+    ROW_EXACT,
+    COL_EXACT,
+    ANY_FAR,
+    GRAD,
+    HSUM,
+    WEIGHTED,
+    n_rows,
+    n_cols,
+    self_delta,
+    dim,
+    row_stride,
+    col_stride,
+    cols_per_split,
+    OWN_TERM: tl.constexpr,
+    THEIR_TERM: tl.constexpr,
+    NEED_WEIGHTED: tl.constexpr,
+    EUCLIDEAN: tl.constexpr,
+    FP64: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    GRAD_SPLIT: tl.constexpr,
+    WHOLE_D: tl.constexpr,
+    FAR_PASS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Partial backward sums over this program's column range:
     GRAD[split, i, chunk] = sum_j H_ij c_j (this program's chunk of features),
@@ -161,9 +238,32 @@ def _backward_kernel(
     self_shift = (row0 + self_delta).to(tl.int32) + rows_local
     for c0 in range(col_start, col_stop, BLOCK_N):
         col_ok, cols_base, cols_lo_base, col_hi, col_lo, s2, unclamped, col_labels, keep = _key_logits(
-            COLS, COLS_LO, COL_SQ, COL_LABELS, c0, col_stop, rows_base, rows_lo_base, row_hi, row_lo, row_ok, sq_rows,
-            self_shift, scale, dim, row_stride, col_stride, EUCLIDEAN, FP64, SPLIT, PRECISION, WHOLE_D, BLOCK_M,
-            BLOCK_N, BLOCK_D)
+            COLS,
+            COLS_LO,
+            COL_SQ,
+            COL_LABELS,
+            c0,
+            col_stop,
+            rows_base,
+            rows_lo_base,
+            row_hi,
+            row_lo,
+            row_ok,
+            sq_rows,
+            self_shift,
+            scale,
+            dim,
+            row_stride,
+            col_stride,
+            EUCLIDEAN,
+            FP64,
+            SPLIT,
+            PRECISION,
+            WHOLE_D,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+        )
         same = row_labels[:, None] == col_labels[None, :]
         h = tl.zeros_like(s2)
         if FAR_PASS:
@@ -242,41 +342,98 @@ def _products(x: torch.Tensor, precision: str) -> dict:
 def _check_padding(a: torch.Tensor, b: torch.Tensor, config: TileConfig) -> None:
     # the kernels read features without masks: whole chunks must lie in the buffers
     if a.shape[1] != b.shape[1] or a.shape[1] % config.block_d:
-        raise ValueError(f"operands of {a.shape[1]} and {b.shape[1]} features for feature chunks of "
-                         f"{config.block_d}: make them with snnl.kernels.rows.operands(x, precision, "
-                         f"block_d={config.block_d})")
+        raise ValueError(
+            f"operands of {a.shape[1]} and {b.shape[1]} features for feature chunks of "
+            f"{config.block_d}: make them with snnl.kernels.rows.operands(x, precision, "
+            f"block_d={config.block_d})"
+        )
 
 
-def forward_launch(queries, keys, query_labels, key_labels, query_sq, key_sq, temperature, offset, *,
-                   config: TileConfig, precision: str = "tf32x3", splits: int | None = None) -> tuple[Launch, torch.Tensor]:
+def forward_launch(
+    queries,
+    keys,
+    query_labels,
+    key_labels,
+    query_sq,
+    key_sq,
+    temperature,
+    offset,
+    *,
+    config: TileConfig,
+    precision: str = "tf32x3",
+    splits: int | None = None,
+) -> tuple[Launch, torch.Tensor]:
     """The forward launch and its output buffer of partial sums (splits, 2, n_queries).
     ``queries`` and ``keys`` are (hi, lo) pairs from ``operands``."""
     (q, q_lo), (k, k_lo) = queries, keys
     _check_padding(q, k, config)
     n_queries, dim = q.shape
     n_keys = k.shape[0]
-    part = (triton.cdiv(triton.cdiv(n_keys, splits), config.block_n) * config.block_n if splits
-            else _part_length(n_queries, n_keys, config))
+    part = (
+        triton.cdiv(triton.cdiv(n_keys, splits), config.block_n) * config.block_n
+        if splits
+        else _part_length(n_queries, n_keys, config)
+    )
     splits = triton.cdiv(n_keys, part)
     sums = torch.empty((splits, 2, n_queries), dtype=_acc_dtype(q), device=q.device)
     euclidean = query_sq is not None
     products = _products(q, precision)
     products.pop("GRAD_SPLIT")
     launch = Launch(
-        _forward_kernel, (triton.cdiv(n_queries, config.block_m), splits),
-        (q, q_lo, k, k_lo, query_labels, key_labels, query_sq if euclidean else sums, key_sq if euclidean else sums,
-         temperature, sums, n_queries, n_keys, offset, dim, q.stride(0), k.stride(0), part),
-        dict(EUCLIDEAN=euclidean, FP64=q.dtype == torch.float64, **products, WHOLE_D=dim <= config.block_d,
-             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d),
+        _forward_kernel,
+        (triton.cdiv(n_queries, config.block_m), splits),
+        (
+            q,
+            q_lo,
+            k,
+            k_lo,
+            query_labels,
+            key_labels,
+            query_sq if euclidean else sums,
+            key_sq if euclidean else sums,
+            temperature,
+            sums,
+            n_queries,
+            n_keys,
+            offset,
+            dim,
+            q.stride(0),
+            k.stride(0),
+            part,
+        ),
+        dict(
+            EUCLIDEAN=euclidean,
+            FP64=q.dtype == torch.float64,
+            **products,
+            WHOLE_D=dim <= config.block_d,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_D=config.block_d,
+        ),
         config,
     )
     return launch, sums
 
 
-def backward_launch(rows, cols, row_labels, col_labels, row_sq, col_sq, temperature, row_coefs, col_coefs,
-                    self_delta, need_weighted, *, config: TileConfig, precision: str = "tf32x3",
-                    splits: int | None = None, any_far: torch.Tensor | None = None, far_pass: bool = False
-                    ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def backward_launch(
+    rows,
+    cols,
+    row_labels,
+    col_labels,
+    row_sq,
+    col_sq,
+    temperature,
+    row_coefs,
+    col_coefs,
+    self_delta,
+    need_weighted,
+    *,
+    config: TileConfig,
+    precision: str = "tf32x3",
+    splits: int | None = None,
+    any_far: torch.Tensor | None = None,
+    far_pass: bool = False,
+) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One backward launch (see ``_backward_kernel``) and its output buffers
     (grad (splits, n, width), h_sum (splits, n), weighted (splits, n)).
     ``rows`` / ``cols``: (hi, lo) pairs from ``operands``; ``row_coefs`` /
@@ -290,8 +447,11 @@ def backward_launch(rows, cols, row_labels, col_labels, row_sq, col_sq, temperat
     n_cols = c.shape[0]
     if far_pass:
         splits = 1
-    part = (triton.cdiv(triton.cdiv(n_cols, splits), config.block_n) * config.block_n if splits
-            else _part_length(n_rows, n_cols, config))
+    part = (
+        triton.cdiv(triton.cdiv(n_cols, splits), config.block_n) * config.block_n
+        if splits
+        else _part_length(n_rows, n_cols, config)
+    )
     splits = triton.cdiv(n_cols, part)
     acc = _acc_dtype(r)
     grad = torch.empty((splits, n_rows, dim), dtype=acc, device=r.device)
@@ -305,13 +465,45 @@ def backward_launch(rows, cols, row_labels, col_labels, row_sq, col_sq, temperat
     launch = Launch(
         _backward_kernel,
         (triton.cdiv(n_rows, config.block_m), splits, 1 if whole else triton.cdiv(dim, config.block_d)),
-        (r, r_lo, c, c_lo, row_labels, col_labels, row_sq if euclidean else dummy, col_sq if euclidean else dummy,
-         temperature, *(row_coefs or (dummy, dummy, dummy))[:2], *(col_coefs or (dummy, dummy, dummy))[:2],
-         row_coefs[2] if row_coefs else dummy, col_coefs[2] if col_coefs else dummy, any_far, grad, h_sum, weighted,
-         n_rows, n_cols, self_delta, dim, r.stride(0), c.stride(0), part),
-        dict(OWN_TERM=row_coefs is not None, THEIR_TERM=col_coefs is not None, NEED_WEIGHTED=need_weighted,
-             EUCLIDEAN=euclidean, FP64=r.dtype == torch.float64, **_products(r, precision), WHOLE_D=whole,
-             FAR_PASS=far_pass, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d),
+        (
+            r,
+            r_lo,
+            c,
+            c_lo,
+            row_labels,
+            col_labels,
+            row_sq if euclidean else dummy,
+            col_sq if euclidean else dummy,
+            temperature,
+            *(row_coefs or (dummy, dummy, dummy))[:2],
+            *(col_coefs or (dummy, dummy, dummy))[:2],
+            row_coefs[2] if row_coefs else dummy,
+            col_coefs[2] if col_coefs else dummy,
+            any_far,
+            grad,
+            h_sum,
+            weighted,
+            n_rows,
+            n_cols,
+            self_delta,
+            dim,
+            r.stride(0),
+            c.stride(0),
+            part,
+        ),
+        dict(
+            OWN_TERM=row_coefs is not None,
+            THEIR_TERM=col_coefs is not None,
+            NEED_WEIGHTED=need_weighted,
+            EUCLIDEAN=euclidean,
+            FP64=r.dtype == torch.float64,
+            **_products(r, precision),
+            WHOLE_D=whole,
+            FAR_PASS=far_pass,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_D=config.block_d,
+        ),
         config,
     )
     return launch, (grad, h_sum, weighted)

@@ -49,9 +49,22 @@ NORM_EPS = tl.constexpr(_NORM_EPS)  # F.normalize's floor on the norm, as every 
 
 
 @triton.jit
-def _prepare_kernel(X, HI, LO, AUX, n, dim, width, x_stride, x_col_stride,
-                    SPLIT: tl.constexpr, COSINE: tl.constexpr, FP64: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _prepare_kernel(
+    X,
+    HI,
+    LO,
+    AUX,
+    n,
+    dim,
+    width,
+    x_stride,
+    x_col_stride,
+    SPLIT: tl.constexpr,
+    COSINE: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     """HI, LO (n, width): the points padded with zero features, split for
     3xTF32 when SPLIT (else HI only); the points are x / max(|x|, NORM_EPS)
     for the cosine distance (as ``F.normalize``, in the accumulation dtype,
@@ -99,10 +112,37 @@ def _logaddexp(a, b):
 
 @triton.jit
 def _finish_forward_kernel(
-    Q, Q_LO, K, K_LO, Q_LABELS, K_LABELS, Q_SQ, K_SQ, TEMPERATURE, SUMS, LSE_ALL, LSE_SAME, LOSS,
-    n_queries, n_keys, offset, dim, q_stride, k_stride, splits, far, log_eps,
-    EPS_ZERO: tl.constexpr, EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-    WHOLE_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q,
+    Q_LO,
+    K,
+    K_LO,
+    Q_LABELS,
+    K_LABELS,
+    Q_SQ,
+    K_SQ,
+    TEMPERATURE,
+    SUMS,
+    LSE_ALL,
+    LSE_SAME,
+    LOSS,
+    n_queries,
+    n_keys,
+    offset,
+    dim,
+    q_stride,
+    k_stride,
+    splits,
+    far,
+    log_eps,
+    EPS_ZERO: tl.constexpr,
+    EUCLIDEAN: tl.constexpr,
+    FP64: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    WHOLE_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """LSE_ALL = log S_i, LSE_SAME = log N_i (n_queries each) from SUMS (splits, 2, n_queries)
     (see ``_forward_kernel``), added part after part.  A row is far when
@@ -119,7 +159,7 @@ def _finish_forward_kernel(
     else:
         sum_all = tl.zeros((BLOCK_M,), tl.float32)
     sum_same = sum_all
-    for part in range(0, splits):  # a fixed order: the same rounding for every row
+    for part in range(splits):  # a fixed order: the same rounding for every row
         at = SUMS + tl.cast(part, tl.int64) * 2 * n_queries + row0 + rows_local
         sum_all += tl.load(at, mask=row_ok, other=0.0)
         sum_same += tl.load(at + n_queries, mask=row_ok, other=0.0)
@@ -131,8 +171,11 @@ def _finish_forward_kernel(
         for c0 in range(0, n_keys, BLOCK_N):
             col_ok = cols_local < n_keys - c0
             col_labels = tl.load(K_LABELS + c0 + cols_local, mask=col_ok, other=0)
-            same = (col_ok[None, :] & (self_shift[:, None] != (c0 + cols_local)[None, :])
-                    & (row_labels[:, None] == col_labels[None, :]))
+            same = (
+                col_ok[None, :]
+                & (self_shift[:, None] != (c0 + cols_local)[None, :])
+                & (row_labels[:, None] == col_labels[None, :])
+            )
             has_same = has_same | (tl.max(same.to(tl.int32), axis=1) > 0)
     lse_all = tl.where(sum_all > 0.0, tl.log(sum_all), float("-inf"))
     lse_same = tl.where(sum_same > 0.0, tl.log(sum_same), tl.where(has_same, -2.0 * far, float("-inf")))
@@ -151,16 +194,42 @@ def _finish_forward_kernel(
         exact_same = exact_all
         for c0 in range(0, n_keys, BLOCK_N):  # online log-sum-exp in base 2
             _, _, _, _, _, s2, _, col_labels, keep = _key_logits(
-                K, K_LO, K_SQ, K_LABELS, c0, n_keys, q_base, q_lo_base, row_hi, row_lo, row_ok, sq_rows, self_shift,
-                scale, dim, q_stride, k_stride, EUCLIDEAN, FP64, SPLIT, PRECISION, WHOLE_D, BLOCK_M, BLOCK_N, BLOCK_D)
+                K,
+                K_LO,
+                K_SQ,
+                K_LABELS,
+                c0,
+                n_keys,
+                q_base,
+                q_lo_base,
+                row_hi,
+                row_lo,
+                row_ok,
+                sq_rows,
+                self_shift,
+                scale,
+                dim,
+                q_stride,
+                k_stride,
+                EUCLIDEAN,
+                FP64,
+                SPLIT,
+                PRECISION,
+                WHOLE_D,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+            )
             same = keep & (row_labels[:, None] == col_labels[None, :])
             new_all = tl.maximum(max_all, tl.max(tl.where(keep, s2, _FLOOR), axis=1))
             exact_all = exact_all * tl.exp2(max_all - new_all) + tl.sum(
-                tl.where(keep, tl.exp2(s2 - new_all[:, None]), 0.0), axis=1)
+                tl.where(keep, tl.exp2(s2 - new_all[:, None]), 0.0), axis=1
+            )
             max_all = new_all
             new_same = tl.maximum(max_same, tl.max(tl.where(same, s2, _FLOOR), axis=1))
             exact_same = exact_same * tl.exp2(max_same - new_same) + tl.sum(
-                tl.where(same, tl.exp2(s2 - new_same[:, None]), 0.0), axis=1)
+                tl.where(same, tl.exp2(s2 - new_same[:, None]), 0.0), axis=1
+            )
             max_same = new_same
         exact_lse_all = tl.where(exact_all > 0.0, (max_all + tl.log2(exact_all)) * LN2, float("-inf"))
         exact_lse_same = tl.where(exact_same > 0.0, (max_same + tl.log2(exact_same)) * LN2, float("-inf"))
@@ -177,8 +246,23 @@ def _finish_forward_kernel(
 
 
 @triton.jit
-def _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits, dtype: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _gradient_chunk(
+    GRAD,
+    FAR_GRAD,
+    X,
+    row0,
+    rows,
+    ok,
+    k0,
+    n,
+    dim,
+    width,
+    x_stride,
+    splits,
+    dtype: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     """Features k0 .. k0 + BLOCK_W of the rows' sum_j H_ij c_j, the parts
     added in a fixed order (the shared-exp launch's, then the far pass's),
     the same features of x, and their indices and mask."""
@@ -186,7 +270,7 @@ def _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stri
     mask = ok[:, None] & (ks < dim)[None, :]
     at = row0 * width + rows[:, None] * width + ks[None, :]
     raw = tl.zeros((BLOCK_R, BLOCK_W), dtype)
-    for part in range(0, splits):
+    for part in range(splits):
         raw += tl.load(GRAD + tl.cast(part, tl.int64) * n * width + at, mask=mask, other=0.0)
     raw += tl.load(FAR_GRAD + at, mask=mask, other=0.0)
     x = tl.load(X + row0 * x_stride + rows[:, None] * x_stride + ks[None, :], mask=mask, other=0.0).to(dtype)
@@ -194,10 +278,28 @@ def _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stri
 
 
 @triton.jit
-def _finish_backward_kernel(GRAD, HSUM, WEIGHTED, FAR_GRAD, FAR_HSUM, FAR_WEIGHTED, X, NORM, TEMPERATURE, OUT,
-                            T_SHARE, n, dim, width, x_stride, splits,
-                            EUCLIDEAN: tl.constexpr, FP64: tl.constexpr,
-                            BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _finish_backward_kernel(
+    GRAD,
+    HSUM,
+    WEIGHTED,
+    FAR_GRAD,
+    FAR_HSUM,
+    FAR_WEIGHTED,
+    X,
+    NORM,
+    TEMPERATURE,
+    OUT,
+    T_SHARE,
+    n,
+    dim,
+    width,
+    x_stride,
+    splits,
+    EUCLIDEAN: tl.constexpr,
+    FP64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     """OUT (n, dim) in x's dtype: the gradient of the raw points x (cosine:
     through the normalisation, NORM their floored norms) from
     sum_j H_ij c_j (GRAD (splits, n, width)) and sum_j H_ij (HSUM), added
@@ -214,7 +316,7 @@ def _finish_backward_kernel(GRAD, HSUM, WEIGHTED, FAR_GRAD, FAR_HSUM, FAR_WEIGHT
     else:
         h_sum = tl.zeros((BLOCK_R,), tl.float32)
     weighted = h_sum
-    for part in range(0, splits):
+    for part in range(splits):
         at = tl.cast(part, tl.int64) * n + row0 + rows
         h_sum += tl.load(HSUM + at, mask=ok, other=0.0)
         weighted += tl.load(WEIGHTED + at, mask=ok, other=0.0)
@@ -227,13 +329,15 @@ def _finish_backward_kernel(GRAD, HSUM, WEIGHTED, FAR_GRAD, FAR_HSUM, FAR_WEIGHT
         norm = tl.load(NORM + row0 + rows, mask=ok, other=1.0)
         radial = tl.zeros_like(h_sum)
         for k0 in range(0, dim, BLOCK_W):
-            raw, x, _, _ = _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits,
-                                           h_sum.dtype, BLOCK_R, BLOCK_W)
+            raw, x, _, _ = _gradient_chunk(
+                GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits, h_sum.dtype, BLOCK_R, BLOCK_W
+            )
             radial += tl.sum(x / norm[:, None] * (raw / temperature), axis=1)
         radial = tl.where(norm > NORM_EPS, radial, 0.0)
     for k0 in range(0, dim, BLOCK_W):
-        raw, x, ks, mask = _gradient_chunk(GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits,
-                                           h_sum.dtype, BLOCK_R, BLOCK_W)
+        raw, x, ks, mask = _gradient_chunk(
+            GRAD, FAR_GRAD, X, row0, rows, ok, k0, n, dim, width, x_stride, splits, h_sum.dtype, BLOCK_R, BLOCK_W
+        )
         if EUCLIDEAN:  # s_ij = -|x_i - c_j|^2 / T
             grad = -2.0 * (h_sum[:, None] * x - raw) / temperature
         else:  # s_ij = (<y_i, y_j> - 1) / T, y = x / |x|: through the normalisation
@@ -248,8 +352,20 @@ def _sigmoid(x):
 
 
 @triton.jit
-def _coefficients_kernel(LSE_ALL, LSE_SAME, GRAD_ROWS, COEF, SAME_COEF, EXACT, ANY_FAR, n, far, log_eps,
-                         EPS_ZERO: tl.constexpr, BLOCK_R: tl.constexpr):
+def _coefficients_kernel(
+    LSE_ALL,
+    LSE_SAME,
+    GRAD_ROWS,
+    COEF,
+    SAME_COEF,
+    EXACT,
+    ANY_FAR,
+    n,
+    far,
+    log_eps,
+    EPS_ZERO: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
     """The backward kernels' per-row inputs from the rows' log-sum-exps and
     the upstream gradient: COEF = g_all / S and SAME_COEF = g_same / N
     for the shared-exp terms (0 for far rows and rows without a same-class
@@ -300,8 +416,9 @@ def _row_config() -> TileConfig:
     return TileConfig(ROWS_PER_PROGRAM, 16, 16, 4, 1)
 
 
-def prepare_launch(x: torch.Tensor, precision: str, block_d: int | None = None, cosine: bool = False
-                   ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def prepare_launch(
+    x: torch.Tensor, precision: str, block_d: int | None = None, cosine: bool = False
+) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The launch that makes the pair kernels' operands from the points ``x``
     (n, d), and its outputs (hi, lo, aux): the points (normalised for the
     cosine distance) padded to a multiple of ``block_d`` features (default
@@ -316,10 +433,13 @@ def prepare_launch(x: torch.Tensor, precision: str, block_d: int | None = None, 
     hi = torch.empty((n, width), dtype=x.dtype, device=x.device)
     lo = torch.empty_like(hi) if split else hi
     aux = torch.empty(n, dtype=_acc_dtype(x), device=x.device)
-    launch = Launch(_prepare_kernel, (triton.cdiv(n, ROWS_PER_PROGRAM),),
-                    (x, hi, lo, aux, n, dim, width, x.stride(0), x.stride(1)),
-                    dict(SPLIT=split, COSINE=cosine, FP64=x.dtype == torch.float64,
-                         BLOCK_R=ROWS_PER_PROGRAM, BLOCK_W=_step(width)), _row_config())
+    launch = Launch(
+        _prepare_kernel,
+        (triton.cdiv(n, ROWS_PER_PROGRAM),),
+        (x, hi, lo, aux, n, dim, width, x.stride(0), x.stride(1)),
+        dict(SPLIT=split, COSINE=cosine, FP64=x.dtype == torch.float64, BLOCK_R=ROWS_PER_PROGRAM, BLOCK_W=_step(width)),
+        _row_config(),
+    )
     return launch, (hi, lo, aux)
 
 
@@ -351,9 +471,21 @@ def exact_config(block_d: int, dtype: torch.dtype) -> TileConfig:
     return TileConfig(32, 64, block_d, 8, 1)
 
 
-def finish_forward_launch(queries, keys, query_labels, key_labels, query_sq, key_sq, temperature, offset, sums,
-                          far: float, eps: float, *, precision: str = "tf32x3"
-                          ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor]]:
+def finish_forward_launch(
+    queries,
+    keys,
+    query_labels,
+    key_labels,
+    query_sq,
+    key_sq,
+    temperature,
+    offset,
+    sums,
+    far: float,
+    eps: float,
+    *,
+    precision: str = "tf32x3",
+) -> tuple[Launch, tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
     """The launch that turns the forward parts ``sums`` into (lse_all, lse_same),
     exact for far rows, and the rows' losses; and its outputs ((lse_all,
     lse_same), loss), each (n_queries,).  ``queries`` / ``keys``: (hi, lo) from ``prepare``, as
@@ -362,27 +494,58 @@ def finish_forward_launch(queries, keys, query_labels, key_labels, query_sq, key
     n_queries, width = q.shape
     config = exact_config(_chunk_of(width, q.dtype), q.dtype)
     _check_padding(q, k, config)
-    lse = (torch.empty(n_queries, dtype=sums.dtype, device=q.device),
-           torch.empty(n_queries, dtype=sums.dtype, device=q.device))
+    lse = (
+        torch.empty(n_queries, dtype=sums.dtype, device=q.device),
+        torch.empty(n_queries, dtype=sums.dtype, device=q.device),
+    )
     loss = torch.empty(n_queries, dtype=sums.dtype, device=q.device)
     euclidean = query_sq is not None
     products = _products(q, precision)
     products.pop("GRAD_SPLIT")  # no gradient product here
     launch = Launch(
-        _finish_forward_kernel, (triton.cdiv(n_queries, config.block_m),),
-        (q, q_lo, k, k_lo, query_labels, key_labels, query_sq if euclidean else loss, key_sq if euclidean else loss,
-         temperature, sums, *lse, loss, n_queries, k.shape[0], offset, width, q.stride(0), k.stride(0), sums.shape[0],
-         far, math.log(eps) if eps > 0 else 0.0),
-        dict(EPS_ZERO=eps == 0, EUCLIDEAN=euclidean, FP64=q.dtype == torch.float64, **products,
-             WHOLE_D=width <= config.block_d,
-             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=config.block_d),
+        _finish_forward_kernel,
+        (triton.cdiv(n_queries, config.block_m),),
+        (
+            q,
+            q_lo,
+            k,
+            k_lo,
+            query_labels,
+            key_labels,
+            query_sq if euclidean else loss,
+            key_sq if euclidean else loss,
+            temperature,
+            sums,
+            *lse,
+            loss,
+            n_queries,
+            k.shape[0],
+            offset,
+            width,
+            q.stride(0),
+            k.stride(0),
+            sums.shape[0],
+            far,
+            math.log(eps) if eps > 0 else 0.0,
+        ),
+        dict(
+            EPS_ZERO=eps == 0,
+            EUCLIDEAN=euclidean,
+            FP64=q.dtype == torch.float64,
+            **products,
+            WHOLE_D=width <= config.block_d,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            BLOCK_D=config.block_d,
+        ),
         config,
     )
     return launch, (lse, loss)
 
 
-def finish_backward_launch(parts, far_parts, x, norms, temperature, cosine: bool
-                           ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor]]:
+def finish_backward_launch(
+    parts, far_parts, x, norms, temperature, cosine: bool
+) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor]]:
     """The launch that adds the backward parts, the shared-exp launch's and
     the far pass's (each (grad (splits, n, width), h_sum, weighted
     (splits, n))), into the gradient of the raw points ``x`` (n, d), in x's
@@ -394,19 +557,37 @@ def finish_backward_launch(parts, far_parts, x, norms, temperature, cosine: bool
     out = torch.empty((n, dim), dtype=x.dtype, device=x.device)
     t_share = torch.empty(n, dtype=grad.dtype, device=x.device)
     x = x if x.stride(1) == 1 else x.contiguous()
-    launch = Launch(_finish_backward_kernel, (triton.cdiv(n, ROWS_PER_PROGRAM),),
-                    (grad, h_sum, weighted, *far_parts, x, norms if cosine else h_sum, temperature, out, t_share,
-                     n, dim, width, x.stride(0), splits),
-                    dict(EUCLIDEAN=not cosine, FP64=grad.dtype == torch.float64, BLOCK_R=ROWS_PER_PROGRAM,
-                         BLOCK_W=_step(dim)), _row_config())
+    launch = Launch(
+        _finish_backward_kernel,
+        (triton.cdiv(n, ROWS_PER_PROGRAM),),
+        (
+            grad,
+            h_sum,
+            weighted,
+            *far_parts,
+            x,
+            norms if cosine else h_sum,
+            temperature,
+            out,
+            t_share,
+            n,
+            dim,
+            width,
+            x.stride(0),
+            splits,
+        ),
+        dict(EUCLIDEAN=not cosine, FP64=grad.dtype == torch.float64, BLOCK_R=ROWS_PER_PROGRAM, BLOCK_W=_step(dim)),
+        _row_config(),
+    )
     return launch, (out, t_share)
 
 
 COEFFICIENT_ROWS = 256  # rows per program of the coefficients kernel (elementwise)
 
 
-def coefficients_launch(lse_all: torch.Tensor, lse_same: torch.Tensor, grad_rows: torch.Tensor, eps: float,
-                        far: float) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+def coefficients_launch(
+    lse_all: torch.Tensor, lse_same: torch.Tensor, grad_rows: torch.Tensor, eps: float, far: float
+) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The launch of the backward kernels' per-row inputs (``_coefficients_kernel``),
     and its outputs (coef, same_coef, exact (4, n), any_far (1,) int32)."""
     n = lse_all.shape[0]
@@ -414,8 +595,11 @@ def coefficients_launch(lse_all: torch.Tensor, lse_same: torch.Tensor, grad_rows
     same_coef = torch.empty_like(coef)
     exact = torch.empty((4, n), dtype=lse_all.dtype, device=lse_all.device)
     any_far = torch.zeros(1, dtype=torch.int32, device=lse_all.device)
-    launch = Launch(_coefficients_kernel, (triton.cdiv(n, COEFFICIENT_ROWS),),
-                    (lse_all, lse_same, grad_rows, coef, same_coef, exact, any_far, n, far,
-                     math.log(eps) if eps > 0 else 0.0),
-                    dict(EPS_ZERO=eps == 0, BLOCK_R=COEFFICIENT_ROWS), TileConfig(COEFFICIENT_ROWS, 16, 16, 4, 1))
+    launch = Launch(
+        _coefficients_kernel,
+        (triton.cdiv(n, COEFFICIENT_ROWS),),
+        (lse_all, lse_same, grad_rows, coef, same_coef, exact, any_far, n, far, math.log(eps) if eps > 0 else 0.0),
+        dict(EPS_ZERO=eps == 0, BLOCK_R=COEFFICIENT_ROWS),
+        TileConfig(COEFFICIENT_ROWS, 16, 16, 4, 1),
+    )
     return launch, (coef, same_coef, exact, any_far)

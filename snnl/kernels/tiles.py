@@ -37,8 +37,17 @@ def _tile(BASE, ok, dim, stride, k0, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr)
 
 
 @triton.jit
-def _row_tile(base, lo_base, row_ok, dim, stride, WHOLE_D: tl.constexpr, SPLIT: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _row_tile(
+    base,
+    lo_base,
+    row_ok,
+    dim,
+    stride,
+    WHOLE_D: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """The row tile (hi and, with SPLIT, lo parts), loaded once before the loop
     over key tiles when the features fit one chunk (else placeholders:
     ``_dots`` loads the chunks)."""
@@ -52,10 +61,33 @@ def _row_tile(base, lo_base, row_ok, dim, stride, WHOLE_D: tl.constexpr, SPLIT: 
 
 
 @triton.jit
-def _key_logits(KEYS, KEYS_LO, KEY_SQ, KEY_LABELS, c0, stop, rows_base, rows_lo_base, row_hi, row_lo, row_ok, sq_rows,
-                self_shift, scale, dim, row_stride, key_stride,
-                EUCLIDEAN: tl.constexpr, FP64: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-                WHOLE_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _key_logits(
+    KEYS,
+    KEYS_LO,
+    KEY_SQ,
+    KEY_LABELS,
+    c0,
+    stop,
+    rows_base,
+    rows_lo_base,
+    row_hi,
+    row_lo,
+    row_ok,
+    sq_rows,
+    self_shift,
+    scale,
+    dim,
+    row_stride,
+    key_stride,
+    EUCLIDEAN: tl.constexpr,
+    FP64: tl.constexpr,
+    SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    WHOLE_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """One key tile, from key c0 on, against the row tile: which of its keys
     exist (below ``stop``), its base pointers (hi, lo) and, when the features
     fit one chunk, the tile itself (``_dots``), s * log2(e) and the mask of
@@ -72,8 +104,28 @@ def _key_logits(KEYS, KEYS_LO, KEY_SQ, KEY_LABELS, c0, stop, rows_base, rows_lo_
         col_hi = _tile(base, col_ok, dim, key_stride, 0, BLOCK_N, BLOCK_D)
         if SPLIT:
             col_lo = _tile(lo_base, col_ok, dim, key_stride, 0, BLOCK_N, BLOCK_D)
-    dots = _dots(rows_base, rows_lo_base, base, lo_base, row_hi, row_lo, col_hi, col_lo, row_ok, col_ok, dim,
-                 row_stride, key_stride, WHOLE_D, SPLIT, FP64, PRECISION, BLOCK_M, BLOCK_N, BLOCK_D)
+    dots = _dots(
+        rows_base,
+        rows_lo_base,
+        base,
+        lo_base,
+        row_hi,
+        row_lo,
+        col_hi,
+        col_lo,
+        row_ok,
+        col_ok,
+        dim,
+        row_stride,
+        key_stride,
+        WHOLE_D,
+        SPLIT,
+        FP64,
+        PRECISION,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+    )
     sq_cols = cols_local
     if EUCLIDEAN:
         sq_cols = tl.load(KEY_SQ + c0 + cols_local, mask=col_ok, other=0.0)
@@ -118,17 +170,37 @@ def _dot3(a_hi, a_lo, b_hi, b_lo, acc):
 
 
 @triton.jit
-def _dots(ROWS_BASE, ROWS_LO_BASE, COLS_BASE, COLS_LO_BASE, row_hi, row_lo, col_hi, col_lo, row_ok, col_ok, dim,
-          row_stride, col_stride, WHOLE_D: tl.constexpr, SPLIT: tl.constexpr, FP64: tl.constexpr,
-          PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _dots(
+    ROWS_BASE,
+    ROWS_LO_BASE,
+    COLS_BASE,
+    COLS_LO_BASE,
+    row_hi,
+    row_lo,
+    col_hi,
+    col_lo,
+    row_ok,
+    col_ok,
+    dim,
+    row_stride,
+    col_stride,
+    WHOLE_D: tl.constexpr,
+    SPLIT: tl.constexpr,
+    FP64: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """<x_i, x_j> of a row tile and a key tile.  WHOLE_D: the tiles (and with
     SPLIT their lo parts) were loaded by the caller; otherwise the features
     are read here in BLOCK_D chunks.  SPLIT: 3xTF32 on operands split in
     memory beforehand (x = hi + lo); else one product at PRECISION."""
     if WHOLE_D:
         if SPLIT:
-            return _dot3(row_hi, row_lo, tl.trans(col_hi), tl.trans(col_lo),
-                         tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
+            return _dot3(
+                row_hi, row_lo, tl.trans(col_hi), tl.trans(col_lo), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            )
         return tl.dot(row_hi, tl.trans(col_hi), input_precision=PRECISION)
     if FP64:
         dots = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)

@@ -55,9 +55,16 @@ def compare_backends(
 
         first = _timed(step, device)
         warm = statistics.median(_timed(step, device) for _ in range(repeats))
+        assert zb.grad is not None
         if reference_grad is None:
             reference_grad = zb.grad.clone()
-        results.append({"backend": backend, "loss": float(out["loss"].detach()),
-                        "max_grad_diff": float((zb.grad - reference_grad).abs().max()),
-                        "first_seconds": first, "seconds": warm})
+        results.append(
+            {
+                "backend": backend,
+                "loss": float(out["loss"].detach()),
+                "max_grad_diff": float((zb.grad - reference_grad).abs().max()),
+                "first_seconds": first,
+                "seconds": warm,
+            }
+        )
     return results

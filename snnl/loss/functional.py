@@ -47,29 +47,38 @@ def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_inde
     sample_ids = labels is None
     if sample_ids:  # each sample's views are its positives: sample ids as labels
         if keys is None and (z.dim() != 3 or z.shape[1] < 2):
-            raise ValueError(f"labels may be left out only for a multi-view batch (samples, views >= 2, features), "
-                             f"where each sample's views are its positives, or with keys (key i a view of sample "
-                             f"i); z has shape {tuple(z.shape)}: pass labels")
+            raise ValueError(
+                f"labels may be left out only for a multi-view batch (samples, views >= 2, features), "
+                f"where each sample's views are its positives, or with keys (key i a view of sample "
+                f"i); z has shape {tuple(z.shape)}: pass labels"
+            )
         labels = torch.arange(first_id, first_id + z.shape[0], device=z.device)
     else:
         validation.check_labels(labels, "labels", z.shape[0], "z", z.device)
     queries, query_labels = _views(z, labels)
     if keys is None and queries.shape[0] < 2:
-        raise ValueError(f"z must hold at least 2 rows (the loss compares rows with each other), got "
-                         f"{queries.shape[0]}")
+        raise ValueError(
+            f"z must hold at least 2 rows (the loss compares rows with each other), got {queries.shape[0]}"
+        )
     flat_keys = None
     if keys is not None:
         validation.check_points(keys, "keys")
         if keys.shape[-1] != z.shape[-1] or keys.dtype != z.dtype or keys.device != z.device:
-            raise ValueError(f"keys must have z's features ({z.shape[-1]}), dtype ({z.dtype}) and device ({z.device}), "
-                             f"got {keys.shape[-1]} features, {keys.dtype}, {keys.device}")
+            raise ValueError(
+                f"keys must have z's features ({z.shape[-1]}), dtype ({z.dtype}) and device ({z.device}), "
+                f"got {keys.shape[-1]} features, {keys.dtype}, {keys.device}"
+            )
         if sample_ids:
             if key_labels is not None:
-                raise ValueError("labels were left out (each sample's views are its positives) but key_labels "
-                                 "were given: give both or neither")
+                raise ValueError(
+                    "labels were left out (each sample's views are its positives) but key_labels "
+                    "were given: give both or neither"
+                )
             if keys.shape[0] != z.shape[0]:
-                raise ValueError(f"without labels, key i is a view of sample i: keys must hold z's {z.shape[0]} "
-                                 f"samples, got {keys.shape[0]}")
+                raise ValueError(
+                    f"without labels, key i is a view of sample i: keys must hold z's {z.shape[0]} "
+                    f"samples, got {keys.shape[0]}"
+                )
             flat_keys, key_labels = _views(keys, torch.arange(first_id, first_id + keys.shape[0], device=keys.device))
         else:
             if key_labels is None:
@@ -85,8 +94,18 @@ def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_inde
     return Rows(queries, query_labels, flat_keys, key_labels, flat_weight, counted, shape)
 
 
-def row_losses(batch: Rows, temperature, *, distance: str, eps: float, backend: str, precision: str,
-               check_values: bool, reduction: str, self_offset: int = ops.NO_SELF_PAIR):
+def row_losses(
+    batch: Rows,
+    temperature,
+    *,
+    distance: str,
+    eps: float,
+    backend: str,
+    precision: str,
+    check_values: bool,
+    reduction: str,
+    self_offset: int = ops.NO_SELF_PAIR,
+):
     """(per-row losses in the compute dtype, whether each row has a same-class
     key or None when ``reduction`` does not need it): the backend's rows,
     with autocast off, after the value checks."""
@@ -106,8 +125,19 @@ def row_losses(batch: Rows, temperature, *, distance: str, eps: float, backend: 
         self_offset = 0
     # the loss's own arithmetic is fp32 (fp64) whatever autocast would pick
     with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
-        return ops.rows(queries, keys, batch.query_labels, batch.key_labels, temperature, chosen.name, self_offset,
-                        distance, eps, precision, with_positives=reduction == "mean_over_positives")
+        return ops.rows(
+            queries,
+            keys,
+            batch.query_labels,
+            batch.key_labels,
+            temperature,
+            chosen.name,
+            self_offset,
+            distance,
+            eps,
+            precision,
+            with_positives=reduction == "mean_over_positives",
+        )
 
 
 def _autocast_on(x: torch.Tensor) -> bool:
@@ -233,6 +263,14 @@ def soft_nearest_neighbor_loss(
     """
     eps = validation.check_options(distance, eps, reduction, backend, precision, ignore_index)
     batch = prepare_rows(z, labels, keys, key_labels, weight, ignore_index)
-    rows, has_positive = row_losses(batch, temperature, distance=distance, eps=eps, backend=backend,
-                                    precision=precision, check_values=check_values, reduction=reduction)
+    rows, has_positive = row_losses(
+        batch,
+        temperature,
+        distance=distance,
+        eps=eps,
+        backend=backend,
+        precision=precision,
+        check_values=check_values,
+        reduction=reduction,
+    )
     return reduce(rows, has_positive, batch, reduction)

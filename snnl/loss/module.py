@@ -50,13 +50,31 @@ class SNNLoss(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, temperature=None, *, keys=None,
-                key_labels=None, weight=None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        temperature=None,
+        *,
+        keys=None,
+        key_labels=None,
+        weight=None,
+    ) -> torch.Tensor:
         return soft_nearest_neighbor_loss(
-            z, labels, self.temperature if temperature is None else temperature, keys=keys, key_labels=key_labels,
-            distance=self.distance, eps=self.eps, reduction=self.reduction, weight=weight,
-            ignore_index=self.ignore_index, backend=self.backend, precision=self.precision,
-            check_values=self.check_values)
+            z,
+            labels,
+            self.temperature if temperature is None else temperature,
+            keys=keys,
+            key_labels=key_labels,
+            distance=self.distance,
+            eps=self.eps,
+            reduction=self.reduction,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            backend=self.backend,
+            precision=self.precision,
+            check_values=self.check_values,
+        )
 
     def extra_repr(self) -> str:
         learned = isinstance(self.log_temperature, nn.Parameter)

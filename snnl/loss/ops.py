@@ -53,6 +53,7 @@ def _reference_vjp(self_offset: int, distance: str, eps: float, query_labels, ke
     that it can be differentiated again under autograd and ``torch.func``
     alike: what the backward operators compute (keys None: the square case,
     and the function takes no keys)."""
+
     def rows(queries, keys, temperature):
         out, _ = reference.rows(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps)
         return torch.where(torch.isfinite(out), out, 0.0)  # eps = 0: rows with no same-class key, +inf, no gradient
@@ -100,11 +101,15 @@ def _loop(function, info, in_dims, args):
 # first use imports torch._dynamo (1.4 s here), a first call ten times the
 # formula's at b = 1,024.
 _LIBRARY = torch.library.Library("snnl", "DEF")
-_FORWARD_SCHEMA = ("(Tensor queries, Tensor? keys, Tensor query_labels, Tensor? key_labels, Tensor temperature, "
-                   "int self_offset, str distance, float eps, str precision) -> (Tensor, Tensor, Tensor, Tensor[])")
-_BACKWARD_SCHEMA = ("(Tensor grad_rows, Tensor queries, Tensor? keys, Tensor query_labels, Tensor? key_labels, "
-                    "Tensor temperature, Tensor lse_all, Tensor lse_same, Tensor[] saved, int self_offset, "
-                    "str distance, float eps, str precision, bool temperature_grad) -> (Tensor, Tensor, Tensor)")
+_FORWARD_SCHEMA = (
+    "(Tensor queries, Tensor? keys, Tensor query_labels, Tensor? key_labels, Tensor temperature, "
+    "int self_offset, str distance, float eps, str precision) -> (Tensor, Tensor, Tensor, Tensor[])"
+)
+_BACKWARD_SCHEMA = (
+    "(Tensor grad_rows, Tensor queries, Tensor? keys, Tensor query_labels, Tensor? key_labels, "
+    "Tensor temperature, Tensor lse_all, Tensor lse_same, Tensor[] saved, int self_offset, "
+    "str distance, float eps, str precision, bool temperature_grad) -> (Tensor, Tensor, Tensor)"
+)
 DEVICES = ("CPU", "CUDA")  # the fast backends' devices (the Triton interpreter runs on CPU tensors)
 
 
@@ -119,8 +124,9 @@ def _define(backend: registry.Backend):
     # exported program does, gets their values)
     @torch.no_grad()
     def forward(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision):
-        rows, lse_all, lse_same, saved = impl.forward(queries, keys, query_labels, key_labels, temperature,
-                                                      self_offset, distance, eps, precision)
+        rows, lse_all, lse_same, saved = impl.forward(
+            queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision
+        )
         return rows, lse_all, lse_same, list(saved)
 
     def forward_fake(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision):
@@ -129,22 +135,71 @@ def _define(backend: registry.Backend):
         return queries.new_empty(n, dtype=acc), queries.new_empty(n, dtype=acc), queries.new_empty(n, dtype=acc), saved
 
     @torch.no_grad()
-    def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
-                 self_offset, distance, eps, precision, temperature_grad):
-        grad_q, grad_k, grad_t = impl.backward(grad_rows, queries, keys, query_labels, key_labels, temperature,
-                                               lse_all, lse_same, saved, self_offset, distance, eps, precision,
-                                               temperature_grad)
+    def backward(
+        grad_rows,
+        queries,
+        keys,
+        query_labels,
+        key_labels,
+        temperature,
+        lse_all,
+        lse_same,
+        saved,
+        self_offset,
+        distance,
+        eps,
+        precision,
+        temperature_grad,
+    ):
+        grad_q, grad_k, grad_t = impl.backward(
+            grad_rows,
+            queries,
+            keys,
+            query_labels,
+            key_labels,
+            temperature,
+            lse_all,
+            lse_same,
+            saved,
+            self_offset,
+            distance,
+            eps,
+            precision,
+            temperature_grad,
+        )
         # operator outputs are tensors: empty / zero stand-ins for what is not there
-        return (grad_q, queries.new_empty(0) if grad_k is None else grad_k,
-                torch.zeros_like(temperature) if grad_t is None else grad_t.to(temperature.dtype).reshape(()))
+        return (
+            grad_q,
+            queries.new_empty(0) if grad_k is None else grad_k,
+            torch.zeros_like(temperature) if grad_t is None else grad_t.to(temperature.dtype).reshape(()),
+        )
 
-    def backward_fake(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
-                      self_offset, distance, eps, precision, temperature_grad):
-        return (torch.empty_like(queries), queries.new_empty(0) if keys is None else torch.empty_like(keys),
-                torch.empty_like(temperature))
+    def backward_fake(
+        grad_rows,
+        queries,
+        keys,
+        query_labels,
+        key_labels,
+        temperature,
+        lse_all,
+        lse_same,
+        saved,
+        self_offset,
+        distance,
+        eps,
+        precision,
+        temperature_grad,
+    ):
+        return (
+            torch.empty_like(queries),
+            queries.new_empty(0) if keys is None else torch.empty_like(keys),
+            torch.empty_like(temperature),
+        )
 
-    for op, schema, real, fake in ((f"{name}_forward", _FORWARD_SCHEMA, forward, forward_fake),
-                                   (f"{name}_backward", _BACKWARD_SCHEMA, backward, backward_fake)):
+    for op, schema, real, fake in (
+        (f"{name}_forward", _FORWARD_SCHEMA, forward, forward_fake),
+        (f"{name}_backward", _BACKWARD_SCHEMA, backward, backward_fake),
+    ):
         _LIBRARY.define(op + schema)
         for device in DEVICES:
             _LIBRARY.impl(op, real, device)
@@ -157,15 +212,45 @@ class _Backward(torch.autograd.Function):
     reference formula's second order (``_reference_vjp`` differentiated)."""
 
     @staticmethod
-    def forward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, backend,
-                self_offset, distance, eps, precision, temperature_grad, *saved):
-        return _OPS[backend][1](grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same,
-                                list(saved), self_offset, distance, eps, precision, temperature_grad)
+    def forward(
+        grad_rows,
+        queries,
+        keys,
+        query_labels,
+        key_labels,
+        temperature,
+        lse_all,
+        lse_same,
+        backend,
+        self_offset,
+        distance,
+        eps,
+        precision,
+        temperature_grad,
+        *saved,
+    ):
+        return _OPS[backend][1](
+            grad_rows,
+            queries,
+            keys,
+            query_labels,
+            key_labels,
+            temperature,
+            lse_all,
+            lse_same,
+            list(saved),
+            self_offset,
+            distance,
+            eps,
+            precision,
+            temperature_grad,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad_rows, queries, keys, query_labels, key_labels, temperature, _, _, backend, self_offset, distance, eps = (
-            inputs[:12])
+            inputs[:12]
+        )
         ctx.save_for_backward(grad_rows, queries, keys, query_labels, key_labels, temperature)
         ctx.options = (backend, self_offset, distance, eps, len(inputs) - 14)
 
@@ -195,8 +280,9 @@ class _Rows(torch.autograd.Function):
 
     @staticmethod
     def forward(queries, keys, query_labels, key_labels, temperature, backend, self_offset, distance, eps, precision):
-        rows, lse_all, lse_same, saved = _OPS[backend][0](queries, keys, query_labels, key_labels, temperature,
-                                                          self_offset, distance, eps, precision)
+        rows, lse_all, lse_same, saved = _OPS[backend][0](
+            queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision
+        )
         return (rows, lse_all, lse_same, *saved)
 
     @staticmethod
@@ -220,13 +306,25 @@ class _Rows(torch.autograd.Function):
             # compiled graphs have no double backward (torch.compile refuses
             # create_graph=True itself), and dynamo cannot trace a Function
             # applied inside a backward: the operator alone
-            grad_q, grad_k, grad_t = _OPS[backend][1](*args, saved, self_offset, distance, eps, precision,
-                                                      temperature_grad)
+            grad_q, grad_k, grad_t = _OPS[backend][1](
+                *args, saved, self_offset, distance, eps, precision, temperature_grad
+            )
         else:
-            grad_q, grad_k, grad_t = _Backward.apply(*args, backend, self_offset, distance, eps, precision,
-                                                     temperature_grad, *saved)
-        return (grad_q, grad_k if keys is not None else None, None, None, grad_t if temperature_grad else None,
-                None, None, None, None, None)
+            grad_q, grad_k, grad_t = _Backward.apply(
+                *args, backend, self_offset, distance, eps, precision, temperature_grad, *saved
+            )
+        return (
+            grad_q,
+            grad_k if keys is not None else None,
+            None,
+            None,
+            grad_t if temperature_grad else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -236,19 +334,31 @@ class _Rows(torch.autograd.Function):
 _OPS = {name: _define(backend) for name, backend in registry.BACKENDS.items() if backend.operator}
 
 
-def rows(queries: Tensor, keys: Tensor | None, query_labels: Tensor, key_labels: Tensor | None, temperature: Tensor,
-         backend: str, self_offset: int, distance: str, eps: float, precision: str,
-         with_positives: bool = False) -> tuple[Tensor, Tensor | None]:
+def rows(
+    queries: Tensor,
+    keys: Tensor | None,
+    query_labels: Tensor,
+    key_labels: Tensor | None,
+    temperature: Tensor,
+    backend: str,
+    self_offset: int,
+    distance: str,
+    eps: float,
+    precision: str,
+    with_positives: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """(per-query losses, with ``with_positives`` whether each query has a
     same-class key, else None) with ``backend`` (a registry name, not
     ``auto``); inputs already validated and cast as the backend wants them.
     Under forward-mode AD: the reference formula (custom operators have no
     forward-mode derivative)."""
     if not registry.BACKENDS[backend].operator or forward_ad_active():
-        out, has_positive = reference.rows(queries, keys, query_labels, key_labels, temperature, self_offset,
-                                           distance, eps)
+        out, has_positive = reference.rows(
+            queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps
+        )
         return out, has_positive if with_positives else None
-    out, _, lse_same, *_ = _Rows.apply(queries, keys, query_labels, key_labels, temperature, backend, self_offset,
-                                       distance, eps, precision)
+    out, _, lse_same, *_ = _Rows.apply(
+        queries, keys, query_labels, key_labels, temperature, backend, self_offset, distance, eps, precision
+    )
     # lse_same is -inf exactly when there is no same-class key
     return out, (lse_same > -math.inf) if with_positives else None

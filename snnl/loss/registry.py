@@ -10,9 +10,9 @@ backends``), the tests and the benchmarks.  Adding a backend is a module in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 import torch
 
@@ -35,20 +35,26 @@ def _anywhere(z: torch.Tensor) -> None:
 def _check_triton(z: torch.Tensor) -> None:
     """Raises if the fused kernels cannot take ``z`` here (metadata only)."""
     if not triton_available():
-        raise ImportError("backend='triton' needs Triton: it ships with the CUDA builds of torch; elsewhere "
-                          "`pip install triton` (CPU tensors then also need TRITON_INTERPRET=1)")
+        raise ImportError(
+            "backend='triton' needs Triton: it ships with the CUDA builds of torch; elsewhere "
+            "`pip install triton` (CPU tensors then also need TRITON_INTERPRET=1)"
+        )
     if z.device.type == "cuda":
         return
     if z.device.type in ("cpu", "meta") and os.environ.get("TRITON_INTERPRET") == "1":
         if z.dtype == torch.bfloat16:
             # Triton's interpreter computes bf16 products wrongly (3.9: loss 8.81
             # instead of 1.37, NaN gradients): refuse rather than return numbers.
-            raise TypeError("backend='triton' under the Triton interpreter (CPU tensors) cannot compute bfloat16 "
-                            "inputs correctly; use float32 or float16 there, or backend='blocked'")
+            raise TypeError(
+                "backend='triton' under the Triton interpreter (CPU tensors) cannot compute bfloat16 "
+                "inputs correctly; use float32 or float16 there, or backend='blocked'"
+            )
         return
-    raise RuntimeError(f"backend='triton' needs CUDA tensors (z is on {z.device}); CPU tensors run only under the "
-                       "Triton interpreter, with TRITON_INTERPRET=1 set before Triton is imported. Use "
-                       "backend='blocked' (or 'auto') on the CPU.")
+    raise RuntimeError(
+        f"backend='triton' needs CUDA tensors (z is on {z.device}); CPU tensors run only under the "
+        "Triton interpreter, with TRITON_INTERPRET=1 set before Triton is imported. Use "
+        "backend='blocked' (or 'auto') on the CPU."
+    )
 
 
 @dataclass(frozen=True)
@@ -70,15 +76,35 @@ class Backend:
         return self.module.__name__.rsplit(".", 1)[-1]
 
 
-BACKENDS: dict[str, Backend] = {backend.name: backend for backend in (
-    Backend(reference, "plain PyTorch with b x b matrices, autograd; the oracle the others are tested against",
-            "O(b^2)", operator=False, casts_inputs=True),
-    Backend(blocked, "the CPU path: tiles of pairs computed once for both directions, a few large torch "
-            "operations each, shared out to single-threaded workers; nothing compiled", "O(block^2)",
-            operator=True, casts_inputs=True),
-    Backend(triton, "fused forward/backward Triton kernels, deterministic (no atomics); CUDA, or the Triton "
-            "interpreter on the CPU", "O(b d)", operator=True, casts_inputs=False, check_usable=_check_triton),
-)}
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        Backend(
+            reference,
+            "plain PyTorch with b x b matrices, autograd; the oracle the others are tested against",
+            "O(b^2)",
+            operator=False,
+            casts_inputs=True,
+        ),
+        Backend(
+            blocked,
+            "the CPU path: tiles of pairs computed once for both directions, a few large torch "
+            "operations each, shared out to single-threaded workers; nothing compiled",
+            "O(block^2)",
+            operator=True,
+            casts_inputs=True,
+        ),
+        Backend(
+            triton,
+            "fused forward/backward Triton kernels, deterministic (no atomics); CUDA, or the Triton "
+            "interpreter on the CPU",
+            "O(b d)",
+            operator=True,
+            casts_inputs=False,
+            check_usable=_check_triton,
+        ),
+    )
+}
 # what ``backend=`` accepts: the list snnl.choices gives everyone, which must name these backends
 CHOICES = LOSS_BACKENDS
 if CHOICES != ("auto", *BACKENDS):

@@ -112,16 +112,45 @@ def exact_forward(index, q, k, q_labels, k_labels, q_ids, q_aux, k_aux, temperat
         total = torch.full((chunk.numel(),), -math.inf, dtype=lse_all.dtype, device=lse_all.device)
         same_total = total.clone()
         for j0, j1 in blocks:
-            s, not_self, same, _ = _exact_logits(q[chunk], k[j0:j1], q_labels[chunk], k_labels[j0:j1], q_ids[chunk],
-                                                 key_ids[j0:j1], q_aux[chunk], k_aux[j0:j1], temperature, euclidean)
+            s, not_self, same, _ = _exact_logits(
+                q[chunk],
+                k[j0:j1],
+                q_labels[chunk],
+                k_labels[j0:j1],
+                q_ids[chunk],
+                key_ids[j0:j1],
+                q_aux[chunk],
+                k_aux[j0:j1],
+                temperature,
+                euclidean,
+            )
             total = torch.logaddexp(total, torch.logsumexp(s.masked_fill(~not_self, -math.inf), dim=1))
             same_total = torch.logaddexp(same_total, torch.logsumexp(s.masked_fill(~same, -math.inf), dim=1))
         lse_all[chunk] = total
         lse_same[chunk] = same_total
 
 
-def exact_backward(far_all, far_same, q, k, q_labels, k_labels, q_ids, q_aux, k_aux, temperature, euclidean,
-                   lse_all, lse_same, g_all, g_same, raw_q, hsum_q, raw_k, hsum_k):
+def exact_backward(
+    far_all,
+    far_same,
+    q,
+    k,
+    q_labels,
+    k_labels,
+    q_ids,
+    q_aux,
+    k_aux,
+    temperature,
+    euclidean,
+    lse_all,
+    lse_same,
+    g_all,
+    g_same,
+    raw_q,
+    hsum_q,
+    raw_k,
+    hsum_k,
+):
     """Add the far rows' gradient terms (those ``shared_coefficients`` left out)
     to the accumulators sum_j H_ij c_j and sum_j H_ij of queries and keys;
     returns their share of sum H * s (the temperature's gradient)."""
@@ -133,9 +162,18 @@ def exact_backward(far_all, far_same, q, k, q_labels, k_labels, q_ids, q_aux, k_
     for chunk, blocks in _chunks(index, k.shape[0]):
         finite_same = torch.where(lse_same[chunk].isfinite(), lse_same[chunk], 0.0)
         for j0, j1 in blocks:
-            s, not_self, same, unclamped = _exact_logits(q[chunk], k[j0:j1], q_labels[chunk], k_labels[j0:j1],
-                                                         q_ids[chunk], key_ids[j0:j1], q_aux[chunk], k_aux[j0:j1],
-                                                         temperature, euclidean)
+            s, not_self, same, unclamped = _exact_logits(
+                q[chunk],
+                k[j0:j1],
+                q_labels[chunk],
+                k_labels[j0:j1],
+                q_ids[chunk],
+                key_ids[j0:j1],
+                q_aux[chunk],
+                k_aux[j0:j1],
+                temperature,
+                euclidean,
+            )
             p_all = torch.exp(s - lse_all[chunk, None]).masked_fill(~not_self, 0.0)
             p_same = torch.exp(s - finite_same[:, None]).masked_fill(~same, 0.0)
             h = torch.where(far_all[chunk, None], g_all[chunk, None] * p_all, 0.0) + g_same[chunk, None] * p_same

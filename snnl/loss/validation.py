@@ -72,8 +72,9 @@ def check_weight(weight, shape: tuple[int, ...], device) -> None:
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise TypeError(f"weight must be a floating-point torch.Tensor, got {getattr(weight, 'dtype', type(weight))}")
     if tuple(weight.shape) not in (shape, shape[:1]):
-        raise ValueError(f"weight must have shape {shape[:1]} (per sample) or {shape} (per view), got "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape {shape[:1]} (per sample) or {shape} (per view), got {tuple(weight.shape)}"
+        )
     if weight.device != device:
         raise ValueError(f"z is on {device} but weight is on {weight.device}; put them on the same device")
 
@@ -84,8 +85,9 @@ def check_temperature(temperature, device: torch.device, dtype: torch.dtype) -> 
     check (``check_values``)."""
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or temperature.dim() > 1:
-            raise ValueError(f"temperature must be a scalar (a 0-dim or shape-(1,) tensor), got shape "
-                             f"{tuple(temperature.shape)}")
+            raise ValueError(
+                f"temperature must be a scalar (a 0-dim or shape-(1,) tensor), got shape {tuple(temperature.shape)}"
+            )
         if not temperature.is_floating_point():
             raise TypeError(f"temperature tensor must be floating-point, got {temperature.dtype}")
         return temperature.reshape(()).to(device=device, dtype=dtype)
@@ -114,11 +116,13 @@ def values_readable(*tensors: torch.Tensor | None) -> bool:
     return True
 
 
-def check_values(points: dict[str, torch.Tensor], temperature: torch.Tensor | None,
-                 weight: torch.Tensor | None) -> None:
+def check_values(
+    points: dict[str, torch.Tensor], temperature: torch.Tensor | None, weight: torch.Tensor | None
+) -> None:
     """NaN/Inf in the points, a temperature that is not finite and > 0, a
     weight that is not finite and >= 0: a ``ValueError`` naming the first
     problem.  One host read for all of them (one synchronisation on a GPU)."""
+
     def finite(x):  # x - x is 0 unless x is NaN or infinite: two kernels, where isfinite is four
         return (x - x) == 0
 
@@ -138,11 +142,13 @@ def check_values(points: dict[str, torch.Tensor], temperature: torch.Tensor | No
         return
     # something is wrong: find it (the error path may read as much as it likes)
     for name, x in points.items():
-        finite = torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(dim=1)
-        if not bool(finite.all()):
-            bad = torch.nonzero(~finite).flatten()
-            raise ValueError(f"{name} contains NaN or Inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
-                             "the loss of such a batch is undefined")
+        finite_rows = torch.isfinite(x.detach()).reshape(x.shape[0], -1).all(dim=1)
+        if not bool(finite_rows.all()):
+            bad = torch.nonzero(~finite_rows).flatten()
+            raise ValueError(
+                f"{name} contains NaN or Inf in {bad.numel()} row(s), first at row {int(bad[0])}; "
+                "the loss of such a batch is undefined"
+            )
     if temperature is not None and not (math.isfinite(float(temperature.detach())) and float(temperature.detach()) > 0):
         raise ValueError(f"temperature must be finite and > 0, got {float(temperature.detach())}")
     if weight is not None:

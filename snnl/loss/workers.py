@@ -94,8 +94,9 @@ def caller_single_threaded(x: torch.Tensor, tiles: int) -> Iterator[int]:
         torch.set_num_threads(threads)
 
 
-def run_in_order(n_tasks: int, compute: Callable[[int], object], apply: Callable[[int, object], None],
-                 workers: int | None = None) -> None:
+def run_in_order(
+    n_tasks: int, compute: Callable[[int], object], apply: Callable[[int, object], None], workers: int | None = None
+) -> None:
     """``apply(k, compute(k))`` for k = 0 .. n_tasks - 1, the ``apply`` calls in
     order of k; ``compute`` calls on ``workers`` threads of the pool (default:
     torch's thread count; 0, or a single task: inline in the caller)."""
@@ -107,14 +108,15 @@ def run_in_order(n_tasks: int, compute: Callable[[int], object], apply: Callable
     workers = min(threads, n_tasks)
     window = WINDOW_PER_WORKER * workers
     ready = threading.Condition()
-    state = {"next": 0, "applied": 0, "error": None}
+    state: dict = {"next": 0, "applied": 0, "error": None}
     done: dict[int, object] = {}
 
     def work():
         while True:
             with ready:
-                while state["error"] is None and state["next"] < n_tasks and (
-                        state["next"] - state["applied"] >= window):
+                while (
+                    state["error"] is None and state["next"] < n_tasks and (state["next"] - state["applied"] >= window)
+                ):
                     ready.wait()
                 if state["error"] is not None or state["next"] >= n_tasks:
                     return

@@ -90,13 +90,20 @@ class _Points:
     def dim(self) -> int:
         return self.right.shape[1] - (1 if self.left is None else 2)
 
-    def take(self, index: torch.Tensor) -> "_Points":
+    def take(self, index: torch.Tensor) -> _Points:
         """The rows ``index`` (the far rows' pass)."""
-        return _Points(self.right[index], self.aux[index], None if self.left is None else self.left[index],
-                       self.scale, self.codes[index], None if self.onehot is None else self.onehot[index],
-                       self.ids[index], None)
+        return _Points(
+            self.right[index],
+            self.aux[index],
+            None if self.left is None else self.left[index],
+            self.scale,
+            self.codes[index],
+            None if self.onehot is None else self.onehot[index],
+            self.ids[index],
+            None,
+        )
 
-    def logits(self, keys: "_Points", i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
+    def logits(self, keys: _Points, i0: int, i1: int, j0: int, j1: int) -> torch.Tensor:
         """s of rows i0:i1 against keys j0:j1 (Euclidean distances not yet clamped)."""
         if self.left is None:
             x, y = self.x[i0:i1], keys.x[j0:j1]
@@ -111,7 +118,7 @@ class _Points:
         return (self.left[i0:i1] * rows).sum()
 
 
-def _prepare(z, temperature, euclidean: bool):
+def _prepare(z, temperature, euclidean: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
     """(R, aux, L, 1 / T): see ``_Points``."""
     n, d = z.shape
     scale = 1.0 / float(temperature)  # on the CPU a read of memory; on a GPU one synchronisation
@@ -148,12 +155,18 @@ def _sides(queries, keys, query_labels, key_labels, temperature, self_offset: in
         onehot[torch.arange(len(codes), device=codes.device), codes] = 1.0
     start = (0 if square else self_offset) if self_pairs else n_keys  # beyond the keys: no self pair
     q_ids = torch.arange(start, start + n_q, device=queries.device)
-    q = _Points(*_prepare(queries, temperature, euclidean), q_codes, None if onehot is None else onehot[:n_q],
-                q_ids, start)
+    q = _Points(
+        *_prepare(queries, temperature, euclidean), q_codes, None if onehot is None else onehot[:n_q], q_ids, start
+    )
     if square:
         return q, q, same_count
-    k = _Points(*_prepare(keys, temperature, euclidean), k_codes, None if onehot is None else onehot[n_q:],
-                torch.arange(n_keys, device=keys.device), 0)
+    k = _Points(
+        *_prepare(keys, temperature, euclidean),
+        k_codes,
+        None if onehot is None else onehot[n_q:],
+        torch.arange(n_keys, device=keys.device),
+        0,
+    )
     return q, k, same_count
 
 
@@ -213,7 +226,8 @@ def _weights(q: _Points, k: _Points, i0, i1, j0, j1, euclidean: bool, backward: 
     if shift is not None:
         s.sub_(shift[i0:i1, None])
     if floor is not None:
-        torch.nn.functional.threshold_(s, floor, -math.inf)  # s if s > floor else -inf, in one pass
+        # s if s > floor else -inf, in one pass (torch's stubs omit the in-place form)
+        torch.nn.functional.threshold_(s, floor, -math.inf)  # type: ignore[attr-defined]
     w = s.exp_()
     _fill_self_pairs(w, q, k, i0, i1, j0, j1)
     return w
@@ -251,7 +265,9 @@ def _row_max(q: _Points, k: _Points, euclidean: bool, workers: int):
     return best
 
 
-def _sums(q: _Points, k: _Points, square: bool, euclidean: bool, workers: int, floor, shift=None):
+def _sums(
+    q: _Points, k: _Points, square: bool, euclidean: bool, workers: int, floor, shift=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, N) per query: sum_j exp(s_ij - shift_i) over all keys and over its
     class's, tile by tile."""
     q_blocks, k_blocks, pairs = _tiles(q, k, square)
@@ -289,8 +305,9 @@ def _sums(q: _Points, k: _Points, square: bool, euclidean: bool, workers: int, f
     return sum_all, sum_same
 
 
-def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, temperature_grad: bool, workers: int,
-                   floor, shift=None):
+def _gradient_sums(
+    q: _Points, k: _Points, a, c, square: bool, euclidean: bool, temperature_grad: bool, workers: int, floor, shift=None
+):
     """(sum_j H_ij x_j and sum_j H_ij per query, sum_i H_ij x_i and sum_i
     H_ij per key (the same tensors in the square case), sum H * s) for
     H_ij = exp(s_ij - shift_i) M_ij,
@@ -304,8 +321,11 @@ def _gradient_sums(q: _Points, k: _Points, a, c, square: bool, euclidean: bool, 
     q_blocks, k_blocks, pairs = _tiles(q, k, square)
     if q.onehot is not None:
         rows_term = a[:, None] + c[:, None] * q.onehot
-        u, v = (torch.cat([rows_term, q.onehot], 1), torch.cat([q.onehot, rows_term], 1)) if square else (
-            rows_term, k.onehot)
+        u, v = (
+            (torch.cat([rows_term, q.onehot], 1), torch.cat([q.onehot, rows_term], 1))
+            if square
+            else (rows_term, k.onehot)
+        )
     else:
         with_same = a + c
     d = q.dim
@@ -355,8 +375,9 @@ def saved_shapes(queries, keys, precision: str) -> list:
     return []
 
 
-def forward(queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float,
-            precision: str):
+def forward(
+    queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float, precision: str
+):
     """(rows, lse_all, lse_same, []) of the queries against the keys (``keys``
     None: the queries themselves, square).  Inputs in the compute dtype;
     ``precision`` is the fused kernels' (products here are full fp32 or fp64)."""
@@ -376,23 +397,48 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
             lse_all[index] = scale + torch.log(sum_all)
             lse_same[index] = torch.where(kept, scale + torch.log(sum_same), -math.inf)
             # same-class sums far below the total: exactly, with their own running maximum
-            exact_forward(index[~kept & (same_count[index] > 0)], q.x, k.x, query_labels,
-                          query_labels if square else key_labels, q.ids, q.aux, k.aux, temperature, euclidean,
-                          lse_all, lse_same)
+            exact_forward(
+                index[~kept & (same_count[index] > 0)],
+                q.x,
+                k.x,
+                query_labels,
+                query_labels if square else key_labels,
+                q.ids,
+                q.aux,
+                k.aux,
+                temperature,
+                euclidean,
+                lse_all,
+                lse_same,
+            )
         return rows_loss(lse_all, lse_same, eps), lse_all, lse_same, []
 
 
-def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
-             self_offset: int, distance: str, eps: float, precision: str, temperature_grad: bool):
+def backward(
+    grad_rows,
+    queries,
+    keys,
+    query_labels,
+    key_labels,
+    temperature,
+    lse_all,
+    lse_same,
+    saved,
+    self_offset: int,
+    distance: str,
+    eps: float,
+    precision: str,
+    temperature_grad: bool,
+):
     """(grad_queries, grad_keys or None, grad_temperature or None)."""
     with caller_single_threaded(queries, _tile_count(queries, keys)) as workers:
         euclidean, square = distance == "euclidean", keys is None
         q, k, _ = _sides(queries, keys, query_labels, key_labels, temperature, self_offset, euclidean)
         far, floor = FAR[q.x.dtype], _floor(q, k, temperature, euclidean)
-        coef, same_coef, g_all, g_same, far_all, far_same = shared_coefficients(lse_all, lse_same, eps, grad_rows,
-                                                                                far)
-        raw_q, hsum_q, raw_k, hsum_k, share = _gradient_sums(q, k, coef, same_coef, square, euclidean,
-                                                             temperature_grad, workers, floor)
+        coef, same_coef, g_all, g_same, far_all, far_same = shared_coefficients(lse_all, lse_same, eps, grad_rows, far)
+        raw_q, hsum_q, raw_k, hsum_k, share = _gradient_sums(
+            q, k, coef, same_coef, square, euclidean, temperature_grad, workers, floor
+        )
         index = torch.nonzero(far_same).flatten()  # the rows whose terms the shared scale left out
         exact = torch.zeros_like(far_same)
         if index.numel():
@@ -405,17 +451,36 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
             rows, gap = index[shifted], gap[shifted]
             a = torch.where(far_all[rows], g_all[rows], 0.0)
             c = torch.where(has_same[shifted], g_same[rows] * torch.exp(gap), 0.0)
-            far = _gradient_sums(q.take(rows), k, a, c, False, euclidean, temperature_grad, workers, floor,
-                                 shift=lse_all[rows])
+            far = _gradient_sums(
+                q.take(rows), k, a, c, False, euclidean, temperature_grad, workers, floor, shift=lse_all[rows]
+            )
             raw_q[rows] += far[0]
             hsum_q[rows] += far[1]
             raw_k += far[2]
             hsum_k += far[3]
             share = share + far[4]
             exact[index[~shifted]] = True
-        share = share + exact_backward(far_all & exact, far_same & exact, q.x, k.x, query_labels,
-                                       query_labels if square else key_labels, q.ids, q.aux, k.aux, temperature,
-                                       euclidean, lse_all, lse_same, g_all, g_same, raw_q, hsum_q, raw_k, hsum_k)
+        share = share + exact_backward(
+            far_all & exact,
+            far_same & exact,
+            q.x,
+            k.x,
+            query_labels,
+            query_labels if square else key_labels,
+            q.ids,
+            q.aux,
+            k.aux,
+            temperature,
+            euclidean,
+            lse_all,
+            lse_same,
+            g_all,
+            g_same,
+            raw_q,
+            hsum_q,
+            raw_k,
+            hsum_k,
+        )
         grad_q = _points_gradient(raw_q, hsum_q, q, temperature, euclidean)
         grad_k = None if square else _points_gradient(raw_k, hsum_k, k, temperature, euclidean)
         grad_t = -share / temperature if temperature_grad else None  # s = -d / T: ds/dT = -s / T

@@ -26,15 +26,23 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.
     return (a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min(0.0)
 
 
-def rows(queries: torch.Tensor, keys: torch.Tensor | None, query_labels: torch.Tensor,
-         key_labels: torch.Tensor | None, temperature: torch.Tensor, self_offset: int, distance: str,
-         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rows(
+    queries: torch.Tensor,
+    keys: torch.Tensor | None,
+    query_labels: torch.Tensor,
+    key_labels: torch.Tensor | None,
+    temperature: torch.Tensor,
+    self_offset: int,
+    distance: str,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-query loss, whether the query has a same-class key) against the
     keys (``keys`` None: the queries themselves); query i is key
     ``self_offset + i`` and that pair is left out (``self_offset`` < 0: the
     keys are not the queries, nothing is left out)."""
     if keys is None:
         keys, key_labels, self_offset = queries, query_labels, 0
+    assert key_labels is not None, "keys come with their labels"
     logits = -pairwise_distance(queries, keys, distance) / temperature
     query_index = torch.arange(queries.shape[0], device=queries.device)
     key_index = torch.arange(keys.shape[0], device=queries.device)

@@ -59,16 +59,20 @@ def _pack(q_ops, q_aux, k_ops, k_aux, square: bool) -> list[torch.Tensor]:
     """The operands kept for the backward pass as operator outputs, which may
     not alias each other: an empty stand-in where lo is hi (no 3xTF32 split)
     and for the keys of the square case (they are the queries)."""
+
     def side(ops, aux):
         hi, lo = ops
         return [hi, hi.new_empty(0) if lo is hi else lo, aux]
-    return side(q_ops, q_aux) + ([t.new_empty(0) for t in (q_ops[0], q_ops[0], q_aux)] if square
-                                 else side(k_ops, k_aux))
+
+    return side(q_ops, q_aux) + (
+        [t.new_empty(0) for t in (q_ops[0], q_ops[0], q_aux)] if square else side(k_ops, k_aux)
+    )
 
 
 def _unpack(saved: list[torch.Tensor], square: bool):
     def side(hi, lo, aux):
         return (hi, hi if lo.numel() == 0 else lo), aux
+
     q_ops, q_aux = side(*saved[:3])
     k_ops, k_aux = (q_ops, q_aux) if square else side(*saved[3:])
     return q_ops, q_aux, k_ops, k_aux
@@ -84,14 +88,15 @@ def saved_shapes(queries, keys, precision: str) -> list[tuple[tuple[int, ...], t
         block_d = CONFIG.block_d if CONFIG is not None else configs.feature_block(x.shape[1], x.dtype)
         width = -(-x.shape[1] // block_d) * block_d
         split = x.dtype == torch.float32 and precision == "tf32x3"
-        return [((x.shape[0], width), x.dtype), ((x.shape[0], width) if split else (0,), x.dtype),
-                ((x.shape[0],), acc)]
+        return [((x.shape[0], width), x.dtype), ((x.shape[0], width) if split else (0,), x.dtype), ((x.shape[0],), acc)]
+
     q = side(queries)
     return q + ([((0,), queries.dtype), ((0,), queries.dtype), ((0,), acc)] if keys is None else side(keys))
 
 
-def forward(queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float,
-            precision: str):
+def forward(
+    queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float, precision: str
+):
     """(rows, lse_all, lse_same, kept operands): the raw points (the kernels
     normalise them for the cosine distance; half inputs stay half for the
     tensor cores and accumulate in fp32)."""
@@ -107,19 +112,43 @@ def forward(queries, keys, query_labels, key_labels, temperature, self_offset: i
     q_ops, k_ops = (q_hi, q_lo), (k_hi, k_lo)
     q_sq, k_sq = (None, None) if cosine else (q_aux, k_aux)  # the Euclidean distance's |x|^2
     n_keys = queries.shape[0] if square else keys.shape[0]
-    sums = _run("forward", lambda c: kernels.forward_launch(q_ops, k_ops, query_labels, key_labels, q_sq, k_sq,
-                                                            temperature, offset, config=c, precision=precision),
-                max(queries.shape[0], n_keys), queries.shape[1], queries.dtype, precision, not cosine, config,
-                queries.device)
+    sums = _run(
+        "forward",
+        lambda c: kernels.forward_launch(
+            q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, temperature, offset, config=c, precision=precision
+        ),
+        max(queries.shape[0], n_keys),
+        queries.shape[1],
+        queries.dtype,
+        precision,
+        not cosine,
+        config,
+        queries.device,
+    )
     far = FAR[compute_dtype(queries.dtype)]
-    finish, (lse, loss) = rows.finish_forward_launch(q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, temperature,
-                                                     offset, sums, far, eps, precision=precision)
+    finish, (lse, loss) = rows.finish_forward_launch(
+        q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, temperature, offset, sums, far, eps, precision=precision
+    )
     finish.run()
     return loss, lse[0], lse[1], _pack(q_ops, q_aux, k_ops, k_aux, square)
 
 
-def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, saved,
-             self_offset: int, distance: str, eps: float, precision: str, temperature_grad: bool):
+def backward(
+    grad_rows,
+    queries,
+    keys,
+    query_labels,
+    key_labels,
+    temperature,
+    lse_all,
+    lse_same,
+    saved,
+    self_offset: int,
+    distance: str,
+    eps: float,
+    precision: str,
+    temperature_grad: bool,
+):
     """(grad_queries, grad_keys or None, grad_temperature or None); ``saved``:
     the operands ``forward`` kept."""
     configs, kernels, rows = _kernels()
@@ -135,16 +164,32 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
     coefs = (coef, same_coef, exact)
     dim = queries.shape[1]
 
-    def backward_pass(points, aux, rows_ops, cols_ops, row_labels, col_labels, row_sq, col_sq, row_coefs,
-                      col_coefs, delta, weighted):
+    def backward_pass(
+        points, aux, rows_ops, cols_ops, row_labels, col_labels, row_sq, col_sq, row_coefs, col_coefs, delta, weighted
+    ):
         def launch_for(c, far_pass=False):
-            return kernels.backward_launch(rows_ops, cols_ops, row_labels, col_labels, row_sq, col_sq, temperature,
-                                           row_coefs, col_coefs, delta, weighted, config=c, precision=precision,
-                                           any_far=any_far, far_pass=far_pass)
+            return kernels.backward_launch(
+                rows_ops,
+                cols_ops,
+                row_labels,
+                col_labels,
+                row_sq,
+                col_sq,
+                temperature,
+                row_coefs,
+                col_coefs,
+                delta,
+                weighted,
+                config=c,
+                precision=precision,
+                any_far=any_far,
+                far_pass=far_pass,
+            )
 
         n_max = max(rows_ops[0].shape[0], cols_ops[0].shape[0])
-        parts = _run("backward", launch_for, n_max, dim, rows_ops[0].dtype, precision, not cosine, config,
-                     rows_ops[0].device)
+        parts = _run(
+            "backward", launch_for, n_max, dim, rows_ops[0].dtype, precision, not cosine, config, rows_ops[0].device
+        )
         # the far rows' exact terms: no trips unless some row is far
         far_launch, far_parts = launch_for(config or configs.far_pass_config(dim, rows_ops[0].dtype), far_pass=True)
         far_launch.run()
@@ -153,14 +198,17 @@ def backward(grad_rows, queries, keys, query_labels, key_labels, temperature, ls
         return grad, t_share
 
     if square:
-        grad_queries, t_share = backward_pass(queries, q_aux, q_ops, q_ops, query_labels, query_labels, q_sq, q_sq,
-                                              coefs, coefs, 0, temperature_grad)
+        grad_queries, t_share = backward_pass(
+            queries, q_aux, q_ops, q_ops, query_labels, query_labels, q_sq, q_sq, coefs, coefs, 0, temperature_grad
+        )
         grad_keys = None
     else:
-        grad_queries, t_share = backward_pass(queries, q_aux, q_ops, k_ops, query_labels, key_labels, q_sq, k_sq,
-                                              coefs, None, offset, temperature_grad)
+        grad_queries, t_share = backward_pass(
+            queries, q_aux, q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, coefs, None, offset, temperature_grad
+        )
         # the keys' gradient from the queries' terms: key j is query j - offset
-        grad_keys, _ = backward_pass(keys, k_aux, k_ops, q_ops, key_labels, query_labels, k_sq, q_sq, None, coefs,
-                                     -offset, False)
+        grad_keys, _ = backward_pass(
+            keys, k_aux, k_ops, q_ops, key_labels, query_labels, k_sq, q_sq, None, coefs, -offset, False
+        )
     grad_t = t_share.sum() if temperature_grad else None  # the rows' shares of dl/dT
     return grad_queries, grad_keys, grad_t
