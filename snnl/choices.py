@@ -24,6 +24,8 @@ COMBINE = ("sum", "min")  # over layers: Eq. 5, Eq. 4 (the paper's argmin)
 POSITIVES = ("classes", "views", "neighbours", "neighbour-views")  # snnl.positives
 LABEL_FREE = POSITIVES[1:]
 LAYERS = ("all", "code")  # where the SNNL term applies
+# where a label-free partner's nearest neighbours are searched: the inputs themselves, or their UMAP embedding
+NEIGHBOUR_SPACES = ("inputs", "umap")
 
 # clustering, manifolds, figures
 KMEANS_BACKENDS = ("auto", "sklearn", "faiss")

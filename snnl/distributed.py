@@ -232,3 +232,13 @@ def all_reduce_tensor(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.detach().clone()
     dist.all_reduce(tensor)
     return tensor
+
+
+def broadcast_from_main(value):
+    """The main process's ``value`` on every process (``value`` itself in one
+    process): what one process computed, as a picklable object."""
+    if not is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -8,16 +8,24 @@ other points and their partners its negatives.  The partner is
 
 - ``"views"``: a random view of the anchor itself (``snnl.augment``):
   instance discrimination, the NT-Xent / InfoNCE family;
-- ``"neighbours"``: one of the anchor's ``k`` nearest neighbours in the
-  input space (cosine similarity), drawn at random each time, so that over
-  the epochs an anchor is pulled towards its whole neighbourhood (as SCAN and
-  NNCLR use neighbours);
+- ``"neighbours"``: one of the anchor's ``k`` nearest neighbours, drawn at
+  random each time, so that over the epochs an anchor is pulled towards its
+  whole neighbourhood (as SCAN and NNCLR use neighbours);
 - ``"neighbour-views"``: a random view of such a neighbour, both at once.
 
 The neighbours are computed once, before training, from the inputs alone
-(exact search: faiss when installed, scikit-learn otherwise), and every
-random draw comes from a generator seeded with the run's seed and saved in
-its checkpoints, so a run is reproduced exactly, also across a resume.
+(exact search: faiss when installed, scikit-learn otherwise), in one of two
+spaces (``TrainConfig.neighbour_space``):
+
+- ``"inputs"``: the cosine similarity of the inputs themselves;
+- ``"umap"``: the Euclidean distance in a 10-d UMAP embedding of the inputs
+  (N2D's settings, ``NEIGHBOUR_UMAP``, seeded with the run's seed).  UMAP's
+  neighbours follow the data's manifold: see ``snnl.config`` for what they
+  changed on Fashion-MNIST.
+
+The neighbour table and every random draw (from a generator seeded with the
+run's seed) are saved in the checkpoints, so a run is reproduced exactly,
+also across a resume, which does not search again.
 """
 
 from __future__ import annotations
@@ -25,29 +33,39 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import augment
-from .choices import LABEL_FREE
+from . import augment, distributed
+from .choices import LABEL_FREE, NEIGHBOUR_SPACES
+from .run_config import ManifoldConfig
+
+# The embedding "umap" neighbours are searched in: N2D's UMAP (20 neighbours,
+# min_dist 0, Euclidean) in 10 dimensions (N2D's, its data sets' number of classes)
+NEIGHBOUR_UMAP = ManifoldConfig(method="umap", n_components=10)
+METRICS = ("cosine", "euclidean")
 
 
-def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
-    """(n, k) indices of each row's ``k`` most cosine-similar other rows."""
+def nearest_neighbours(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndarray:
+    """(n, k) indices of each row's ``k`` nearest other rows: the most
+    cosine-similar (``metric="cosine"``) or the closest (``"euclidean"``)."""
     if not 1 <= k < len(x):
         raise ValueError(f"neighbours: {k} nearest neighbours asked for, among {len(x)} points")
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     points = np.ascontiguousarray(x, dtype=np.float32)
-    points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    if metric == "cosine":  # the inner product of unit rows
+        points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
     try:
         import faiss
     except ImportError:
         faiss = None  # type: ignore[assignment]
     if faiss is not None:
-        index = faiss.IndexFlatIP(points.shape[1])
+        index = faiss.IndexFlatIP(points.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(points.shape[1])
         index.add(points)
         _, found = index.search(points, k + 1)
     else:
         from sklearn.neighbors import NearestNeighbors
 
         found = (
-            NearestNeighbors(n_neighbors=k + 1, metric="cosine", algorithm="brute")
+            NearestNeighbors(n_neighbors=k + 1, metric=metric, algorithm="brute")
             .fit(points)
             .kneighbors(points, return_distance=False)
         )
@@ -57,19 +75,84 @@ def nearest_neighbours(x: np.ndarray, k: int) -> np.ndarray:
     return np.stack(rows).astype(np.int64)
 
 
+def neighbour_table(x: np.ndarray, k: int, space: str = "inputs", seed: int = 0) -> np.ndarray:
+    """(n, k) indices of each row's ``k`` nearest neighbours in ``space`` (the module docstring)."""
+    if space not in NEIGHBOUR_SPACES:
+        raise ValueError(f"neighbour_space must be one of {NEIGHBOUR_SPACES}, got {space!r}")
+    if space == "inputs":
+        return nearest_neighbours(x, k)
+    from .manifold import embed
+
+    embedding, _ = embed(x, NEIGHBOUR_UMAP.components(0), NEIGHBOUR_UMAP, seed=seed)
+    return nearest_neighbours(embedding, k, metric="euclidean")
+
+
 class Partners:
     """Draws each anchor's partner for a label-free SNNL (see the module docstring)."""
 
-    def __init__(self, kind: str, x: torch.Tensor, *, neighbours: int, seed: int, image_shape: tuple[int, int] | None):
+    def __init__(
+        self,
+        kind: str,
+        x: torch.Tensor,
+        *,
+        neighbours: int,
+        seed: int,
+        image_shape: tuple[int, int] | None,
+        space: str = "inputs",
+    ):
         if kind not in LABEL_FREE:
             raise ValueError(f"partners are drawn for label-free positives {LABEL_FREE}, not {kind!r}")
-        self.kind, self.x = kind, x
-        self.neighbours = torch.from_numpy(nearest_neighbours(x.numpy(), neighbours)) if kind != "views" else None
+        if space not in NEIGHBOUR_SPACES:
+            raise ValueError(f"neighbour_space must be one of {NEIGHBOUR_SPACES}, got {space!r}")
+        self.kind, self.x, self.k, self.space, self.seed = kind, x, neighbours, space, seed
+        self._neighbours: torch.Tensor | None = None  # searched on first use, or restored from a checkpoint
         self.view_kind = augment.kind_of(image_shape, x.shape[1])
         self.image_shape = image_shape
         self.scale = x.std(0) if self.view_kind == "tabular" else None
         # its own stream, saved in checkpoints: drawing partners does not move the shuffling
         self.generator = torch.Generator().manual_seed(seed + 1)
+
+    @property
+    def neighbours(self) -> torch.Tensor:
+        """The (n, k) table of each row's neighbours, searched on first use.
+
+        Under torch.distributed the main process searches and the others
+        receive its table: every process draws from the same one, although
+        UMAP's output can change with a machine's thread count."""
+        if self.kind == "views":
+            raise ValueError("'views' partners are views of the anchor itself: they have no neighbours")
+        if self._neighbours is None:
+            table = (
+                neighbour_table(self.x.numpy(), self.k, self.space, self.seed)
+                if distributed.is_main_process()
+                else None
+            )
+            self._neighbours = torch.from_numpy(distributed.broadcast_from_main(table))
+        return self._neighbours
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the generator, and the neighbour table once
+        searched (a resume then neither searches nor embeds again)."""
+        state: dict = {"generator": self.generator.get_state()}
+        if self._neighbours is not None:
+            state["neighbours"] = self._neighbours.to(torch.int32)  # fewer than 2**31 rows: half the bytes
+        return state
+
+    def set_state(self, state) -> None:
+        """Restore ``state()`` (a checkpoint of 0.2.0.dev0 before it held the
+        generator's state alone: the table is then searched again, as it was)."""
+        if isinstance(state, torch.Tensor):
+            self.generator.set_state(state)
+            return
+        self.generator.set_state(state["generator"])
+        if "neighbours" in state:
+            table = state["neighbours"]
+            if tuple(table.shape) != (len(self.x), self.k):
+                raise ValueError(
+                    f"the checkpoint's neighbour table is {tuple(table.shape)}; these {len(self.x)} points with "
+                    f"{self.k} neighbours need ({len(self.x)}, {self.k}): the checkpoint belongs to other data"
+                )
+            self._neighbours = table.to(torch.int64)
 
     def __call__(self, global_index: torch.Tensor, rows, device) -> torch.Tensor:
         """The partners of the anchors ``x[global_index[rows]]``, on ``device``.
@@ -81,8 +164,7 @@ class Partners:
         if self.kind == "views":
             partners = self.x[index]
         else:
-            assert self.neighbours is not None
-            choice = torch.randint(self.neighbours.shape[1], (len(global_index),), generator=self.generator)[rows]
+            choice = torch.randint(self.k, (len(global_index),), generator=self.generator)[rows]
             partners = self.x[self.neighbours[index, choice]]
         partners = partners.to(device, non_blocking=True)
         if self.kind == "neighbours":

@@ -141,6 +141,7 @@ class ExperimentConfig(RunConfig):
         from .cluster import resolve_kmeans_backend
 
         resolve_kmeans_backend(self.kmeans_backend)
+        self.train.check_dependencies()
 
     @property
     def label(self) -> str:

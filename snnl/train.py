@@ -255,16 +255,16 @@ class _State:
     history: list[dict] = field(default_factory=list)
 
     def random_states(self) -> dict:
-        """Every random state training draws on."""
+        """Every random state training draws on (and the neighbour table label-free partners drew)."""
         states: dict = {"shuffle": self.shuffle.get_state()}
         if self.partners is not None:
-            states["partners"] = self.partners.generator.get_state()
+            states["partners"] = self.partners.state()
         return states
 
     def set_random_states(self, states: dict) -> None:
         self.shuffle.set_state(states["shuffle"])
         if self.partners is not None:
-            self.partners.generator.set_state(states["partners"])
+            self.partners.set_state(states["partners"])
 
     @property
     def next_epoch(self) -> int:
@@ -404,6 +404,7 @@ def train_autoencoder(
     x = np.asarray(x, dtype=np.float32)
     y = None if y is None else np.asarray(y, dtype=np.int64)
     _check_training_data(x, y, config)
+    config.check_dependencies()
     device = resolve_device(device)
     if config.amp and device.type != "cuda":
         raise ValueError("amp (bfloat16 autocast) needs a CUDA device")
@@ -418,6 +419,7 @@ def train_autoencoder(
             neighbours=config.neighbours,
             seed=seed,
             image_shape=image_shape,
+            space=config.neighbour_space,
         )
     state = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(seed), partners)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from snnl import positives
 from snnl.config import PRESETS, TrainConfig, describe, preset
 from snnl.data import labelled_subset, load_dataset
+from snnl.manifold import umap_learn_status
 from snnl.models import Autoencoder, encode_in_batches
 from snnl.train import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
 
@@ -299,6 +301,8 @@ LABEL_FREE = [name for name in PRESETS if PRESETS[name].positives != "classes"]
 @pytest.mark.parametrize("name", LABEL_FREE)
 def test_no_label_reaches_label_free_training(name):
     """The same seed with the true labels, permuted labels and no labels gives bitwise the same codes."""
+    if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
+        pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
     config = preset(name, **{**SMALL, "epochs": 2})
     permuted = np.random.default_rng(1).permutation(data.y)
@@ -332,13 +336,20 @@ def test_label_free_estimator_ignores_y():
     assert np.array_equal(*fitted)
 
 
-def test_label_free_resume_equals_uninterrupted(tmp_path):
-    # the partners' random state travels in the checkpoint
-    name = "snnl-neighbour-views"
+@pytest.mark.parametrize("name", ["snnl-neighbour-views", "snnl-umap-neighbour-views"])
+def test_label_free_resume_equals_uninterrupted(tmp_path, monkeypatch, name):
+    # the partners' random state and their neighbour table travel in the checkpoint
+    if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
+        pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
     config = preset(name, **SMALL)
     full = train_autoencoder(data.x, None, config, seed=2, progress=False, image_shape=data.image_shape)
     train_interrupted(data.x, None, config, 1, seed=2, checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a resume searched the neighbours again")
+
+    monkeypatch.setattr(positives, "neighbour_table", no_search)
     resumed = train_autoencoder(
         data.x,
         None,
@@ -362,6 +373,10 @@ def test_label_free_positives_refuse_labels_and_the_pca_baseline():
         TrainConfig(positives="neighbours", supervised=False, snnl=False)
     with pytest.raises(ValueError, match="positives must be one of"):
         TrainConfig(positives="pseudo", supervised=False)
+    with pytest.raises(ValueError, match="neighbour_space='umap' says where nearest neighbours are searched"):
+        TrainConfig(positives="views", supervised=False, neighbour_space="umap")
+    with pytest.raises(ValueError, match="neighbour_space must be one of"):
+        TrainConfig(positives="neighbours", supervised=False, neighbour_space="pixels")
     assert not any(PRESETS[name].uses_labels for name in LABEL_FREE)
 
 

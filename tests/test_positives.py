@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnl import augment
-from snnl.positives import Partners, nearest_neighbours
+from snnl import augment, positives
+from snnl.manifold import umap_learn_status
+from snnl.positives import Partners, nearest_neighbours, neighbour_table
 
 
 def _images(n=6, side=28, seed=0):
@@ -91,3 +92,63 @@ def test_partners_are_neighbours_views_or_both():
     whole = Partners("neighbour-views", x, neighbours=4, seed=0, image_shape=(28, 28))(index, rows, "cpu")
     second_half = Partners("neighbour-views", x, neighbours=4, seed=0, image_shape=(28, 28))(index, rows[7:], "cpu")
     assert torch.equal(whole[7:], second_half)
+
+
+def test_euclidean_nearest_neighbours_are_the_closest_other_rows():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    found = nearest_neighbours(x, 4, metric="euclidean")
+    distance = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(distance, np.inf)
+    expected = np.argsort(distance, axis=1, kind="stable")[:, :4]
+    assert np.mean([set(a) == set(b) for a, b in zip(found, expected)]) > 0.99
+    # the cosine neighbours of these points are others: the metric is used
+    assert np.mean([set(a) == set(b) for a, b in zip(nearest_neighbours(x, 4), expected)]) < 0.9
+    with pytest.raises(ValueError, match="metric must be one of"):
+        nearest_neighbours(x, 4, metric="manhattan")
+
+
+@pytest.mark.skipif(not umap_learn_status()[0], reason="umap-learn is not installed")
+def test_umap_neighbours_stay_in_their_cluster():
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=300, centers=3, n_features=20, cluster_std=1.0, random_state=0)
+    table = neighbour_table(x.astype(np.float32), 5, "umap", seed=0)
+    assert table.shape == (300, 5) and (table != np.arange(300)[:, None]).all()
+    assert (y[table] == y[:, None]).mean() > 0.99
+    assert np.array_equal(table, neighbour_table(x.astype(np.float32), 5, "umap", seed=0))  # seeded
+    with pytest.raises(ValueError, match="neighbour_space must be one of"):
+        neighbour_table(x, 5, "pixels")
+
+
+def test_the_neighbour_table_travels_in_the_partners_state(monkeypatch):
+    x = _images(n=40)
+    index, rows = torch.arange(0, 40, 3), torch.arange(14)
+    first = Partners("neighbours", x, neighbours=4, seed=0, image_shape=(28, 28))
+    assert "neighbours" not in first.state()  # not searched before it is needed
+    before = first.generator.get_state()
+    drawn = first(index, rows, "cpu")
+    state = first.state()
+    assert state["neighbours"].dtype == torch.int32 and torch.equal(state["neighbours"].long(), first.neighbours)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(positives, "neighbour_table", no_search)
+    restored = Partners("neighbours", x, neighbours=4, seed=0, image_shape=(28, 28))
+    restored.set_state(state | {"generator": before})
+    assert torch.equal(restored(index, rows, "cpu"), drawn)
+    with pytest.raises(ValueError, match=r"neighbour table is \(40, 4\); these 40 points with 3 neighbours"):
+        Partners("neighbours", x, neighbours=3, seed=0, image_shape=(28, 28)).set_state(state)
+    with pytest.raises(ValueError, match="'views' partners are views of the anchor itself"):
+        _ = Partners("views", x, neighbours=3, seed=0, image_shape=(28, 28)).neighbours
+
+
+def test_a_partners_state_of_the_generator_alone_still_restores():
+    # checkpoints written before the neighbour table was kept hold the generator's state alone
+    x = _images(n=40)
+    old = Partners("neighbours", x, neighbours=4, seed=3, image_shape=(28, 28))
+    restored = Partners("neighbours", x, neighbours=4, seed=9, image_shape=(28, 28))
+    restored.set_state(old.generator.get_state())
+    index, rows = torch.arange(10), torch.arange(10)
+    assert torch.equal(restored(index, rows, "cpu"), old(index, rows, "cpu"))
