@@ -256,14 +256,17 @@ def cmd_snapshots(args) -> int:
     return 0
 
 
-def cmd_kernels(lab_argv: list[str]) -> int:
+def cmd_kernels(args) -> int:
     """The compiled-code lab (``snnl.kernel_tools.lab``), in a child process
-    without TRITON_INTERPRET, whatever this one has set; its options pass through."""
+    without TRITON_INTERPRET, whatever this one has set (under the interpreter
+    Triton compiles nothing), given the options parsed here."""
     import os
     import subprocess
 
+    from .kernel_tools.options import to_argv
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.call([sys.executable, "-m", "snnl.kernel_tools.lab", *lab_argv], env=env)
+    return subprocess.call([sys.executable, "-m", "snnl.kernel_tools.lab", *to_argv(args)], env=env)
 
 
 def cmd_backends(args) -> int:
@@ -327,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import choices
     from .config import PRESETS
     from .data.catalog import dataset_names
+    from .kernel_tools import options as kernel_options
     from .run_config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, ManifoldConfig, N2DConfig
 
     run_training = _default(ExperimentConfig, ExperimentConfig.TRAINING_FIELD)
@@ -456,11 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     kernels = sub.add_parser(
         "kernels",
-        add_help=False,
         help="compile the fused kernels for sm_80/sm_90 without a GPU and report the code and a "
         "performance model (see `snnl kernels --help`)",
+        description="Compile every launch of a loss call for sm_80 and sm_90 without a GPU and report the code "
+        "(spills, shared memory, tensor-core instructions, exps per pair) and, with --model, a performance model "
+        "(a model, not a measurement). Needs the triton package.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    kernels.add_argument("lab_argv", nargs=argparse.REMAINDER)  # handed to the lab by main()
+    kernel_options.add_arguments(kernels)
+    kernels.set_defaults(func=cmd_kernels)
 
     backends = sub.add_parser("backends", help="which backend each step uses on this machine, and why")
     backends.set_defaults(func=cmd_backends)
@@ -522,8 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["kernels"]:
-        return cmd_kernels(argv[1:])
     args = build_parser().parse_args(argv)
     from . import distributed
 

@@ -126,3 +126,27 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
     assert target.stat().st_mode == plain.stat().st_mode
+
+
+def test_snnl_kernels_is_an_ordinary_subcommand(monkeypatch, capsys):
+    # parsed here (bad options refused at once, --help without torch or Triton),
+    # run in a child process without TRITON_INTERPRET with the parsed values
+    import argparse
+
+    from snnl.cli import main
+    from snnl.kernel_tools import lab
+
+    calls = []
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    assert main(["kernels", "--batch", "256", "--dtype", "bfloat16", "--model"]) == 0
+    ((command, env),) = calls
+    assert command[:3] == [sys.executable, "-m", "snnl.kernel_tools.lab"] and "TRITON_INTERPRET" not in env
+    parser = argparse.ArgumentParser()
+    lab.add_arguments(parser)
+    child = vars(parser.parse_args(command[3:]))
+    assert child == {**vars(parser.parse_args([])), "batch": 256, "dtype": "bfloat16", "model": True}
+    with pytest.raises(SystemExit) as refused:
+        main(["kernels", "--dtype", "int8"])
+    assert refused.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
+    assert len(calls) == 1  # nothing started for the refused one

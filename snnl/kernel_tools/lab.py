@@ -31,13 +31,10 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
-from ..choices import PRECISIONS
-from ..loss.validation import DISTANCES
+from .options import TARGETS, add_arguments
 from .stderr import NVDISASM_FORMAT, without_lines
 
-TARGETS = {"sm_80": 80, "sm_90": 90}
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}  # bytes per block (A100, H100)
-DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 # SASS opcode prefixes of interest: tensor-core MMAs (HMMA: mma.sync on sm_80+,
 # HGMMA: warpgroup MMA on sm_90, DMMA: fp64 MMA), fp32 FMAs, the
@@ -398,22 +395,6 @@ spill: bytes spilled to local memory; shared: bytes of shared memory per program
 loop: instructions per trip of the main loop (mma: tensor-core MMAs, ffma: fp32 fused
 multiply-adds, ex2: exp2 on the special-function unit, local: local-memory loads and stores,
 all: every instruction).  Compiled without a GPU: no time here is measured."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=8192, help="rows of the batch the launches are sized for")
-    parser.add_argument("--dim", type=int, default=128, help="its feature dimension")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="of the points")
-    parser.add_argument("--distance", choices=DISTANCES, default=DISTANCES[0], help="the pair distance")
-    parser.add_argument(
-        "--precision", choices=PRECISIONS, default=PRECISIONS[0], help="of fp32 products on the tensor cores"
-    )
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, from " + ", ".join(TARGETS))
-    parser.add_argument("--distributed", action="store_true", help="the queries-vs-keys launches of torch.distributed")
-    parser.add_argument(
-        "--model", action="store_true", help="add the performance model's estimates (a model, not a measurement)"
-    )
-    parser.add_argument("--json", default=None, help="also write the reports (and estimates) to this file")
 
 
 def run(args) -> int:
