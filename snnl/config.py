@@ -250,10 +250,11 @@ def describe(config: TrainConfig) -> str:
         return f"autoencoder, reconstruction loss only ({config.reconstruction_loss.upper()})"
     temperature = "annealed T" if config.temperature == "annealing" else f"fixed T={config.fixed_temperature:g}"
     if config.positives != "classes":
+        where = " in a UMAP embedding" if config.neighbour_space == "umap" else ""
         partner = {
             "views": "a random view of itself",
-            "neighbours": f"one of its {config.neighbours} nearest neighbours",
-            "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours",
+            "neighbours": f"one of its {config.neighbours} nearest neighbours{where}",
+            "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours{where}",
         }
         return (
             f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {partner[config.positives]}; "

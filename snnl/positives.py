@@ -130,6 +130,15 @@ class Partners:
             self._neighbours = torch.from_numpy(distributed.broadcast_from_main(table))
         return self._neighbours
 
+    @property
+    def search_pending(self) -> str | None:
+        """What is still to be searched, said for a progress note, or None
+        (views only, or the table already searched or restored)."""
+        if self.kind == "views" or self._neighbours is not None:
+            return None
+        where = "the inputs" if self.space == "inputs" else f"a {NEIGHBOUR_UMAP.n_components}-d UMAP embedding"
+        return f"the {self.k} nearest neighbours of {len(self.x):,} points in {where}"
+
     def state(self) -> dict:
         """What a checkpoint keeps: the generator, and the neighbour table once
         searched (a resume then neither searches nor embeds again)."""

@@ -437,6 +437,14 @@ def train_autoencoder(
     y_all = torch.from_numpy(y) if y is not None else torch.zeros(len(x), dtype=torch.int64)
     last_epoch = start_epoch if plateaued(state.history, config.patience) else config.epochs  # stopped early before
     bars = Progress(progress if main else False, config.name, start_epoch, config.epochs)
+    # searched before the first epoch, and said (a UMAP of 60,000 images takes minutes); every
+    # process takes part (under torch.distributed the main one searches, the others receive)
+    pending = partners.search_pending if partners is not None and start_epoch < last_epoch else None
+    if partners is not None and pending is not None:
+        bars.note(f"{config.name}: searching {pending} (once: the checkpoints keep them)")
+        started = time.perf_counter()
+        _ = partners.neighbours
+        bars.note(f"{config.name}: neighbours found in {time.perf_counter() - started:.0f} s")
     model.train()
     try:
         for epoch in range(start_epoch, last_epoch):

@@ -385,3 +385,16 @@ def test_label_free_run_trains_on_the_whole_training_set():
 
     for name in LABEL_FREE:
         assert ExperimentConfig(dataset="fashion-mnist", train=preset(name)).labelled_count() is None
+
+
+def test_the_neighbour_search_is_said_once_before_training(tmp_path, capsys):
+    # a UMAP of 60,000 images takes minutes: the search is announced, and a resume does not repeat it
+    data = digits_subset(200)
+    config = preset("snnl-neighbour-views", **SMALL)
+    options = dict(seed=0, progress="lines", checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
+    train_autoencoder(data.x, None, config.replace(epochs=1), **options)
+    first = capsys.readouterr().err
+    assert "searching the 10 nearest neighbours of 200 points in the inputs" in first
+    assert first.index("neighbours found in") < first.index("epoch 1/1")
+    train_autoencoder(data.x, None, config.replace(epochs=2), resume=True, **options)
+    assert "searching" not in capsys.readouterr().err
