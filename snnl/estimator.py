@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
-from sklearn.decomposition import PCA
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -36,9 +35,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import choices, validate
 from .cluster import kmeans, resolve_kmeans_backend
 from .config import PRESETS, preset
-from .models import encode_in_batches
+from .encoders import fit_encoder
 from .progress import from_verbose
-from .train import train_autoencoder
 
 UNLABELLED = -1
 
@@ -193,20 +191,17 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.input_range_ = InputRange(X)
         X01 = self.input_range_(X)
         rows = (y != UNLABELLED) if needs_labels else np.ones(len(X), dtype=bool)
-        if config.method == "pca":
-            self.model_ = PCA(n_components=min(config.code_dim, *X.shape), random_state=seed).fit(X01[rows])
-            self.history_ = []
-        else:
-            result = train_autoencoder(
-                X01[rows],
-                y[rows] if needs_labels else None,
-                config,
-                seed=seed,
-                device=self.device,
-                progress=from_verbose(self.verbose),
-                image_shape=self.image_shape,
-            )
-            self.model_, self.history_ = result.model, result.history
+        encoder = fit_encoder(
+            X01[rows],
+            y[rows] if needs_labels else None,
+            config,
+            seed=seed,
+            device=self.device,
+            progress=from_verbose(self.verbose),
+            image_shape=self.image_shape,
+        )
+        self.encoder_ = encoder
+        self.model_, self.history_ = encoder.model, encoder.history
         codes = self._encode(X01)
         clustering = kmeans(codes, n_clusters, backend=self.kmeans_backend, n_init=self.n_init, seed=seed)
         self.labels_ = clustering.labels
@@ -215,10 +210,8 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _encode(self, X01):
-        if isinstance(self.model_, PCA):
-            return self.model_.transform(X01).astype(np.float32)
         # float64: a row's code must not depend on the rows beside it (encode_in_batches)
-        return encode_in_batches(self.model_, X01, dtype=torch.float64).numpy()
+        return self.encoder_.encode(X01, dtype=torch.float64)
 
     def transform(self, X):
         check_is_fitted(self, "model_")

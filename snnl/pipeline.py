@@ -13,17 +13,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from . import distributed
 from .cluster import kmeans
 from .data import Dataset, labelled_subset, load_splits
+from .encoders import fit_encoder
 from .metrics import evaluate
-from .models import encode_in_batches
 from .records import ExperimentResult, SeedResult
 from .run_config import ExperimentConfig
 from .runner import check_output, checkpoint_path, execute
-from .train import resolve_device, train_autoencoder, training_seconds
+from .train import resolve_device, training_seconds
 
 
 def cluster_and_score(
@@ -82,31 +81,23 @@ def run_experiment(
         seconds = {}
         subset = labelled_subset(train, config.labelled_count(), seed)
         started = time.perf_counter()
-        history: list[dict] = []
-        if config.train.method == "pca":
-            pca = PCA(n_components=min(config.train.code_dim, *subset.x.shape), random_state=seed).fit(subset.x)
-            seconds["train"] = time.perf_counter() - started
-            started = time.perf_counter()
-            codes = pca.transform(test.x).astype(np.float32)
-        else:
-            checkpoint = checkpoint_path(out_dir, seed)
-            result = train_autoencoder(
-                subset.x,
-                subset.y,
-                config.train,
-                seed=seed,
-                device=device,
-                image_shape=subset.image_shape,
-                checkpoint_path=checkpoint,
-                resume=resume,
-                progress=progress,
-            )
-            history = result.history
-            seconds["train"] = training_seconds(history, time.perf_counter() - started)
-            if not distributed.is_main_process():
-                return SeedResult(seed, {}, seconds, history)
-            started = time.perf_counter()
-            codes = encode_in_batches(result.model, test.x).numpy()
+        encoder = fit_encoder(
+            subset.x,
+            subset.y,
+            config.train,
+            seed=seed,
+            device=device,
+            image_shape=subset.image_shape,
+            checkpoint_path=checkpoint_path(out_dir, seed),
+            resume=resume,
+            progress=progress,
+        )
+        history = encoder.history
+        seconds["train"] = training_seconds(history, time.perf_counter() - started)
+        if not distributed.is_main_process():  # the other processes only trained
+            return SeedResult(seed, {}, seconds, history)
+        started = time.perf_counter()
+        codes = encoder.encode(test.x)
         seconds["encode"] = time.perf_counter() - started
         clusters, metrics, kmeans_backend = cluster_and_score(
             codes,

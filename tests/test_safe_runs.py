@@ -24,8 +24,9 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started although an option was invalid")
 
-    monkeypatch.setattr(pipeline, "train_autoencoder", refuse)
-    from snnl import n2d
+    from snnl import n2d, train
+
+    monkeypatch.setattr(train, "train_autoencoder", refuse)  # what the experiment's encoder calls
 
     monkeypatch.setattr(n2d, "train_autoencoder", refuse)
 
@@ -185,14 +186,16 @@ def test_resume_takes_the_stored_options_and_redoes_only_the_evaluation(tmp_path
     capsys.readouterr()
     before = json.loads((out / "metrics.json").read_text())
     trained = []
-    original = pipeline.train_autoencoder
+    from snnl import train
+
+    original = train.train_autoencoder
 
     def spy(*args, **kwargs):
         result = original(*args, **kwargs)
         trained.append(len(result.history))
         return result
 
-    monkeypatch.setattr(pipeline, "train_autoencoder", spy)
+    monkeypatch.setattr(train, "train_autoencoder", spy)
     # nothing but the k-means restarts given: everything else is the stored run's
     assert main(["run", "--out", str(out), "--resume", "--kmeans-restarts", "3", "--quiet"]) == 0
     err = capsys.readouterr().err
