@@ -25,9 +25,10 @@ import pytest
 from snnl.cluster import kmeans
 from snnl.config import preset
 from snnl.data import load_dataset
-from snnl.manifold import ManifoldConfig, embed, umap_learn_status
+from snnl.manifold import ManifoldConfig, embed
 from snnl.metrics import silhouette
 from snnl.models import encode_in_batches
+from snnl.optional import umap_learn_status
 from snnl.train import train_autoencoder
 
 from .conftest import SCALING_SIZES

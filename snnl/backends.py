@@ -6,7 +6,7 @@ import torch
 
 from .cluster import faiss_status
 from .loss.registry import BACKENDS, triton_available
-from .manifold import cuml_status, umap_learn_status
+from .optional import cuml_status, umap_learn_status
 
 
 def backend_report() -> list[dict]:

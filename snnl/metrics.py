@@ -141,7 +141,7 @@ def silhouette(
 
 def silhouette_backend(device=None) -> str:
     """cuML when it imports and a CUDA device is in use, else this module's blocked computation."""
-    from .manifold import cuml_status
+    from .optional import cuml_status
 
     on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     return "cuml" if on_cuda and cuml_status()[0] else "snnl"

@@ -196,7 +196,7 @@ class ManifoldConfig:
     def check_dependencies(self) -> None:
         """The packages ``snnl.manifold.embed`` will need, before any work starts."""
         if self.method == "umap":
-            from .manifold import resolve_umap_backend
+            from .optional import resolve_umap_backend
 
             resolve_umap_backend(self.umap_backend)
 

@@ -7,8 +7,8 @@ import torch
 from snnl import positives
 from snnl.config import PRESETS, TrainConfig, describe, preset
 from snnl.data import labelled_subset, load_dataset
-from snnl.manifold import umap_learn_status
 from snnl.models import Autoencoder, encode_in_batches
+from snnl.optional import umap_learn_status
 from snnl.train import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
 
 SMALL = dict(hidden=(32, 32, 64), code_dim=8, epochs=3, batch_size=64)

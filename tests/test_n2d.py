@@ -15,9 +15,10 @@ from snnl.choices import UMAP_BACKENDS
 from snnl.cli import main
 from snnl.config import preset
 from snnl.data import DatasetNotFoundError, load_dataset, sources, train_and_test
-from snnl.manifold import ManifoldConfig, cuml_status, embed, umap_learn_status
+from snnl.manifold import ManifoldConfig, embed
 from snnl.metrics import clustering_accuracy
 from snnl.n2d import N2D, N2D_AUTOENCODER, N2DConfig, final_clustering, run_n2d
+from snnl.optional import cuml_status, umap_learn_status
 from snnl.pipeline import ExperimentConfig, run_experiment
 from snnl.train import train_autoencoder
 
@@ -253,7 +254,7 @@ def test_backend_report_names_what_auto_runs():
 
     from snnl.cluster import resolve_kmeans_backend
     from snnl.loss.registry import resolve
-    from snnl.manifold import resolve_umap_backend
+    from snnl.optional import resolve_umap_backend
 
     rows = {row["step"]: row for row in backend_report()}
     assert rows["SNNL loss (backend='auto')"]["backend"] == resolve("auto", torch.zeros(4, 2)).name

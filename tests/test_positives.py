@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from snnl import augment, positives
-from snnl.manifold import umap_learn_status
+from snnl.optional import umap_learn_status
 from snnl.positives import Partners, nearest_neighbours, neighbour_table
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from snnl import outdir, pipeline
 from snnl.cli import main
-from snnl.manifold import umap_learn_status
+from snnl.optional import umap_learn_status
 
 # a small network and few epochs: every case below runs in seconds
 FAST = ["--epochs", "1", "--batch-size", "128", "--kmeans-restarts", "1", "--projection", "none", "--quiet"]
@@ -134,14 +134,19 @@ def test_snnl_n2d_options_are_checked_before_training(tmp_path, capsys, no_train
     assert message in capsys.readouterr().err
 
 
-def test_a_missing_umap_is_reported_before_training(tmp_path, capsys, no_training, monkeypatch):
-    from snnl import manifold
+@pytest.mark.parametrize(
+    "command",
+    [["n2d"], ["run", "--dataset", "digits", "--config", "snnl-umap-neighbour-views"]],
+    ids=["n2d", "umap-neighbours"],
+)
+def test_a_missing_umap_is_reported_before_training(tmp_path, capsys, no_training, monkeypatch, command):
+    from snnl import optional
 
     monkeypatch.setattr(
-        manifold, "umap_learn_status", lambda: (False, "umap-learn is not installed (pip install 'snnl[umap]')")
+        optional, "umap_learn_status", lambda: (False, "umap-learn is not installed (pip install 'snnl[umap]')")
     )
-    monkeypatch.setattr(manifold, "cuml_status", lambda: (False, "cuML is not installed"))
-    assert main(["n2d", "--epochs", "1000", "--quiet", "--out", str(tmp_path / "n2d")]) == 2
+    monkeypatch.setattr(optional, "cuml_status", lambda: (False, "cuML is not installed"))
+    assert main([*command, "--epochs", "1000", "--quiet", "--out", str(tmp_path / "out")]) == 2
     assert (
         "UMAP needs cuML or umap-learn: umap-learn is not installed (pip install 'snnl[umap]')"
         in capsys.readouterr().err
