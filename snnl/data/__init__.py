@@ -21,10 +21,10 @@ import numpy as np
 
 from .. import validate
 from . import builtin, sources
-from .catalog import IDX_DATASETS, IdxDataset, dataset_names
+from .catalog import IDX_DATASETS, TEXT_DATASETS, IdxDataset, dataset_names
 from .idx import IdxFormatError, read_idx
 from .sources import ChecksumError, DataMismatchError, DatasetNotFoundError
-from .text_formats import TEXT_DATASETS, load_text_dataset
+from .text_formats import load_text_dataset
 
 SPLITS = ("train", "test")
 

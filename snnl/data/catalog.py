@@ -1,4 +1,5 @@
-"""The named IDX datasets: their files, where they are published, their classes.
+"""The named datasets: the IDX ones (their files, where they are published,
+their classes), the text-format ones, and the list of every name.
 
 Checksums are those of the files as their authors publish them.  NIST
 publishes no SHA-256 for the EMNIST archive; it is checked by its exact size
@@ -173,8 +174,42 @@ def known_files() -> dict[str, tuple[str, str]]:
 BUILTIN = ("digits", "blobs")  # snnl.data.builtin
 
 
+# the text-format datasets (read by snnl.data.text_formats)
+@dataclass(frozen=True)
+class TextDataset:
+    name: str
+    files: dict  # split -> tuple of relative paths (one, or features + labels)
+    classes: tuple[str, ...]
+    home: str
+    image_shape: tuple[int, int] | None = None
+
+
+TEXT_DATASETS = {
+    "usps": TextDataset(
+        "usps",
+        {"train": ("usps",), "test": ("usps.t",)},
+        tuple("0123456789"),
+        "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
+        (16, 16),
+    ),
+    "pendigits": TextDataset(
+        "pendigits",
+        {"train": ("pendigits.tra",), "test": ("pendigits.tes",)},
+        tuple("0123456789"),
+        "https://archive.ics.uci.edu/dataset/81/pen+based+recognition+of+handwritten+digits",
+    ),
+    "har": TextDataset(
+        "har",
+        {
+            "train": ("UCI HAR Dataset/train/X_train.txt", "UCI HAR Dataset/train/y_train.txt"),
+            "test": ("UCI HAR Dataset/test/X_test.txt", "UCI HAR Dataset/test/y_test.txt"),
+        },
+        ("walking", "walking upstairs", "walking downstairs", "sitting", "standing", "laying"),
+        "https://archive.ics.uci.edu/dataset/240/human+activity+recognition+using+smartphones",
+    ),
+}
+
+
 def dataset_names() -> list[str]:
     """Every dataset ``load_dataset`` knows: built in, IDX, text formats."""
-    from .text_formats import TEXT_DATASETS
-
     return [*BUILTIN, *IDX_DATASETS, *TEXT_DATASETS]

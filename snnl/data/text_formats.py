@@ -22,47 +22,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import sources
-
-
-@dataclass(frozen=True)
-class TextDataset:
-    name: str
-    files: dict  # split -> tuple of relative paths (one, or features + labels)
-    classes: tuple[str, ...]
-    home: str
-    image_shape: tuple[int, int] | None = None
-
-
-TEXT_DATASETS = {
-    "usps": TextDataset(
-        "usps",
-        {"train": ("usps",), "test": ("usps.t",)},
-        tuple("0123456789"),
-        "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
-        (16, 16),
-    ),
-    "pendigits": TextDataset(
-        "pendigits",
-        {"train": ("pendigits.tra",), "test": ("pendigits.tes",)},
-        tuple("0123456789"),
-        "https://archive.ics.uci.edu/dataset/81/pen+based+recognition+of+handwritten+digits",
-    ),
-    "har": TextDataset(
-        "har",
-        {
-            "train": ("UCI HAR Dataset/train/X_train.txt", "UCI HAR Dataset/train/y_train.txt"),
-            "test": ("UCI HAR Dataset/test/X_test.txt", "UCI HAR Dataset/test/y_test.txt"),
-        },
-        ("walking", "walking upstairs", "walking downstairs", "sitting", "standing", "laying"),
-        "https://archive.ics.uci.edu/dataset/240/human+activity+recognition+using+smartphones",
-    ),
-}
+from .catalog import TEXT_DATASETS, TextDataset
 
 
 def _open_text(path: Path):
