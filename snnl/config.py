@@ -47,7 +47,9 @@ class rather than towards its near duplicates.  50 UMAP neighbours fell
 back to 0.598, and with 20 the ACC fell from 0.678 at epoch 20 to 0.629 at
 epoch 40: hence 20 neighbours and 20 epochs.  (The screen, like every
 choice of a preset here, scored the codes with the labels; training never
-reads them.)
+reads them.)  On the whole of Fashion-MNIST (Table IV protocol, 4 seeds)
+it reached ACC 0.648 +- 0.016, NMI 0.628 +- 0.021, against 0.602 / 0.632
+for the input-space neighbours (results/fashion-mnist/label-free.md).
 """
 
 from __future__ import annotations
