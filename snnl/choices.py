@@ -23,6 +23,7 @@ TEMPERATURES = ("annealing", "fixed")
 COMBINE = ("sum", "min")  # over layers: Eq. 5, Eq. 4 (the paper's argmin)
 POSITIVES = ("classes", "views", "neighbours", "neighbour-views")  # snnl.positives
 LABEL_FREE = POSITIVES[1:]
+NEIGHBOUR_POSITIVES = LABEL_FREE[1:]  # the label-free positives that search nearest neighbours
 LAYERS = ("all", "code")  # where the SNNL term applies
 # where a label-free partner's nearest neighbours are searched: the inputs themselves, or their UMAP embedding
 NEIGHBOUR_SPACES = ("inputs", "umap")

@@ -128,10 +128,11 @@ class TrainConfig:
                 f"positives={self.positives!r} is label-free SNNL: it needs snnl=True and "
                 "supervised=False (labels would not be read)"
             )
-        if self.neighbour_space != "inputs" and self.positives not in ("neighbours", "neighbour-views"):
+        if self.neighbour_space != "inputs" and self.positives not in choices.NEIGHBOUR_POSITIVES:
             raise ValueError(
                 f"neighbour_space={self.neighbour_space!r} says where nearest neighbours are searched; "
-                f"positives={self.positives!r} searches none (use 'neighbours' or 'neighbour-views')"
+                f"positives={self.positives!r} searches none "
+                f"(use {' or '.join(map(repr, choices.NEIGHBOUR_POSITIVES))})"
             )
         object.__setattr__(self, "hidden", tuple(validate.integer("hidden width", h) for h in self.hidden))
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import augment, distributed
+from . import augment, distributed, validate
 from .choices import LABEL_FREE, NEIGHBOUR_SPACES
 from .run_config import ManifoldConfig
 
@@ -48,8 +48,7 @@ def nearest_neighbours(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndar
     cosine-similar (``metric="cosine"``) or the closest (``"euclidean"``)."""
     if not 1 <= k < len(x):
         raise ValueError(f"neighbours: {k} nearest neighbours asked for, among {len(x)} points")
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    validate.choice("metric", metric, METRICS)
     points = np.ascontiguousarray(x, dtype=np.float32)
     if metric == "cosine":  # the inner product of unit rows
         points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
@@ -77,8 +76,7 @@ def nearest_neighbours(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndar
 
 def neighbour_table(x: np.ndarray, k: int, space: str = "inputs", seed: int = 0) -> np.ndarray:
     """(n, k) indices of each row's ``k`` nearest neighbours in ``space`` (the module docstring)."""
-    if space not in NEIGHBOUR_SPACES:
-        raise ValueError(f"neighbour_space must be one of {NEIGHBOUR_SPACES}, got {space!r}")
+    validate.choice("neighbour_space", space, NEIGHBOUR_SPACES)
     if space == "inputs":
         return nearest_neighbours(x, k)
     from .manifold import embed
@@ -102,8 +100,7 @@ class Partners:
     ):
         if kind not in LABEL_FREE:
             raise ValueError(f"partners are drawn for label-free positives {LABEL_FREE}, not {kind!r}")
-        if space not in NEIGHBOUR_SPACES:
-            raise ValueError(f"neighbour_space must be one of {NEIGHBOUR_SPACES}, got {space!r}")
+        validate.choice("neighbour_space", space, NEIGHBOUR_SPACES)
         self.kind, self.x, self.k, self.space, self.seed = kind, x, neighbours, space, seed
         self._neighbours: torch.Tensor | None = None  # searched on first use, or restored from a checkpoint
         self.view_kind = augment.kind_of(image_shape, x.shape[1])
@@ -114,7 +111,11 @@ class Partners:
 
     @property
     def neighbours(self) -> torch.Tensor:
-        """The (n, k) table of each row's neighbours, searched on first use.
+        """The (n, k) table of each row's neighbours, searched on first use (``search``)."""
+        return self.search()
+
+    def search(self) -> torch.Tensor:
+        """The neighbour table, searched now unless searched or restored already.
 
         Under torch.distributed the main process searches and the others
         receive its table: every process draws from the same one, although

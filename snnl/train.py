@@ -443,7 +443,7 @@ def train_autoencoder(
     if partners is not None and pending is not None:
         bars.note(f"{config.name}: searching {pending} (once: the checkpoints keep them)")
         started = time.perf_counter()
-        _ = partners.neighbours
+        partners.search()
         bars.note(f"{config.name}: neighbours found in {time.perf_counter() - started:.0f} s")
     model.train()
     try:
