@@ -22,8 +22,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from snnl import SNNLKMeans
+from snnl.estimators import N2D
 from snnl.metrics import evaluate
-from snnl.n2d import N2D
 
 from .measure import provenance, write_new_json
 

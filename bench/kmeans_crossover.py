@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from snnl.cluster import kmeans
-from snnl.provenance import device_name
+from snnl.cluster.kmeans import kmeans
+from snnl.runs.provenance import device_name
 
 from .measure import write_new_json
 

@@ -19,13 +19,13 @@ import os
 import statistics
 import time
 
-from snnl.cluster import kmeans
-from snnl.config import preset
+from snnl.autoencoder import encode_in_batches
+from snnl.cluster.kmeans import kmeans
 from snnl.data import load_splits
 from snnl.metrics import evaluate
-from snnl.models import encode_in_batches
-from snnl.provenance import environment
-from snnl.train import train_autoencoder
+from snnl.runs.provenance import environment
+from snnl.train.config import preset
+from snnl.train.loop import train_autoencoder
 
 from .measure import write_new_json
 

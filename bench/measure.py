@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from snnl.provenance import device_name
+from snnl.runs.provenance import device_name
 
 
 def _proc_kib(field: str, path: str = "/proc/self/status") -> int:

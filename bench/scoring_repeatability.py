@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from snnl.autoencoder import encode_in_batches
+from snnl.cluster.manifold import embed
 from snnl.data import train_and_test
-from snnl.manifold import embed
+from snnl.methods.n2d import final_clustering
 from snnl.metrics import evaluate
-from snnl.models import encode_in_batches
-from snnl.n2d import N2DConfig, final_clustering
-from snnl.train import model_from_checkpoint, snapshot_path
+from snnl.runs.config import N2DConfig
+from snnl.train.loop import model_from_checkpoint, snapshot_path
 
 
 def main() -> None:

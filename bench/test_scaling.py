@@ -22,14 +22,14 @@ import time
 
 import pytest
 
-from snnl.cluster import kmeans
-from snnl.config import preset
+from snnl.autoencoder import encode_in_batches
+from snnl.cluster.kmeans import kmeans
+from snnl.cluster.manifold import ManifoldConfig, embed
 from snnl.data import load_dataset
-from snnl.manifold import ManifoldConfig, embed
 from snnl.metrics import silhouette
-from snnl.models import encode_in_batches
 from snnl.optional import umap_learn_status
-from snnl.train import train_autoencoder
+from snnl.train.config import preset
+from snnl.train.loop import train_autoencoder
 
 from .conftest import SCALING_SIZES
 from .measure import PeakMemory

@@ -4,7 +4,7 @@ the plain formula against the library's, interleaved in one process.
 - ``before``: the SNNL through the eager ``reference`` formula (b x b
   matrices, autograd) and torch's per-tensor Adam: how it is usually written;
 - ``after``: ``backend="auto"`` (``blocked`` on a CPU) and fused Adam, as
-  ``snnl.train`` trains now.
+  ``snnl.train.loop`` trains now.
 
 (bench/results/training-epoch-cpu-epyc-2core.json predates this: its
 ``before`` was the since-removed ``chunked`` backend.)
@@ -33,9 +33,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnl.config import preset
 from snnl.data import DatasetNotFoundError, labelled_subset, load_dataset
-from snnl.train import batch_loss, build_model, make_optimizer
+from snnl.train.config import preset
+from snnl.train.loop import batch_loss, build_model, make_optimizer
 
 
 def _data(rows: int):

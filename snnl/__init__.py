@@ -1,7 +1,7 @@
 """snnl: the soft nearest neighbor loss and clustering-friendly representation learning.
 
 The names below load on first use (PEP 562), so that importing a part of the
-package (the ``snnl`` command's option parser, ``snnl.config``) does not
+package (the ``snnl`` command's option parser, ``snnl.train.config``) does not
 import torch and scikit-learn first.
 """
 
@@ -12,9 +12,10 @@ __version__ = "0.2.0.dev0"  # the one version source (pyproject.toml reads it)
 _PUBLIC = {
     "soft_nearest_neighbor_loss": "snnl.loss",
     "SNNLoss": "snnl.loss",
-    "AnnealingTemperature": "snnl.temperature",
-    "FixedTemperature": "snnl.temperature",
-    "SNNLKMeans": "snnl.estimator",
+    "AnnealingTemperature": "snnl.train.temperature",
+    "FixedTemperature": "snnl.train.temperature",
+    "SNNLKMeans": "snnl.estimators",
+    "N2D": "snnl.estimators",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

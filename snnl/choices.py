@@ -14,14 +14,14 @@ REDUCTIONS = ("mean", "sum", "none", "mean_over_positives")
 # products (fp32-level accuracy, the default), one (about 1e-3 relative), or the FMA units
 PRECISIONS = ("tf32x3", "tf32", "ieee")
 
-# the autoencoder (snnl.models) and its training (snnl.config.TrainConfig)
+# the autoencoder (snnl.autoencoder) and its training (snnl.train.config.TrainConfig)
 CODE_ACTIVATIONS = ("sigmoid", "linear", "unit")
 OUTPUT_ACTIVATIONS = ("sigmoid", "linear")
 INITS = ("he", "glorot")
 METHODS = ("autoencoder", "pca")  # "pca": the ``original`` baseline
 TEMPERATURES = ("annealing", "fixed")
 COMBINE = ("sum", "min")  # over layers: Eq. 5, Eq. 4 (the paper's argmin)
-POSITIVES = ("classes", "views", "neighbours", "neighbour-views")  # snnl.positives
+POSITIVES = ("classes", "views", "neighbours", "neighbour-views")  # snnl.train.positives
 LABEL_FREE = POSITIVES[1:]
 NEIGHBOUR_POSITIVES = LABEL_FREE[1:]  # the label-free positives that search nearest neighbours
 LAYERS = ("all", "code")  # where the SNNL term applies

@@ -7,7 +7,7 @@ import sys
 
 
 def _device(name: str):
-    from .train import resolve_device
+    from .train.loop import resolve_device
     from .validate import device
 
     return resolve_device(device(name))
@@ -64,17 +64,21 @@ def _labelled(text: str) -> int | str:
 
 
 def _options(text: str) -> dict:
-    """--blobs n_samples=5000,centers=10: names and values are checked by
-    snnl.data.builtin.blobs_options, which says what is allowed."""
+    """--dataset-options n_samples=5000,centers=10: numbers by name; the names and
+    values are checked by snnl.data.dataset_options, which says what is allowed."""
     options = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"--blobs takes name=value pairs separated by commas, got {item!r}")
+            raise argparse.ArgumentTypeError(
+                f"--dataset-options takes name=value pairs separated by commas, got {item!r}"
+            )
         try:
-            options[key.strip()] = float(value) if key.strip() in ("cluster_std", "test_fraction") else int(value)
+            number = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--blobs {key.strip()}: {value!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"--dataset-options {key.strip()}: {value!r} is not a number") from None
+        written_as_integer = value.strip().lstrip("+-").isdigit()  # "2" is 2, "2.0" stays a float
+        options[key.strip()] = int(number) if written_as_integer else number
     return options
 
 
@@ -91,7 +95,7 @@ def _given(args, mapping: dict) -> dict:
 def _stored(args, method: str) -> dict | None:
     """The configuration stored in --out when resuming (its options are the
     defaults of a resumed run: only what is given on the command line changes)."""
-    from .outdir import stored_config
+    from .runs.outdir import stored_config
 
     if not (args.resume and args.out):
         return None
@@ -111,7 +115,7 @@ SHARED_OPTIONS = {
     "device": "device",
     "data_dir": "data_dir",
     "download": "download",
-    "blobs": "dataset_options",
+    "dataset_options": "dataset_options",
     "projection": "projection",
     "silhouette_sample": "silhouette_sample",
 }
@@ -156,8 +160,8 @@ MANIFOLD_OPTIONS = {
 def experiment_from_args(args):
     import dataclasses
 
-    from .config import preset
-    from .run_config import ExperimentConfig
+    from .runs.config import ExperimentConfig
+    from .train.config import preset
 
     stored = _stored(args, "snnl")
     base = ExperimentConfig.from_dict(stored) if stored else ExperimentConfig()
@@ -171,7 +175,7 @@ def experiment_from_args(args):
 def n2d_from_args(args):
     import dataclasses
 
-    from .run_config import N2DConfig
+    from .runs.config import N2DConfig
 
     stored = _stored(args, "n2d")
     base = N2DConfig.from_dict(stored) if stored else N2DConfig()
@@ -186,7 +190,7 @@ def _progress(args):
 
 
 def _print_result(result, out) -> int:
-    from .report import experiment_table
+    from .report.tables import experiment_table
 
     if not result.summary:  # a torchrun process other than the main one
         return 0
@@ -205,7 +209,7 @@ def _print_result(result, out) -> int:
 def _announce(args, config, header: str, *, changes: bool = True) -> None:
     """The run's header, once its options, the packages it needs and its
     output directory have passed their checks (before any data is read)."""
-    from .runner import check_output
+    from .runs.runner import check_output
 
     config.check_dependencies()
     check_output(config, args.out, args.resume, changes=changes)
@@ -219,8 +223,8 @@ def _announce(args, config, header: str, *, changes: bool = True) -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import describe
-    from .pipeline import run_experiment
+    from .methods.agarap import run_experiment
+    from .train.config import describe
 
     config = experiment_from_args(args)
     _announce(
@@ -232,7 +236,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_n2d(args) -> int:
-    from .n2d import run_n2d
+    from .methods.n2d import run_n2d
 
     config = n2d_from_args(args)
     source = f"codes of {config.codes_from}" if config.codes_from else f"{config.dataset} (train + test)"
@@ -241,7 +245,7 @@ def cmd_n2d(args) -> int:
 
 
 def cmd_snapshots(args) -> int:
-    from .n2d import write_snapshot_scores
+    from .methods.snapshots import write_snapshot_scores
 
     write_snapshot_scores(
         args.run,
@@ -270,7 +274,7 @@ def cmd_kernels(args) -> int:
 
 
 def cmd_backends(args) -> int:
-    from .backends import backend_report, format_report
+    from .report.backends import backend_report, format_report
 
     print(format_report(backend_report()))
     return 0
@@ -279,8 +283,8 @@ def cmd_backends(args) -> int:
 def cmd_plot_labels(args) -> int:
     from pathlib import Path
 
-    from .figures import labels_study
-    from .report import collect_runs
+    from .report.figures import labels_study
+    from .report.tables import collect_runs
 
     output = Path(args.output)
     if output.exists() and not args.force:
@@ -296,7 +300,7 @@ def cmd_plot_labels(args) -> int:
 def cmd_table(args) -> int:
     from pathlib import Path
 
-    from .report import collect_runs, runs_table
+    from .report.tables import collect_runs, runs_table
 
     runs, skipped = collect_runs(args.runs)
     for run_dir, reason in skipped:
@@ -328,10 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     configuration classes' defaults, a resumed one its stored configuration."""
     # choices and defaults from their one source, none of which imports torch: --help answers at once
     from . import choices
-    from .config import PRESETS
+    from .cluster.manifold import ManifoldConfig
     from .data.catalog import dataset_names
     from .kernel_tools import options as kernel_options
-    from .run_config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, ManifoldConfig, N2DConfig
+    from .runs.config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, N2DConfig
+    from .train.config import PRESETS
 
     run_training = _default(ExperimentConfig, ExperimentConfig.TRAINING_FIELD)
 
@@ -402,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--download", action="store_true", help="download missing IDX files from the official sources"
         )
         parser.add_argument(
-            "--blobs", type=_options, help="blobs options, e.g. n_samples=5000,n_features=32,centers=10"
+            "--dataset-options",
+            "--blobs",
+            type=_options,
+            help="a built-in dataset's options (blobs: n_samples, n_features, centers, cluster_std, seed, "
+            "test_fraction), e.g. n_samples=5000,n_features=32,centers=10",
         )
         parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch")
 

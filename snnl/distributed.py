@@ -12,7 +12,7 @@ DistributedDataParallel's averaging over the N processes gives exactly the
 single-process gradient of the concatenated batch: call ``backward()`` on it
 as it is, as with pytorch-metric-learning's ``DistributedLossWrapper``.
 ``global_loss_share`` is the building block: this process's share, the
-shares of all processes adding up to the loss (``snnl.train`` logs the
+shares of all processes adding up to the loss (``snnl.train.loop`` logs the
 shares' all-reduced sum and backpropagates N times its share).
 """
 

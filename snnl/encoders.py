@@ -1,8 +1,8 @@
 """The encoders a run fits before it clusters: one interface, so that the
-experiment (``snnl.pipeline``) and the estimator (``snnl.estimator``) never
+experiment (``snnl.methods.agarap``) and the estimator (``snnl.estimators``) never
 ask which one they hold.
 
-- ``"autoencoder"``: the paper's, trained by ``snnl.train.train_autoencoder``
+- ``"autoencoder"``: the paper's, trained by ``snnl.train.loop.train_autoencoder``
   (with or without the SNNL term, labels or none);
 - ``"pca"``: PCA of the raw inputs to ``code_dim`` dimensions, the paper's
   ``original`` baseline; it trains nothing.
@@ -19,9 +19,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .autoencoder import Autoencoder, encode_in_batches
 from .choices import METHODS
-from .config import TrainConfig
-from .models import Autoencoder, encode_in_batches
+from .train.config import TrainConfig
 
 
 class Encoder(Protocol):
@@ -43,7 +43,7 @@ class AutoencoderEncoder:
     @classmethod
     def fit(cls, x, y, config: TrainConfig, *, seed: int, **training) -> AutoencoderEncoder:
         """``training``: ``train_autoencoder``'s options (device, checkpoint, progress, ...)."""
-        from .train import train_autoencoder
+        from .train.loop import train_autoencoder
 
         result = train_autoencoder(x, y, config, seed=seed, **training)
         return cls(result.model, result.history)

@@ -11,7 +11,9 @@ clustering (e.g. a single cluster) are reported as None, never NaN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,30 +24,6 @@ from sklearn.metrics import (
     davies_bouldin_score,
     normalized_mutual_info_score,
 )
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One column of every table: its key in the records, its title, and how it is printed."""
-
-    name: str
-    title: str
-    decimals: int = 3  # Calinski-Harabasz is in the hundreds or thousands: one decimal
-
-    def format(self, value) -> str:
-        return "n/a" if value is None else f"{value:.{self.decimals}f}"
-
-
-# The paper's order; ``evaluate`` returns these keys, the reports and tables iterate this table.
-METRIC_TABLE = (
-    Metric("acc", "ACC"),
-    Metric("nmi", "NMI"),
-    Metric("ari", "ARI"),
-    Metric("sil", "SIL"),
-    Metric("chs", "CHS", decimals=1),
-    Metric("dbi", "DBI"),
-)
-METRICS = tuple(metric.name for metric in METRIC_TABLE)
 
 
 def _labels(a, name: str) -> np.ndarray:
@@ -159,6 +137,71 @@ def _silhouette_cuml(x, labels, sample_size=None, seed=0) -> float | None:
     return float(silhouette_score(np.asarray(x, dtype=np.float32), labels))
 
 
+@dataclass(frozen=True)
+class Clustering:
+    """What a metric reads: the points clustered, the true labels, the
+    assignment, and the options of the exact but costly silhouette."""
+
+    x: np.ndarray | torch.Tensor
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    device: str | torch.device | None = None
+    silhouette_sample: int | None = None
+    seed: int = 0
+
+    @property
+    def x_numpy(self) -> np.ndarray:
+        return self.x.detach().cpu().numpy() if isinstance(self.x, torch.Tensor) else np.asarray(self.x)
+
+    @property
+    def defined(self) -> bool:
+        """Whether the indices of the points are defined: 2 <= clusters <= points - 1."""
+        return 2 <= len(np.unique(self.y_pred)) <= len(self.y_pred) - 1
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its key in the records, its title in every table, how it is
+    computed, whether it compares with the true labels (``"labels"``) or reads
+    the points and the assignment alone (``"points"``), and how it is printed.
+    A new metric is one entry of ``METRIC_TABLE``."""
+
+    name: str
+    title: str
+    compute: Callable[[Clustering], float | None]
+    reads: Literal["labels", "points"]
+    decimals: int = 3  # Calinski-Harabasz is in the hundreds or thousands: one decimal
+
+    def format(self, value) -> str:
+        return "n/a" if value is None else f"{value:.{self.decimals}f}"
+
+
+def _silhouette(c: Clustering) -> float | None:
+    if silhouette_backend(c.device) == "cuml":
+        return _silhouette_cuml(c.x_numpy, c.y_pred, c.silhouette_sample, c.seed)
+    return silhouette(c.x, c.y_pred, device=c.device, sample_size=c.silhouette_sample, seed=c.seed)
+
+
+def _calinski_harabasz(c: Clustering) -> float | None:
+    return float(calinski_harabasz_score(c.x_numpy, c.y_pred)) if c.defined else None
+
+
+def _davies_bouldin(c: Clustering) -> float | None:
+    return float(davies_bouldin_score(c.x_numpy, c.y_pred)) if c.defined else None
+
+
+# The paper's order: ``evaluate`` computes them in it, the reports and tables iterate it.
+METRIC_TABLE = (
+    Metric("acc", "ACC", lambda c: clustering_accuracy(c.y_true, c.y_pred), "labels"),
+    Metric("nmi", "NMI", lambda c: float(normalized_mutual_info_score(c.y_true, c.y_pred)), "labels"),
+    Metric("ari", "ARI", lambda c: float(adjusted_rand_score(c.y_true, c.y_pred)), "labels"),
+    Metric("sil", "SIL", _silhouette, "points"),
+    Metric("chs", "CHS", _calinski_harabasz, "points", decimals=1),
+    Metric("dbi", "DBI", _davies_bouldin, "points"),
+)
+METRICS = tuple(metric.name for metric in METRIC_TABLE)
+
+
 def evaluate(
     x, y_true, y_pred, *, device=None, silhouette_sample: int | None = None, seed: int = 0
 ) -> dict[str, float | None]:
@@ -166,19 +209,5 @@ def evaluate(
 
     ``silhouette_sample``: estimate the silhouette on that many points (the
     exact value is O(n^2); the other five metrics are always exact)."""
-    y_true, y_pred = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
-    x_np = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    k = len(np.unique(y_pred))
-    defined = 2 <= k <= len(y_pred) - 1
-    return {
-        "acc": clustering_accuracy(y_true, y_pred),
-        "nmi": float(normalized_mutual_info_score(y_true, y_pred)),
-        "ari": float(adjusted_rand_score(y_true, y_pred)),
-        "sil": (
-            _silhouette_cuml(x_np, y_pred, silhouette_sample, seed)
-            if silhouette_backend(device) == "cuml"
-            else silhouette(x, y_pred, device=device, sample_size=silhouette_sample, seed=seed)
-        ),
-        "chs": float(calinski_harabasz_score(x_np, y_pred)) if defined else None,
-        "dbi": float(davies_bouldin_score(x_np, y_pred)) if defined else None,
-    }
+    clustering = Clustering(x, _labels(y_true, "y_true"), _labels(y_pred, "y_pred"), device, silhouette_sample, seed)
+    return {metric.name: metric.compute(clustering) for metric in METRIC_TABLE}

@@ -6,7 +6,7 @@ import torch
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
-from snnl.cluster import faiss_status, kmeans
+from snnl.cluster.kmeans import faiss_status, kmeans
 from snnl.metrics import cluster_to_label, clustering_accuracy, evaluate, silhouette
 
 
@@ -125,8 +125,26 @@ def test_kmeans_input_errors():
 def test_auto_kmeans_is_scikit_learn_on_the_cpu():
     # measured (bench/kmeans_crossover.py): on CPUs scikit-learn reaches faiss'
     # inertia faster at every size but the smallest; faiss is kept for GPUs
-    from snnl.cluster import resolve_kmeans_backend
+    from snnl.cluster.kmeans import resolve_kmeans_backend
 
     x = np.random.default_rng(0).standard_normal((200, 5)).astype(np.float32)
     assert kmeans(x, 3, backend="auto", n_init=1).backend == "sklearn"
     assert resolve_kmeans_backend("auto", gpu=True) == ("faiss" if faiss_status()[1] else "sklearn")
+
+
+def test_a_metric_is_one_entry_of_the_table(monkeypatch):
+    """A new metric added to METRIC_TABLE is computed by evaluate and shown in
+    the tables, with nothing else to change."""
+    from snnl import metrics
+    from snnl.report import tables
+
+    extra = metrics.Metric("pur", "PUR", lambda c: float(np.bincount(c.y_pred).max() / len(c.y_pred)), "labels")
+    monkeypatch.setattr(metrics, "METRIC_TABLE", (*metrics.METRIC_TABLE, extra))
+    monkeypatch.setattr(tables, "METRIC_TABLE", metrics.METRIC_TABLE)
+    x, y = make_blobs(n_samples=200, centers=3, random_state=0)
+    scores = metrics.evaluate(x, y, y)
+    assert list(scores) == ["acc", "nmi", "ari", "sil", "chs", "dbi", "pur"]
+    assert scores["pur"] == pytest.approx(np.bincount(y).max() / len(y))
+    summary = {kind: scores for kind in ("mean", "std", "best")}
+    table = tables.experiment_table({"summary": summary, "seeds": [{}]}, "run")
+    assert "| PUR |" in table.splitlines()[0] + "|" and f"{scores['pur']:.3f}" in table

@@ -241,7 +241,7 @@ def test_blobs_builtin_and_options():
     assert np.array_equal(data.x, again.x)
     with pytest.raises(ValueError, match="blobs: n_features must be an integer >= 1"):
         load_dataset("blobs", "train", n_features=0)
-    with pytest.raises(TypeError, match="takes no options"):
+    with pytest.raises(ValueError, match="takes no dataset options"):
         load_dataset("digits", "train", n_samples=3)
 
 
@@ -376,3 +376,17 @@ def test_builtin_and_blobs_provenance_and_option_errors():
         load_dataset("blobs", "train", n_sample=400)
     with pytest.raises(ValueError, match="blobs: cluster_std must be a finite number > 0"):
         load_dataset("blobs", "train", cluster_std=-1.0)
+
+
+def test_each_builtin_dataset_is_one_catalog_entry():
+    """A built-in dataset is one entry in the catalog naming its functions in
+    snnl.data.builtin; loading, options and provenance come from the entry."""
+    from snnl.data import builtin
+    from snnl.data.catalog import BUILTIN_DATASETS
+
+    for name, spec in BUILTIN_DATASETS.items():
+        assert spec.name == name and callable(getattr(builtin, spec.loader))
+        assert spec.options is None or callable(getattr(builtin, spec.options))
+        data = load_dataset(name, "test")
+        assert data.files[0]["file"] == spec.source and data.image_shape == spec.image_shape
+        assert len(data.classes) == len(np.unique(data.y))

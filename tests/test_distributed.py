@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from snnl import distributed, soft_nearest_neighbor_loss
-from snnl.config import preset
-from snnl.train import train_autoencoder
+from snnl.train.config import preset
+from snnl.train.loop import train_autoencoder
 
 WORLD = 2
 SIZES = (7, 12)  # uneven on purpose

@@ -6,10 +6,10 @@ import torch
 from sklearn.decomposition import PCA
 
 from snnl import choices
-from snnl.config import preset
+from snnl.autoencoder import encode_in_batches
 from snnl.data import load_dataset
 from snnl.encoders import ENCODERS, AutoencoderEncoder, PCAEncoder, fit_encoder
-from snnl.models import encode_in_batches
+from snnl.train.config import preset
 
 
 def test_every_method_has_an_encoder():

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snnl import figures
+from snnl.report import figures
 
 
 @pytest.fixture

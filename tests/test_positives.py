@@ -1,4 +1,4 @@
-"""Label-free positives: the views (snnl.augment) and the nearest neighbours (snnl.positives)."""
+"""Label-free positives: the views (snnl.train.augment) and the nearest neighbours (snnl.train.positives)."""
 
 import math
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from snnl import augment, positives
 from snnl.optional import umap_learn_status
-from snnl.positives import Partners, nearest_neighbours, neighbour_table
+from snnl.train import augment, positives
+from snnl.train.positives import Partners, nearest_neighbours, neighbour_table
 
 
 def _images(n=6, side=28, seed=0):

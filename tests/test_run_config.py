@@ -1,4 +1,4 @@
-"""The run configurations (snnl.run_config), the validators and the choice lists they share."""
+"""The run configurations (snnl.runs.config), the validators and the choice lists they share."""
 
 import subprocess
 import sys
@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from snnl import choices, validate
-from snnl.config import TrainConfig
-from snnl.run_config import ExperimentConfig, ManifoldConfig, N2DConfig
+from snnl.cluster.manifold import ManifoldConfig
+from snnl.runs.config import ExperimentConfig, N2DConfig
+from snnl.train.config import TrainConfig
 
 
 def test_resume_rules_are_field_metadata():
@@ -50,8 +51,7 @@ def test_configurations_round_trip_through_their_stored_form(cls):
 @pytest.mark.parametrize("value", [3.0, True, "3", 0])
 def test_integers_are_integers_everywhere(value):
     """One rule: N2DConfig, the N2D estimator and SNNLKMeans refuse 3.0 alike."""
-    from snnl.estimator import SNNLKMeans
-    from snnl.n2d import N2D
+    from snnl.estimators import N2D, SNNLKMeans
 
     with pytest.raises(ValueError, match="n_clusters must be an integer >= "):
         N2DConfig(n_clusters=value)
@@ -80,7 +80,7 @@ def test_the_loss_registry_lists_the_shared_backend_choices():
 def test_the_parser_and_the_configurations_load_without_torch():
     """`snnl --help` answers without importing torch or scikit-learn (seconds of start-up)."""
     code = (
-        "import sys; from snnl.cli import build_parser; from snnl.run_config import ExperimentConfig; "
+        "import sys; from snnl.cli import build_parser; from snnl.runs.config import ExperimentConfig; "
         "build_parser(); print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from snnl import outdir, pipeline
 from snnl.cli import main
+from snnl.methods import agarap
 from snnl.optional import umap_learn_status
+from snnl.runs import outdir
 
 # a small network and few epochs: every case below runs in seconds
 FAST = ["--epochs", "1", "--batch-size", "128", "--kmeans-restarts", "1", "--projection", "none", "--quiet"]
@@ -24,9 +25,10 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started although an option was invalid")
 
-    from snnl import n2d, train
+    from snnl.methods import n2d
+    from snnl.train import loop
 
-    monkeypatch.setattr(train, "train_autoencoder", refuse)  # what the experiment's encoder calls
+    monkeypatch.setattr(loop, "train_autoencoder", refuse)  # what the experiment's encoder calls
 
     monkeypatch.setattr(n2d, "train_autoencoder", refuse)
 
@@ -108,8 +110,8 @@ def test_a_run_without_out_says_that_it_writes_nothing(tmp_path, capsys, monkeyp
         (["--device", "tpu"], "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
         (["--labelled", "5000"], "5000 labelled examples asked for, but the digits training set has 1347"),
         (["--dataset", "blobs", "--blobs", "n_sample=50"], r"blobs: unknown option\(s\) n_sample; the options are"),
-        (["--dataset", "blobs", "--blobs", "centers=x"], "--blobs centers: 'x' is not a number"),
-        (["--blobs", "centers=3"], "dataset options are blobs parameters; digits takes none"),
+        (["--dataset", "blobs", "--blobs", "centers=x"], "--dataset-options centers: 'x' is not a number"),
+        (["--dataset-options", "centers=3"], "digits takes no dataset options; got centers"),
     ],
 )
 def test_snnl_run_options_are_checked_before_training(tmp_path, capsys, no_training, options, message):
@@ -175,7 +177,7 @@ def test_resume_with_another_dataset_names_the_change_before_reading_it(tmp_path
     assert run("--out", str(out)) == 0
     capsys.readouterr()
     loaded = []
-    monkeypatch.setattr(pipeline, "load_train_and_test", lambda config: loaded.append(config))
+    monkeypatch.setattr(agarap, "load_train_and_test", lambda config: loaded.append(config))
     assert run("--out", str(out), "--resume", "--dataset", "fashion-mnist") == 2
     assert (
         "--resume cannot change what the trained models depend on: dataset: 'digits' -> 'fashion-mnist'"
@@ -191,16 +193,16 @@ def test_resume_takes_the_stored_options_and_redoes_only_the_evaluation(tmp_path
     capsys.readouterr()
     before = json.loads((out / "metrics.json").read_text())
     trained = []
-    from snnl import train
+    from snnl.train import loop
 
-    original = train.train_autoencoder
+    original = loop.train_autoencoder
 
     def spy(*args, **kwargs):
         result = original(*args, **kwargs)
         trained.append(len(result.history))
         return result
 
-    monkeypatch.setattr(train, "train_autoencoder", spy)
+    monkeypatch.setattr(loop, "train_autoencoder", spy)
     # nothing but the k-means restarts given: everything else is the stored run's
     assert main(["run", "--out", str(out), "--resume", "--kmeans-restarts", "3", "--quiet"]) == 0
     err = capsys.readouterr().err
@@ -291,7 +293,7 @@ def test_an_interruption_message_follows_the_closed_progress_bars(tmp_path, monk
     import io
     import sys
 
-    from snnl import train
+    from snnl.train import loop
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -305,9 +307,9 @@ def test_an_interruption_message_follows_the_closed_progress_bars(tmp_path, monk
         calls.append(1)
         if len(calls) == 3:  # Ctrl-C in the first epoch's third batch, with both bars drawn
             raise KeyboardInterrupt
-        return train.batch_loss(*args, **kwargs)
+        return loop.batch_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train, "batch_loss", interrupted)
+    monkeypatch.setattr(loop, "batch_loss", interrupted)
     assert (
         main(
             [

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import validate
 from . import builtin, sources
-from .catalog import IDX_DATASETS, TEXT_DATASETS, IdxDataset, dataset_names
+from .catalog import BUILTIN_DATASETS, IDX_DATASETS, TEXT_DATASETS, IdxDataset, dataset_names
 from .idx import IdxFormatError, read_idx
 from .sources import ChecksumError, DataMismatchError, DatasetNotFoundError
 from .text_formats import load_text_dataset
@@ -125,28 +125,9 @@ def load_splits(name: str, splits=SPLITS, *, data_dir=None, download: bool = Fal
     splits = tuple(splits)
     for split in splits:
         _check_split(split)
-    if options and name != "blobs":
-        raise TypeError(f"{name} takes no options; got {sorted(options)}")
-    if name == "digits":
-        import sklearn  # here, not at import: the data package's names load without it
-
-        record = ({"file": "sklearn.datasets.load_digits", "scikit-learn": sklearn.__version__},)
-        return [Dataset(name, split, *builtin.digits(split), tuple("0123456789"), (8, 8), record) for split in splits]
-    if name == "blobs":
-        import sklearn
-
-        record = (
-            {
-                "file": "sklearn.datasets.make_blobs",
-                "options": builtin.blobs_options(**options),
-                "scikit-learn": sklearn.__version__,
-            },
-        )
-        out = []
-        for split in splits:
-            x, y = builtin.blobs(split, **options)
-            out.append(Dataset(name, split, x, y, tuple(str(i) for i in range(int(y.max()) + 1)), None, record))
-        return out
+    options = dataset_options(name, options)
+    if name in BUILTIN_DATASETS:
+        return [_builtin_split(BUILTIN_DATASETS[name], split, options) for split in splits]
     if name in TEXT_DATASETS:
         return [
             Dataset(name, split, x, y, spec.classes, spec.image_shape, records)
@@ -155,6 +136,27 @@ def load_splits(name: str, splits=SPLITS, *, data_dir=None, download: bool = Fal
     if name not in IDX_DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
     return _load_idx(IDX_DATASETS[name], splits, data_dir, download)
+
+
+def dataset_options(name: str, options: dict) -> dict:
+    """The options of the built-in dataset ``name`` (``blobs``' parameters),
+    checked and completed with their defaults; ``{}`` for a dataset that
+    takes none, which is refused any."""
+    spec = BUILTIN_DATASETS.get(name)
+    if spec is None or spec.options is None:
+        if options:
+            raise ValueError(f"{name} takes no dataset options; got {', '.join(sorted(options))}")
+        return {}
+    return getattr(builtin, spec.options)(**options)
+
+
+def _builtin_split(spec, split: str, options: dict) -> Dataset:
+    import sklearn  # here, not at import: the data package's names load without it
+
+    x, y = getattr(builtin, spec.loader)(split, **options)
+    record = {"file": spec.source, **({"options": options} if options else {}), "scikit-learn": sklearn.__version__}
+    classes = spec.classes if spec.classes is not None else tuple(str(i) for i in range(int(y.max()) + 1))
+    return Dataset(spec.name, split, x, y, classes, spec.image_shape, (record,))
 
 
 def load_dataset(name: str, split: str = "train", *, data_dir=None, download: bool = False, **options) -> Dataset:

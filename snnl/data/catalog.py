@@ -171,7 +171,23 @@ def known_files() -> dict[str, tuple[str, str]]:
     return index
 
 
-BUILTIN = ("digits", "blobs")  # snnl.data.builtin
+# the datasets that need no file (made by snnl.data.builtin)
+@dataclass(frozen=True)
+class BuiltinDataset:
+    name: str
+    loader: str  # the function of snnl.data.builtin that gives a split's (x, y)
+    source: str  # what it is made from, for the provenance record
+    classes: tuple[str, ...] | None = None  # None: "0" .. "k-1", from the labels
+    image_shape: tuple[int, int] | None = None
+    # the function of snnl.data.builtin that checks its options and fills in their defaults;
+    # None: the dataset takes no options
+    options: str | None = None
+
+
+BUILTIN_DATASETS = {
+    "digits": BuiltinDataset("digits", "digits", "sklearn.datasets.load_digits", DIGITS, (8, 8)),
+    "blobs": BuiltinDataset("blobs", "blobs", "sklearn.datasets.make_blobs", options="blobs_options"),
+}
 
 
 # the text-format datasets (read by snnl.data.text_formats)
@@ -181,6 +197,7 @@ class TextDataset:
     files: dict  # split -> tuple of relative paths (one, or features + labels)
     classes: tuple[str, ...]
     home: str
+    reader: str  # the key of its reader in snnl.data.text_formats.READERS
     image_shape: tuple[int, int] | None = None
 
 
@@ -190,6 +207,7 @@ TEXT_DATASETS = {
         {"train": ("usps",), "test": ("usps.t",)},
         tuple("0123456789"),
         "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
+        "usps",
         (16, 16),
     ),
     "pendigits": TextDataset(
@@ -197,6 +215,7 @@ TEXT_DATASETS = {
         {"train": ("pendigits.tra",), "test": ("pendigits.tes",)},
         tuple("0123456789"),
         "https://archive.ics.uci.edu/dataset/81/pen+based+recognition+of+handwritten+digits",
+        "pendigits",
     ),
     "har": TextDataset(
         "har",
@@ -206,10 +225,11 @@ TEXT_DATASETS = {
         },
         ("walking", "walking upstairs", "walking downstairs", "sitting", "standing", "laying"),
         "https://archive.ics.uci.edu/dataset/240/human+activity+recognition+using+smartphones",
+        "har",
     ),
 }
 
 
 def dataset_names() -> list[str]:
     """Every dataset ``load_dataset`` knows: built in, IDX, text formats."""
-    return [*BUILTIN, *IDX_DATASETS, *TEXT_DATASETS]
+    return [*BUILTIN_DATASETS, *IDX_DATASETS, *TEXT_DATASETS]

@@ -109,24 +109,36 @@ def load_text_dataset(name: str, splits, data_dir=None) -> list[tuple[np.ndarray
 
 
 def _read_split(spec: TextDataset, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    name = spec.name
-    if name == "usps":
-        x, labels = _read_libsvm(paths[0], 256)
-        _expect(labels.min() >= 1 and labels.max() <= 10, f"{paths[0]}: USPS labels must be 1-10")
-        x, y = (x + 1.0) / 2.0, labels - 1
-    elif name == "pendigits":
-        table = _read_table(paths[0], delimiter=",")
-        _expect(table.shape[1] == 17, f"{paths[0]}: expected 17 comma-separated columns, got {table.shape[1]}")
-        x, y = table[:, :16] / 100.0, table[:, 16].astype(np.int64)
-        _expect(y.min() >= 0 and y.max() <= 9, f"{paths[0]}: pendigits classes must be 0-9")
-    else:
-        x, labels = _read_table(paths[0]), _read_table(paths[1])
-        _expect(x.shape[1] == 561, f"{paths[0]}: expected 561 features per row, got {x.shape[1]}")
-        _expect(
-            labels.shape[1] == 1 and len(labels) == len(x),
-            f"{paths[1]}: expected one label per row of {paths[0]} ({len(x)}), got shape {labels.shape}",
-        )
-        y = labels[:, 0].astype(np.int64) - 1
-        _expect(y.min() >= 0 and y.max() <= 5, f"{paths[1]}: HAR activities must be 1-6")
-        x = (x + 1.0) / 2.0
+    x, y = READERS[spec.reader](paths)
     return np.clip(x, 0.0, 1.0).astype(np.float32), y
+
+
+def read_usps(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    x, labels = _read_libsvm(paths[0], 256)
+    _expect(labels.min() >= 1 and labels.max() <= 10, f"{paths[0]}: USPS labels must be 1-10")
+    return (x + 1.0) / 2.0, labels - 1
+
+
+def read_pendigits(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    table = _read_table(paths[0], delimiter=",")
+    _expect(table.shape[1] == 17, f"{paths[0]}: expected 17 comma-separated columns, got {table.shape[1]}")
+    x, y = table[:, :16] / 100.0, table[:, 16].astype(np.int64)
+    _expect(y.min() >= 0 and y.max() <= 9, f"{paths[0]}: pendigits classes must be 0-9")
+    return x, y
+
+
+def read_har(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    x, labels = _read_table(paths[0]), _read_table(paths[1])
+    _expect(x.shape[1] == 561, f"{paths[0]}: expected 561 features per row, got {x.shape[1]}")
+    _expect(
+        labels.shape[1] == 1 and len(labels) == len(x),
+        f"{paths[1]}: expected one label per row of {paths[0]} ({len(x)}), got shape {labels.shape}",
+    )
+    y = labels[:, 0].astype(np.int64) - 1
+    _expect(y.min() >= 0 and y.max() <= 5, f"{paths[1]}: HAR activities must be 1-6")
+    return (x + 1.0) / 2.0, y
+
+
+# TextDataset.reader -> the function that reads a split's files into (x, y): features scaled to
+# [0, 1] (clipped after), labels from 0.  A new format is one function here and one catalog entry.
+READERS = {"usps": read_usps, "pendigits": read_pendigits, "har": read_har}

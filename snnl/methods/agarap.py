@@ -4,7 +4,7 @@
     -> encode the test set -> k-means (k = number of classes) -> six metrics
 
 repeated over seeds, aggregated (mean, std, best by ACC), and written to an
-output directory, by the runner every method shares (``snnl.runner``).
+output directory, by the runner every method shares (``snnl.runs.runner``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import distributed
-from .cluster import kmeans
-from .data import Dataset, labelled_subset, load_splits
-from .encoders import fit_encoder
-from .metrics import evaluate
-from .records import ExperimentResult, SeedResult
-from .run_config import ExperimentConfig
-from .runner import check_output, checkpoint_path, execute
-from .train import resolve_device, training_seconds
+from .. import distributed
+from ..cluster.kmeans import kmeans
+from ..data import Dataset, labelled_subset, load_splits
+from ..encoders import fit_encoder
+from ..metrics import evaluate
+from ..runs.config import ExperimentConfig
+from ..runs.records import ExperimentResult, SeedResult
+from ..runs.runner import check_output, checkpoint_path, execute
+from ..train.loop import resolve_device, training_seconds
 
 
 def cluster_and_score(

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from snnl import positives
-from snnl.config import PRESETS, TrainConfig, describe, preset
+from snnl.autoencoder import Autoencoder, encode_in_batches
 from snnl.data import labelled_subset, load_dataset
-from snnl.models import Autoencoder, encode_in_batches
 from snnl.optional import umap_learn_status
-from snnl.train import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
+from snnl.train import positives
+from snnl.train.config import PRESETS, TrainConfig, describe, preset
+from snnl.train.loop import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
 
 SMALL = dict(hidden=(32, 32, 64), code_dim=8, epochs=3, batch_size=64)
 
@@ -200,7 +200,7 @@ def test_resume_extends_training_to_more_epochs(tmp_path):
 
 
 def test_damaged_checkpoints_are_named_and_the_previous_one_is_used(tmp_path):
-    from snnl.checkpoints import CheckpointError, previous_path
+    from snnl.train.checkpoints import CheckpointError, previous_path
 
     data = digits_subset(128)
     config = preset("snnl-5", **SMALL)
@@ -277,7 +277,7 @@ def test_glorot_init_is_keras_dense_default():
 
 
 def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
-    from snnl.train import snapshot_path
+    from snnl.train.loop import snapshot_path
 
     data = digits_subset(128)
     config = preset("baseline-ae", **{**SMALL, "epochs": 4}, adam_eps=1e-3, init="glorot")
@@ -322,7 +322,7 @@ def test_no_label_reaches_label_free_training(name):
 
 
 def test_label_free_estimator_ignores_y():
-    from snnl.estimator import SNNLKMeans
+    from snnl.estimators import SNNLKMeans
 
     data = digits_subset(200)
     fitted = [
@@ -381,7 +381,7 @@ def test_label_free_positives_refuse_labels_and_the_pca_baseline():
 
 
 def test_label_free_run_trains_on_the_whole_training_set():
-    from snnl.pipeline import ExperimentConfig
+    from snnl.runs.config import ExperimentConfig
 
     for name in LABEL_FREE:
         assert ExperimentConfig(dataset="fashion-mnist", train=preset(name)).labelled_count() is None

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, kmeans_plusplus
 
-from . import validate
-from .choices import KMEANS_BACKENDS
-from .choices import KMEANS_PROTOCOLS as PROTOCOLS
+from .. import validate
+from ..choices import KMEANS_BACKENDS
+from ..choices import KMEANS_PROTOCOLS as PROTOCOLS
 
 PAPER_ITERATIONS = tuple(range(10, 100, 10))
 

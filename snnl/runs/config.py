@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from . import choices, validate
-from .config import TrainConfig, preset
+from .. import choices, validate
+from ..train.config import TrainConfig, preset
+from ..cluster.manifold import ManifoldConfig
 
 EVALUATION = {"resume": "evaluation"}
 PLACEMENT = {"resume": "placement"}
-SNAPSHOT_SILHOUETTE_SAMPLE = 10_000  # points the silhouette of a snapshot scoring (snnl.n2d) is estimated on
+SNAPSHOT_SILHOUETTE_SAMPLE = 10_000  # points the silhouette of a snapshot scoring (snnl.methods.n2d) is estimated on
 
 
 @dataclass
@@ -40,7 +41,7 @@ class RunConfig:
     device: str = field(default="auto", metadata=PLACEMENT)
     data_dir: str | None = field(default=None, metadata=PLACEMENT)
     download: bool = field(default=False, metadata=PLACEMENT)
-    dataset_options: dict = field(default_factory=dict)  # blobs parameters
+    dataset_options: dict = field(default_factory=dict)  # a built-in dataset's (blobs' parameters)
     projection: str = field(default="tsne", metadata=EVALUATION)  # the figures' 2-D projection
     silhouette_sample: int | None = field(default=None, metadata=EVALUATION)  # None: the exact O(n^2) silhouette
 
@@ -49,7 +50,7 @@ class RunConfig:
 
     def __post_init__(self):
         """The shared fields' checks; subclasses add their own after calling this."""
-        from .data import dataset_names
+        from ..data import dataset_names, dataset_options
 
         validate.choice("dataset", self.dataset, dataset_names())
         self.seeds = validate.seeds(self.seeds)
@@ -57,12 +58,7 @@ class RunConfig:
         self.device = validate.device(self.device)
         validate.choice("projection", self.projection, choices.PROJECTIONS)
         self.silhouette_sample = validate.integer("silhouette_sample", self.silhouette_sample, 2, allow_none=True)
-        if self.dataset_options and self.dataset != "blobs":
-            raise ValueError(f"dataset options are blobs parameters; {self.dataset} takes none")
-        if self.dataset == "blobs":
-            from .data.builtin import blobs_options
-
-            blobs_options(**self.dataset_options)
+        dataset_options(self.dataset, self.dataset_options)  # stored as given, checked here
         if not isinstance(self.training, TrainConfig):
             raise TypeError(f"{self.TRAINING_FIELD} must be a TrainConfig, got {type(self.training).__name__}")
 
@@ -118,7 +114,7 @@ class RunConfig:
 
 @dataclass
 class ExperimentConfig(RunConfig):
-    """Agarap & Azcarraga's experiment (``snnl.pipeline``)."""
+    """Agarap & Azcarraga's experiment (``snnl.methods.agarap``)."""
 
     train: TrainConfig = field(default_factory=lambda: preset("snnl-5"))
     # None: the paper's choice: the unsupervised SNNL presets train on the whole
@@ -138,7 +134,7 @@ class ExperimentConfig(RunConfig):
         self.kmeans_restarts = validate.integer("kmeans_restarts", self.kmeans_restarts)
 
     def check_dependencies(self) -> None:
-        from .cluster import resolve_kmeans_backend
+        from ..cluster.kmeans import resolve_kmeans_backend
 
         resolve_kmeans_backend(self.kmeans_backend)
         self.train.check_dependencies()
@@ -152,7 +148,7 @@ class ExperimentConfig(RunConfig):
         return self.train.epochs if self.train.method == "autoencoder" else None
 
     def labelled_count(self) -> int | None:
-        from .data.catalog import IDX_DATASETS
+        from ..data.catalog import IDX_DATASETS
 
         if self.labelled is not None:
             return self.labelled
@@ -167,54 +163,7 @@ class ExperimentConfig(RunConfig):
         return data
 
 
-@dataclass(frozen=True)
-class ManifoldConfig:
-    method: str = "umap"
-    n_components: int | None = None  # None: the number of clusters (t-SNE: 2)
-    umap_neighbors: int = 20
-    umap_min_dist: float = 0.0
-    umap_metric: str = "euclidean"
-    umap_backend: str = "auto"
-    isomap_neighbors: int = 5
-    # UMAP on large data: fit on a seeded sample of this many points, then
-    # transform the rest (UMAP's cost grows faster than linearly)
-    fit_sample: int | None = None
-
-    def __post_init__(self):
-        validate.choice("manifold", self.method, choices.MANIFOLDS)
-        validate.choice("UMAP backend", self.umap_backend, choices.UMAP_BACKENDS)
-        validate.integer("n_components", self.n_components, allow_none=True)
-        # UMAP's nearest-neighbour graph needs at least 2 neighbours (umap-learn
-        # fails only after the autoencoder has trained otherwise)
-        validate.integer("umap_neighbors", self.umap_neighbors, 2)
-        validate.integer("isomap_neighbors", self.isomap_neighbors, 1)
-        validate.non_negative("umap_min_dist", self.umap_min_dist)
-        validate.integer("fit_sample", self.fit_sample, self.umap_neighbors + 1, allow_none=True)
-        if self.method == "tsne" and self.n_components is not None and self.n_components > 3:
-            raise ValueError("t-SNE (Barnes-Hut) embeds in at most 3 dimensions; set n_components <= 3")
-
-    def check_dependencies(self) -> None:
-        """The packages ``snnl.manifold.embed`` will need, before any work starts."""
-        if self.method == "umap":
-            from .optional import resolve_umap_backend
-
-            resolve_umap_backend(self.umap_backend)
-
-    def check_data(self, n_points: int) -> None:
-        """What depends on the number of points to embed."""
-        neighbors = {"umap": self.umap_neighbors, "isomap": self.isomap_neighbors}.get(self.method)
-        if neighbors is not None and neighbors >= n_points:
-            raise ValueError(
-                f"{self.method} with {neighbors} neighbours needs more than {neighbors} points; there are {n_points}"
-            )
-
-    def components(self, n_clusters: int) -> int:
-        if self.n_components is not None:
-            return self.n_components
-        return 2 if self.method == "tsne" else n_clusters
-
-
-# N2D's autoencoder, as its authors' code trains it (see snnl.n2d)
+# N2D's autoencoder, as its authors' code trains it (see snnl.methods.n2d)
 N2D_AUTOENCODER = TrainConfig(
     name="n2d-ae",
     snnl=False,
@@ -228,7 +177,7 @@ N2D_AUTOENCODER = TrainConfig(
 
 @dataclass
 class N2DConfig(RunConfig):
-    """N2D (``snnl.n2d``), or its manifold and clustering steps on other points."""
+    """N2D (``snnl.methods.n2d``), or its manifold and clustering steps on other points."""
 
     n_clusters: int | None = None  # None: the number of classes
     autoencoder: TrainConfig = N2D_AUTOENCODER  # its code_dim is set to n_clusters
@@ -259,7 +208,7 @@ class N2DConfig(RunConfig):
     def check_dependencies(self) -> None:
         self.manifold.check_dependencies()
         if self.cluster == "kmeans":
-            from .cluster import resolve_kmeans_backend
+            from ..cluster.kmeans import resolve_kmeans_backend
 
             resolve_kmeans_backend(self.kmeans_backend)
 

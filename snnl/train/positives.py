@@ -6,7 +6,7 @@ two-view form (``soft_nearest_neighbor_loss`` of a ``(b, 2, d)`` batch
 without labels): each anchor's partner is its one positive, the batch's
 other points and their partners its negatives.  The partner is
 
-- ``"views"``: a random view of the anchor itself (``snnl.augment``):
+- ``"views"``: a random view of the anchor itself (``snnl.train.augment``):
   instance discrimination, the NT-Xent / InfoNCE family;
 - ``"neighbours"``: one of the anchor's ``k`` nearest neighbours, drawn at
   random each time, so that over the epochs an anchor is pulled towards its
@@ -20,7 +20,7 @@ spaces (``TrainConfig.neighbour_space``):
 - ``"inputs"``: the cosine similarity of the inputs themselves;
 - ``"umap"``: the Euclidean distance in a 10-d UMAP embedding of the inputs
   (N2D's settings, ``NEIGHBOUR_UMAP``, seeded with the run's seed).  UMAP's
-  neighbours follow the data's manifold: see ``snnl.config`` for what they
+  neighbours follow the data's manifold: see ``snnl.train.config`` for what they
   changed on Fashion-MNIST.
 
 The neighbour table and every random draw (from a generator seeded with the
@@ -33,9 +33,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import augment, distributed, validate
-from .choices import LABEL_FREE, NEIGHBOUR_SPACES
-from .run_config import ManifoldConfig
+from .. import distributed, validate
+from ..choices import LABEL_FREE, NEIGHBOUR_SPACES
+from ..cluster.manifold import ManifoldConfig
+from . import augment
 
 # The embedding "umap" neighbours are searched in: N2D's UMAP (20 neighbours,
 # min_dist 0, Euclidean) in 10 dimensions (N2D's, its data sets' number of classes)
@@ -79,7 +80,7 @@ def neighbour_table(x: np.ndarray, k: int, space: str = "inputs", seed: int = 0)
     validate.choice("neighbour_space", space, NEIGHBOUR_SPACES)
     if space == "inputs":
         return nearest_neighbours(x, k)
-    from .manifold import embed
+    from ..cluster.manifold import embed
 
     embedding, _ = embed(x, NEIGHBOUR_UMAP.components(0), NEIGHBOUR_UMAP, seed=seed)
     return nearest_neighbours(embedding, k, metric="euclidean")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .cluster import faiss_status
-from .loss.registry import BACKENDS, triton_available
-from .optional import cuml_status, umap_learn_status
+from ..cluster.kmeans import faiss_status
+from ..loss.registry import BACKENDS, triton_available
+from ..optional import cuml_status, umap_learn_status
 
 
 def backend_report() -> list[dict]:

@@ -18,7 +18,7 @@ import numpy as np
 import sklearn
 import torch
 
-from . import distributed
+from .. import distributed
 
 
 def device_name(device: torch.device) -> str:
@@ -72,7 +72,7 @@ def thread_counts() -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    from . import __version__
+    from .. import __version__
 
     info = {
         "snnl": __version__,

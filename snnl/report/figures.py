@@ -24,9 +24,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
-from .config import uses_labels  # noqa: E402
-from .metrics import cluster_to_label, clustering_accuracy, contingency  # noqa: E402
+from ..atomic import atomic_path
+from ..metrics import cluster_to_label, clustering_accuracy, contingency
+from ..train.config import uses_labels
 
 PROJECTION_SAMPLE = 3000
 PROJECTION_NAMES = {"tsne": "t-SNE", "pca": "PCA"}

@@ -2,7 +2,7 @@
 
 A ``SeedResult`` is one seed of one method; ``ExperimentResult`` all seeds of
 a run with their summary.  ``to_record`` / ``from_record`` are the form kept
-in ``seeds/seedN.json`` (``snnl.report`` writes and reads the files).
+in ``seeds/seedN.json`` (``snnl.runs.outdir`` writes and reads the files).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SeedResult:
 
 @dataclass
 class ExperimentResult:
-    config: object  # the run configuration (snnl.pipeline.ExperimentConfig, snnl.n2d.N2DConfig)
+    config: object  # the run configuration (snnl.runs.config: ExperimentConfig, N2DConfig)
     seeds: list[SeedResult]
     labels: np.ndarray
     summary: dict

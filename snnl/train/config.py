@@ -21,7 +21,7 @@ The fixed temperature is T = 100, the value the authors' code and Frosst et
 al.'s reference implementation (cleverhans) start from.
 
 Label-free SNNL (``snnl-views``, ``snnl-neighbours``, ``snnl-neighbour-views``)
-answers "who counts as the same" without labels (``snnl.positives``): each
+answers "who counts as the same" without labels (``snnl.train.positives``): each
 point's positive is a partner drawn every batch (a random view of itself,
 one of its 10 nearest input-space neighbours, or a view of one), and the
 loss is the two-view form, the NT-Xent / InfoNCE family, applied to a
@@ -57,7 +57,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from . import choices, validate
+from .. import choices, validate
 from .temperature import AnnealingTemperature, FixedTemperature
 
 # A TrainConfig field a resumed run may change: it does not change the model trained so
@@ -73,10 +73,10 @@ class TrainConfig:
     supervised: bool = True  # False: every point is one class (see the module docstring)
     # who are each point's positives: its classmates ("classes": the labels', or one class when
     # not supervised), or, label-free, a partner drawn each batch: a view of it, one of its nearest
-    # neighbours, or a view of one (snnl.positives)
+    # neighbours, or a view of one (snnl.train.positives)
     positives: str = "classes"
     neighbours: int = 10  # the k nearest neighbours a "neighbours" / "neighbour-views" partner is drawn from
-    # where they are searched: the inputs (cosine), or a UMAP embedding of the inputs (snnl.positives)
+    # where they are searched: the inputs (cosine), or a UMAP embedding of the inputs (snnl.train.positives)
     neighbour_space: str = "inputs"
     layers: str = "all"  # where the SNNL term applies: every hidden layer (the paper's) or the code alone
     temperature: str = "annealing"  # or "fixed"
@@ -94,7 +94,7 @@ class TrainConfig:
     # linear ones and the mean squared error
     code_activation: str = "sigmoid"
     output_activation: str = "sigmoid"
-    init: str = "he"  # "he" (He on ReLU layers) or "glorot" (Keras' default, N2D's code); see snnl.models
+    init: str = "he"  # "he" (He on ReLU layers) or "glorot" (Keras' default, N2D's code); see snnl.autoencoder
     epochs: int = field(default=50, metadata=RESUMABLE)
     batch_size: int = 256
     learning_rate: float = 1e-3
@@ -139,9 +139,9 @@ class TrainConfig:
     def check_dependencies(self) -> None:
         """Optional packages training will need, before any work starts."""
         if self.neighbour_space == "umap":
-            from .optional import resolve_umap_backend
+            from ..optional import resolve_umap_backend
 
-            resolve_umap_backend("auto")  # snnl.positives.NEIGHBOUR_UMAP's: cuML, else umap-learn
+            resolve_umap_backend("auto")  # snnl.train.positives.NEIGHBOUR_UMAP's: cuML, else umap-learn
 
     @classmethod
     def resumable_fields(cls) -> tuple[str, ...]:
@@ -200,7 +200,7 @@ def _snnl_preset(number: int) -> TrainConfig:
 
 
 def _label_free_preset(positives: str, neighbour_space: str = "inputs") -> TrainConfig:
-    """SNNL without labels (snnl.positives): each point's partner is its one
+    """SNNL without labels (snnl.train.positives): each point's partner is its one
     positive.  The loss is the contrastive two-view form, so its settings are
     that family's rather than the paper's: a fixed temperature of 0.5 on the
     cosine distance (0.1, NT-Xent's usual, repels same-class points that are

@@ -1,95 +1,14 @@
-"""What a run leaves behind, and the tables made from it.
-
-An output directory holds:
-
-    metrics.json      configuration, per-seed metrics and stage times, mean /
-                      std / best, versions, device, wall time
-    embeddings.npz    z (the points clustered for the first seed: test codes,
-                      or N2D's manifold embedding), y (true labels), clusters
-                      (the assignment); N2D adds codes (autoencoder codes)
-    seeds/seedN.json  each finished seed (what --resume reads back)
-    checkpoints/      seedN.pt: the last epoch's model, optimizer and RNG state
-    figures/          training curves, 2-D projections, confusion matrix (PNG)
-
-Every file is written to a temporary name and renamed into place.
-"""
+"""The Markdown tables made from finished runs (``snnl table``, the closing
+line of ``snnl run``): two rows (average over seeds, best) per run, one
+column per metric of ``snnl.metrics.METRIC_TABLE``."""
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
-from .atomic import atomic_path, write_text
-from .config import uses_labels
-from .metrics import METRIC_TABLE
-
-
-def write_config(out_dir: Path, config) -> None:
-    write_text(out_dir / "config.json", json.dumps(config.to_dict(), indent=2))
-
-
-def write_seed(path: Path, result, config) -> None:
-    """A finished seed, with what it depends on: the evaluation options and the
-    epochs trained (``--resume`` reuses it only while both are unchanged)."""
-    write_text(
-        path,
-        json.dumps(
-            {**result.to_record(), "evaluation": config.evaluation(), "trained_epochs": config.trained_epochs}, indent=2
-        ),
-    )
-
-
-def read_seed_record(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): delete it to evaluate that seed again") from None
-
-
-def _write_npz(path: Path, **arrays) -> None:
-    with atomic_path(path) as temporary:
-        np.savez_compressed(temporary, **arrays)
-
-
-def write_experiment(out_dir: Path, experiment, data, *, progress: bool = False) -> None:
-    """metrics.json, embeddings.npz and the figures (``progress``: say on
-    stderr when the figures start and how long they took: a t-SNE of a few
-    thousand points can outlast a short training)."""
-    from . import figures
-
-    first = experiment.seeds[0]
-    metrics = {
-        "config": experiment.config.to_dict(),
-        "seeds": [
-            {"seed": s.seed, "metrics": s.metrics, "backends": s.backends, "seconds": s.seconds}
-            for s in experiment.seeds
-        ],
-        "summary": experiment.summary,
-        "environment": experiment.environment,
-        "data_files": list(experiment.data_files),
-    }
-    if first.codes is not None:
-        _write_npz(out_dir / "embeddings.npz", z=first.codes, y=data.y, clusters=first.clusters, **first.arrays)
-        started = time.perf_counter()
-        projection = experiment.config.projection
-        if progress:
-            how = (
-                "without projections"
-                if projection == "none"
-                else f"with {figures.PROJECTION_NAMES[projection]} projections"
-                + (" (--projection pca is quicker)" if projection == "tsne" else "")
-            )
-            print(f"figures: {out_dir / 'figures'}, {how} ...", file=sys.stderr, flush=True)
-        figures.write_all(out_dir / "figures", experiment, data)
-        metrics["seeds"][0]["seconds"]["figures"] = time.perf_counter() - started
-        if progress:
-            print(f"figures: done in {metrics['seeds'][0]['seconds']['figures']:.1f} s", file=sys.stderr, flush=True)
-        metrics["environment"]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # after the last stage
-    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+from ..metrics import METRIC_TABLE
+from ..train.config import uses_labels
 
 
 def summary_rows(label: list[str], summary: dict, n_seeds: int) -> list[list[str]]:

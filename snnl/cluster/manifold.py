@@ -9,15 +9,63 @@ at most 3 components, so it embeds in 2 by default.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from dataclasses import dataclass
 
-from .optional import resolve_umap_backend
-from .run_config import ManifoldConfig
+import numpy as np
+
+from .. import choices, validate
+from ..optional import resolve_umap_backend
+
+
+@dataclass(frozen=True)
+class ManifoldConfig:
+    method: str = "umap"
+    n_components: int | None = None  # None: the number of clusters (t-SNE: 2)
+    umap_neighbors: int = 20
+    umap_min_dist: float = 0.0
+    umap_metric: str = "euclidean"
+    umap_backend: str = "auto"
+    isomap_neighbors: int = 5
+    # UMAP on large data: fit on a seeded sample of this many points, then
+    # transform the rest (UMAP's cost grows faster than linearly)
+    fit_sample: int | None = None
+
+    def __post_init__(self):
+        validate.choice("manifold", self.method, choices.MANIFOLDS)
+        validate.choice("UMAP backend", self.umap_backend, choices.UMAP_BACKENDS)
+        validate.integer("n_components", self.n_components, allow_none=True)
+        # UMAP's nearest-neighbour graph needs at least 2 neighbours (umap-learn
+        # fails only after the autoencoder has trained otherwise)
+        validate.integer("umap_neighbors", self.umap_neighbors, 2)
+        validate.integer("isomap_neighbors", self.isomap_neighbors, 1)
+        validate.non_negative("umap_min_dist", self.umap_min_dist)
+        validate.integer("fit_sample", self.fit_sample, self.umap_neighbors + 1, allow_none=True)
+        if self.method == "tsne" and self.n_components is not None and self.n_components > 3:
+            raise ValueError("t-SNE (Barnes-Hut) embeds in at most 3 dimensions; set n_components <= 3")
+
+    def check_dependencies(self) -> None:
+        """The packages ``embed`` will need, before any work starts."""
+        if self.method == "umap":
+            resolve_umap_backend(self.umap_backend)
+
+    def check_data(self, n_points: int) -> None:
+        """What depends on the number of points to embed."""
+        neighbors = {"umap": self.umap_neighbors, "isomap": self.isomap_neighbors}.get(self.method)
+        if neighbors is not None and neighbors >= n_points:
+            raise ValueError(
+                f"{self.method} with {neighbors} neighbours needs more than {neighbors} points; there are {n_points}"
+            )
+
+    def components(self, n_clusters: int) -> int:
+        if self.n_components is not None:
+            return self.n_components
+        return 2 if self.method == "tsne" else n_clusters
 
 
 def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0) -> tuple[np.ndarray, str]:
     """The manifold embedding of ``x`` and the name of the implementation used."""
+    import torch  # here: the configuration above is read by the command's option parser, without torch
+
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if config.method == "none":
         return x, "none"

@@ -1,7 +1,7 @@
 """The runner every method shares: claim the output directory, run the seeds,
 resume, aggregate and write the records.
 
-A method (``snnl.pipeline``'s experiment, ``snnl.n2d``) gives ``execute`` its
+A method (``snnl.methods.agarap``'s experiment, ``snnl.methods.n2d``) gives ``execute`` its
 run configuration, the data it clusters and a ``run_seed(seed, keep_arrays)``
 that trains and scores one seed; the runner does the rest.  With
 ``resume=True`` finished seeds are read back (while their evaluation options
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, outdir, report
-from .checkpoints import previous_path
-from .config import describe_changes
-from .data import Dataset
+from .. import distributed
+from . import outdir
+from ..train.checkpoints import previous_path
+from ..train.config import describe_changes
+from ..data import Dataset
 from .provenance import environment
 from .records import ExperimentResult, SeedResult, aggregate
-from .train import resolve_device
+from ..train.loop import resolve_device
 
 
 def checkpoint_path(out_dir, seed: int) -> Path | None:
@@ -42,7 +43,7 @@ def _checkpoint(out_dir: Path, seed: int) -> Path:
 def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> None:
     """The main process checks that the run may write into ``out_dir`` (and,
     resuming, what changes, said on stderr when ``announce``; see
-    ``snnl.outdir``); every process learns the outcome, so that none trains
+    ``snnl.runs.outdir``); every process learns the outcome, so that none trains
     for a run that will not be written."""
     error = None
     if distributed.is_main_process():
@@ -63,7 +64,7 @@ def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> Non
 
 def check_output(config, out_dir, resume: bool, *, changes: bool = True) -> None:
     """Before any data is read or model trained: ``out_dir`` may take this run
-    (``snnl.outdir.check``) and, resuming, ``config`` changes only what a
+    (``snnl.runs.outdir.check``) and, resuming, ``config`` changes only what a
     resumed run may (``changes``: when ``config`` is already complete), so
     that a mistyped path or a changed dataset is named at once."""
     if out_dir is None:
@@ -81,7 +82,7 @@ def _reusable(finished: Path, config, out_dir: Path, seed: int) -> bool:
     """A finished seed is reused when its evaluation options and trained epochs
     are the current ones; otherwise its stages after training are redone from
     its last checkpoint, which must then exist."""
-    stored = report.read_seed_record(finished)
+    stored = outdir.read_seed_record(finished)
     if stored.get("evaluation") == config.evaluation() and stored.get("trained_epochs") == config.trained_epochs:
         return True
     checkpoint = _checkpoint(out_dir, seed)
@@ -119,7 +120,7 @@ def execute(
         # again, under the lock, where it counts: two runs cannot both pass it
         _claim_output(out_dir, config, resume, announce=True)
         if main:
-            report.write_config(out_dir, config)
+            outdir.write_config(out_dir, config)
         distributed.barrier()
         return _execute(config, data, run_seed, out_dir, resume, data_files, progress)
 
@@ -137,11 +138,11 @@ def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> E
             and finished.is_file()
             and _reusable(finished, config, out_dir, seed)
         ):
-            results.append(SeedResult.from_record(report.read_seed_record(finished)))
+            results.append(SeedResult.from_record(outdir.read_seed_record(finished)))
             continue
         result = run_seed(seed, first)
         if finished is not None and main:
-            report.write_seed(finished, result, config)
+            outdir.write_seed(finished, result, config)
         distributed.barrier()  # evaluation and writing happen on the main process
         results.append(result)
     if not main:  # the other processes only trained
@@ -151,5 +152,5 @@ def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> E
         config, results, data.y, summary, environment(resolve_device(config.device)), tuple(data_files or data.files)
     )
     if out_dir is not None:
-        report.write_experiment(out_dir, experiment, data, progress=progress not in (False, "none"))
+        outdir.write_experiment(out_dir, experiment, data, progress=progress not in (False, "none"))
     return experiment

@@ -1,4 +1,5 @@
-"""End to end on digits: the pipeline, its output directory, the CLI and the estimator."""
+"""Agarap & Azcarraga's experiment end to end on digits (snnl.methods.agarap):
+its output directory, resume, the PCA baseline, the command, provenance."""
 
 import json
 
@@ -6,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from snnl import SNNLKMeans
 from snnl.cli import main
-from snnl.config import preset
 from snnl.data import load_dataset
-from snnl.pipeline import ExperimentConfig, run_experiment
+from snnl.methods.agarap import run_experiment
+from snnl.runs.config import ExperimentConfig
+from snnl.train.config import preset
 
 FAST = dict(hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
 
@@ -112,32 +113,11 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
         main(["run", "--seeds", "a,b"])
 
 
-@pytest.mark.slow
-def test_estimator_fit_predict_transform():
-    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
-    y = train.y.copy()
-    y[::2] = -1  # half the rows unlabelled
-    model = SNNLKMeans(epochs=2, code_dim=10, n_init=2, random_state=0)
-    model.set_params(batch_size=128)
-    clusters = model.fit_predict(train.x, y)
-    assert clusters.shape == (len(train),) and len(np.unique(clusters)) == 10
-    codes = model.transform(test.x)
-    assert codes.shape == (len(test), 10)
-    assert model.predict(test.x).shape == (len(test),)
-    np.testing.assert_array_equal(model.predict(train.x), model.labels_)
-    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
-        SNNLKMeans(epochs=1).fit(train.x)
-    with pytest.raises(ValueError, match="supervised: pass labels"):
-        SNNLKMeans(epochs=1).fit(train.x, np.full(len(train.x), -1))
-    unsupervised = SNNLKMeans(n_clusters=10, config="baseline-ae", epochs=1, code_dim=10, n_init=1, random_state=0)
-    assert unsupervised.fit_predict(train.x).shape == (len(train),)
-
-
 def test_environment_names_the_code_that_ran():
     import subprocess
     from pathlib import Path
 
-    from snnl import provenance
+    from snnl.runs import provenance
 
     root = Path(provenance.__file__).resolve().parent.parent
     recorded = provenance.environment(torch.device("cpu"))["snnl_commit"]

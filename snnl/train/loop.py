@@ -26,13 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoints, distributed
+from .. import distributed
+from ..autoencoder import Autoencoder
+from ..progress import Progress
+from . import checkpoints
 from .config import TrainConfig, config_changes, describe_changes
-from .models import Autoencoder
 from .positives import Partners
-from .progress import Progress
 
-CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.checkpoints wraps it)
+CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.train.checkpoints wraps it)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def batch_loss(
     """(loss, reconstruction, per-layer SNNL list) for one batch.
 
     ``partners``: for label-free positives (``config.positives``), each
-    row's partner (``snnl.positives.Partners``): encoded in the same forward
+    row's partner (``snnl.train.positives.Partners``): encoded in the same forward
     pass as the batch (one pass: DistributedDataParallel expects one), its
     hidden layers paired with the rows' in the two-view form of the loss.
 
@@ -208,7 +209,7 @@ def verify_version(checkpoint: dict, source) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A training checkpoint, verified (``snnl.checkpoints.load``)."""
+    """A training checkpoint, verified (``snnl.train.checkpoints.load``)."""
     return verify_version(checkpoints.load(path, map_location), path)
 
 
@@ -388,7 +389,7 @@ def train_autoencoder(
     """Train an autoencoder on ``x`` (labels ``y`` for the supervised SNNL).
 
     ``checkpoint_path``: written after every epoch (the one before is kept,
-    see ``snnl.checkpoints``).  ``resume``: continue from it when it exists
+    see ``snnl.train.checkpoints``).  ``resume``: continue from it when it exists
     (it must come from the same configuration and seed, but for a larger
     ``epochs`` or another loss backend; a damaged checkpoint falls back to the
     one before it).  ``progress``: see ``snnl.progress.Progress`` (True:

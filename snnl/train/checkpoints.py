@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 FORMAT = "snnl-checkpoint-1"  # the wrapper: {"format", "sha256", "payload"}, the payload a uint8 tensor
 
