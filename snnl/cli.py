@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     # choices and defaults from their one source, none of which imports torch: --help answers at once
     from . import choices
     from .cluster.manifold import ManifoldConfig
+    from .data.builtin import BLOBS_DEFAULTS
     from .data.catalog import dataset_names
     from .kernel_tools import options as kernel_options
     from .runs.config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, N2DConfig
@@ -410,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--dataset-options",
             "--blobs",
             type=_options,
-            help="a built-in dataset's options (blobs: n_samples, n_features, centers, cluster_std, seed, "
-            "test_fraction), e.g. n_samples=5000,n_features=32,centers=10",
+            help="a built-in dataset's options, name=value separated by commas (blobs, default "
+            f"{','.join(f'{k}={v}' for k, v in BLOBS_DEFAULTS.items())})",
         )
         parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per epoch")
 
