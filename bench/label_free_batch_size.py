@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
-from snnl.autoencoder import encode_in_batches
-from snnl.cluster.kmeans import kmeans
-from snnl.data import load_splits
-from snnl.metrics import evaluate
 from snnl.runs.provenance import environment
-from snnl.train.config import preset
-from snnl.train.loop import train_autoencoder
 
+from .label_free_screen import screen
 from .measure import write_new_json
 
 
@@ -41,34 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.json and os.path.exists(args.json):
         raise SystemExit(f"{args.json} exists: choose another --json")
-    train, test = load_splits("fashion-mnist", ("train", "test"))
-    x = train.x[: args.train]
-    rows = []
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        config = preset(args.config, batch_size=batch_size, epochs=args.epochs)
-        started = time.perf_counter()
-        result = train_autoencoder(
-            x, None, config, seed=args.seed, device="cpu", progress="lines", image_shape=train.image_shape
-        )
-        seconds = time.perf_counter() - started
-        codes = encode_in_batches(result.model, test.x).numpy()
-        clusters = kmeans(codes, test.n_classes, seed=args.seed).labels
-        metrics = evaluate(codes, test.y, clusters, silhouette_sample=2000, seed=args.seed)
-        row = {
-            "batch_size": batch_size,
-            "acc": metrics["acc"],
-            "nmi": metrics["nmi"],
-            "ari": metrics["ari"],
-            "epoch_seconds_median": statistics.median(h["seconds"] for h in result.history),
-            "train_seconds": seconds,
-            "final_loss": result.history[-1]["loss"],
-        }
-        rows.append(row)
-        print(
-            f"batch {batch_size:>5}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
-            f"epoch {row['epoch_seconds_median']:.1f} s (median)",
-            flush=True,
-        )
+    variants = [{"batch_size": int(b)} for b in args.batch_sizes.split(",")]
+    rows = screen(args.config, variants, [args.seed], args.train, args.epochs, progress=lambda s: print(s, flush=True))
     if args.json:
         write_new_json(
             args.json,
@@ -77,7 +44,7 @@ def main() -> None:
                 "train_images": args.train,
                 "epochs": args.epochs,
                 "seed": args.seed,
-                "rows": rows,
+                "rows": [{"batch_size": row.pop("variant")["batch_size"], **row} for row in rows],
                 "environment": environment(__import__("torch").device("cpu")),
             },
         )

@@ -143,6 +143,7 @@ TRAINED = {
     "sum": ("snnl-5", {"combine": "sum"}),
     "min": ("snnl-5", {"combine": "min"}),
     "label-free": ("snnl-neighbour-views", {}),
+    "label-free, 2 partners": ("snnl-neighbour-views", {"partners": 2}),
 }
 
 

@@ -94,6 +94,29 @@ def test_partners_are_neighbours_views_or_both():
     assert torch.equal(whole[7:], second_half)
 
 
+def test_several_partners_per_anchor_come_in_blocks():
+    """partners per anchor: every anchor's first partner, then every anchor's
+    second, ...; each a neighbour of its anchor; a process's rows are what a
+    single process draws for them, block by block."""
+    x = _images(n=40)
+    index = torch.arange(0, 40, 3)
+    rows = torch.arange(len(index))
+    neighbours = Partners("neighbours", x, neighbours=4, seed=0, image_shape=(28, 28), per_anchor=3)
+    drawn = neighbours(index, rows, "cpu").reshape(3, len(index), -1)
+    own = neighbours.neighbours[index]
+    for block in drawn:
+        assert all(any(torch.equal(d, x[j]) for j in row) for d, row in zip(block, own))
+
+    def draw(rows):
+        return Partners("neighbour-views", x, neighbours=4, seed=0, image_shape=(28, 28), per_anchor=3)(
+            index, rows, "cpu"
+        ).reshape(3, len(rows), -1)
+
+    assert torch.equal(draw(rows)[:, 7:], draw(rows[7:]))
+    with pytest.raises(ValueError, match="partners per anchor must be an integer >= 1"):
+        Partners("neighbours", x, neighbours=4, seed=0, image_shape=None, per_anchor=0)
+
+
 def test_euclidean_nearest_neighbours_are_the_closest_other_rows():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 3)).astype(np.float32)

@@ -296,15 +296,17 @@ def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
 # --------------------------------------------------------------------------- label-free SNNL
 
 LABEL_FREE = [name for name in PRESETS if PRESETS[name].positives != "classes"]
+# every label-free preset, and one with several partners per anchor
+LABEL_FREE_CASES = [(name, 1) for name in LABEL_FREE] + [("snnl-neighbour-views", 3)]
 
 
-@pytest.mark.parametrize("name", LABEL_FREE)
-def test_no_label_reaches_label_free_training(name):
+@pytest.mark.parametrize(("name", "partners"), LABEL_FREE_CASES)
+def test_no_label_reaches_label_free_training(name, partners):
     """The same seed with the true labels, permuted labels and no labels gives bitwise the same codes."""
     if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
         pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
-    config = preset(name, **{**SMALL, "epochs": 2})
+    config = preset(name, **{**SMALL, "epochs": 2, "partners": partners})
     permuted = np.random.default_rng(1).permutation(data.y)
     codes = [
         encode_in_batches(
@@ -336,13 +338,15 @@ def test_label_free_estimator_ignores_y():
     assert np.array_equal(*fitted)
 
 
-@pytest.mark.parametrize("name", ["snnl-neighbour-views", "snnl-umap-neighbour-views"])
-def test_label_free_resume_equals_uninterrupted(tmp_path, monkeypatch, name):
+@pytest.mark.parametrize(
+    ("name", "partners"), [("snnl-neighbour-views", 1), ("snnl-umap-neighbour-views", 1), ("snnl-neighbour-views", 2)]
+)
+def test_label_free_resume_equals_uninterrupted(tmp_path, monkeypatch, name, partners):
     # the partners' random state and their neighbour table travel in the checkpoint
     if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
         pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
-    config = preset(name, **SMALL)
+    config = preset(name, **SMALL, partners=partners)
     full = train_autoencoder(data.x, None, config, seed=2, progress=False, image_shape=data.image_shape)
     train_interrupted(data.x, None, config, 1, seed=2, checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
 
@@ -377,6 +381,11 @@ def test_label_free_positives_refuse_labels_and_the_pca_baseline():
         TrainConfig(positives="views", supervised=False, neighbour_space="umap")
     with pytest.raises(ValueError, match="neighbour_space must be one of"):
         TrainConfig(positives="neighbours", supervised=False, neighbour_space="pixels")
+    with pytest.raises(ValueError, match="partners=3 is for label-free positives: positives='classes' draws no"):
+        TrainConfig(partners=3)
+    with pytest.raises(ValueError, match="partners must be an integer >= 1"):
+        TrainConfig(positives="views", supervised=False, partners=0)
+    assert "3 per point" in describe(PRESETS["snnl-neighbour-views"].replace(partners=3))
     assert not any(PRESETS[name].uses_labels for name in LABEL_FREE)
 
 

@@ -50,6 +50,9 @@ choice of a preset here, scored the codes with the labels; training never
 reads them.)  On the whole of Fashion-MNIST (Table IV protocol, 4 seeds)
 it reached ACC 0.648 +- 0.016, NMI 0.628 +- 0.021, against 0.602 / 0.632
 for the input-space neighbours (results/fashion-mnist/label-free.md).
+Three partners per anchor (``partners=3``) instead of one, neighbours from
+the UMAP of a plain autoencoder's codes, and neighbours refreshed from the
+codes during training were screened next and gave no gain (results/README.md).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class TrainConfig:
     # not supervised), or, label-free, a partner drawn each batch: a view of it, one of its nearest
     # neighbours, or a view of one (snnl.train.positives)
     positives: str = "classes"
+    # label-free: partners drawn per anchor and batch, positives of the anchor and of each other
+    # (more than one: SupCon's several views; see snnl.train.positives)
+    partners: int = 1
     neighbours: int = 10  # the k nearest neighbours a "neighbours" / "neighbour-views" partner is drawn from
     # where they are searched: the inputs (cosine), or a UMAP embedding of the inputs (snnl.train.positives)
     neighbour_space: str = "inputs"
@@ -117,7 +123,7 @@ class TrainConfig:
             "neighbour_space": choices.NEIGHBOUR_SPACES,
         }.items():
             validate.choice(key, getattr(self, key), allowed)
-        for key in ("code_dim", "epochs", "batch_size", "neighbours"):
+        for key in ("code_dim", "epochs", "batch_size", "neighbours", "partners"):
             validate.integer(key, getattr(self, key))
         validate.integer("patience", self.patience, allow_none=True)
         for key in ("learning_rate", "fixed_temperature", "anneal_eta", "adam_eps"):
@@ -127,6 +133,10 @@ class TrainConfig:
             raise ValueError(
                 f"positives={self.positives!r} is label-free SNNL: it needs snnl=True and "
                 "supervised=False (labels would not be read)"
+            )
+        if self.partners != 1 and self.positives == "classes":
+            raise ValueError(
+                f"partners={self.partners} is for label-free positives: positives='classes' draws no partners"
             )
         if self.neighbour_space != "inputs" and self.positives not in choices.NEIGHBOUR_POSITIVES:
             raise ValueError(
@@ -271,8 +281,9 @@ def describe(config: TrainConfig) -> str:
             "neighbours": f"one of its {config.neighbours} nearest neighbours{where}",
             "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours{where}",
         }
+        positive = partner[config.positives] + (f", {config.partners} per point" if config.partners > 1 else "")
         return (
-            f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {partner[config.positives]}; "
+            f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {positive}; "
             f"{temperature}, {'the code' if config.layers == 'code' else 'every hidden layer'})"
         )
     return (

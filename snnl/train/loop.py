@@ -103,9 +103,10 @@ def batch_loss(
     """(loss, reconstruction, per-layer SNNL list) for one batch.
 
     ``partners``: for label-free positives (``config.positives``), each
-    row's partner (``snnl.train.positives.Partners``): encoded in the same forward
-    pass as the batch (one pass: DistributedDataParallel expects one), its
-    hidden layers paired with the rows' in the two-view form of the loss.
+    row's ``config.partners`` partners (``snnl.train.positives.Partners``):
+    encoded in the same forward pass as the batch (one pass:
+    DistributedDataParallel expects one), their hidden layers grouped with
+    their row's in the multi-view form of the loss, ``(b, 1 + partners, d)``.
 
     Under torch.distributed every term is this process's share (its rows'
     sum over the global batch's count), so that the shares of all processes
@@ -128,9 +129,9 @@ def batch_loss(
     if partners is None:
         labels = yb if config.supervised else torch.zeros_like(yb)
         points = [hidden[i] for i in layers]
-    else:  # each row's partner is its one positive: no labels
+    else:  # each row and its partners are one sample's views, positives of each other: no labels
         labels = None
-        points = [torch.stack([hidden[i], partner_hidden[i]], 1) for i in layers]
+        points = [torch.cat([hidden[i][:, None], _by_anchor(partner_hidden[i], len(xb))], 1) for i in layers]
     per_layer = [
         distributed.global_loss_share(
             h, labels, temperature, distance=config.distance, eps=config.eps, backend=config.loss_backend
@@ -143,6 +144,13 @@ def batch_loss(
         global_values = distributed.all_reduce_tensor(torch.stack([v.detach() for v in per_layer]))
         snnl = per_layer[int(torch.argmin(global_values))]
     return reconstruction + config.alpha * snnl, reconstruction, per_layer
+
+
+def _by_anchor(partner_rows: torch.Tensor, anchors: int) -> torch.Tensor:
+    """(anchors, partners per anchor, width) from the partners' rows, which come
+    every anchor's first partner first, then every anchor's second, ...
+    (``snnl.train.positives.Partners``)."""
+    return partner_rows.reshape(-1, anchors, partner_rows.shape[1]).transpose(0, 1)
 
 
 def model_code_index(network) -> int:
@@ -421,6 +429,7 @@ def train_autoencoder(
             seed=seed,
             image_shape=image_shape,
             space=config.neighbour_space,
+            per_anchor=config.partners,
         )
     state = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(seed), partners)
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None

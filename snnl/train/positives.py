@@ -1,10 +1,11 @@
 """Which points count as the same, when there are no labels: the positives of label-free SNNL.
 
 SNNL pulls each point towards the points that share its label.  Without
-labels, each anchor of a batch is given one partner, and the loss is the
-two-view form (``soft_nearest_neighbor_loss`` of a ``(b, 2, d)`` batch
-without labels): each anchor's partner is its one positive, the batch's
-other points and their partners its negatives.  The partner is
+labels, each anchor of a batch is given a partner (or ``TrainConfig.partners``
+of them), and the loss is the multi-view form (``soft_nearest_neighbor_loss``
+of a ``(b, 1 + partners, d)`` batch without labels): an anchor's partners are
+its positives, the batch's other points and their partners its negatives.
+A partner is
 
 - ``"views"``: a random view of the anchor itself (``snnl.train.augment``):
   instance discrimination, the NT-Xent / InfoNCE family;
@@ -98,11 +99,14 @@ class Partners:
         seed: int,
         image_shape: tuple[int, int] | None,
         space: str = "inputs",
+        per_anchor: int = 1,
     ):
         if kind not in LABEL_FREE:
             raise ValueError(f"partners are drawn for label-free positives {LABEL_FREE}, not {kind!r}")
+        validate.integer("partners per anchor", per_anchor)
         validate.choice("neighbour_space", space, NEIGHBOUR_SPACES)
         self.kind, self.x, self.k, self.space, self.seed = kind, x, neighbours, space, seed
+        self.per_anchor = per_anchor
         self._neighbours: torch.Tensor | None = None  # searched on first use, or restored from a checkpoint
         self.view_kind = augment.kind_of(image_shape, x.shape[1])
         self.image_shape = image_shape
@@ -166,21 +170,28 @@ class Partners:
             self._neighbours = table.to(torch.int64)
 
     def __call__(self, global_index: torch.Tensor, rows, device) -> torch.Tensor:
-        """The partners of the anchors ``x[global_index[rows]]``, on ``device``.
+        """The partners of the anchors ``x[global_index[rows]]``, on ``device``:
+        ``per_anchor`` of each, every anchor's first partner first, then every
+        anchor's second, and so on.
 
         Every process draws the random numbers of the whole global batch (the
         same on all of them) and uses its own ``rows``: together the
         processes draw what a single process would."""
         index = global_index[rows]
+        m, n = self.per_anchor, len(global_index)
         if self.kind == "views":
-            partners = self.x[index]
+            partners = self.x[index].repeat(m, 1)
         else:
-            choice = torch.randint(self.k, (len(global_index),), generator=self.generator)[rows]
-            partners = self.x[self.neighbours[index, choice]]
+            shape = (n,) if m == 1 else (n, m)  # one partner: the stream of earlier versions
+            choice = torch.randint(self.k, shape, generator=self.generator).reshape(n, m)[rows]
+            # every anchor's first partner, then every anchor's second, ...
+            partners = self.x[self.neighbours[index[:, None], choice].T.reshape(-1)]
         partners = partners.to(device, non_blocking=True)
         if self.kind == "neighbours":
             return partners
-        draws = augment.select(augment.draw(self.view_kind, len(global_index), self.x.shape[1], self.generator), rows)
+        draws = augment.draw(self.view_kind, n * m, self.x.shape[1], self.generator)
+        # this process's rows of each of the m blocks of views (one block: its rows, as ever)
+        draws = augment.select(draws, (torch.arange(m)[:, None] * n + torch.as_tensor(rows)[None]).reshape(-1))
         if self.view_kind == "image":
             assert self.image_shape is not None
             return augment.image_views(partners, self.image_shape, draws)

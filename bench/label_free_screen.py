@@ -1,0 +1,123 @@
+"""Label-free SNNL variants side by side on a Fashion-MNIST subset: ACC, NMI, epoch time.
+
+    python -m bench.label_free_screen --variant partners=1 --variant partners=3 --seeds 0,1,2 \
+        --json bench/results/label-free-partners-cpu-epyc-2core.json
+
+Each ``--variant`` is a set of ``TrainConfig`` fields (``name=value`` pairs
+separated by commas) applied to ``--config`` (default
+``snnl-umap-neighbour-views``).  Every variant trains on the first
+``--train`` training images with each seed (seeds in the inner loop, so that
+variants alternate in time on a busy machine), encodes the 10,000 test
+images and clusters them with k-means (the pipeline's protocol: 10
+restarts); no label is used before the metrics.  A screen, not the Table IV
+protocol: a tenth of the training set, and one subset, so differences of a
+few hundredths between single seeds are within the seeds' own spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import statistics
+import time
+
+from snnl.autoencoder import encode_in_batches
+from snnl.cluster.kmeans import kmeans
+from snnl.data import load_splits
+from snnl.metrics import evaluate
+from snnl.runs.provenance import environment
+from snnl.train.config import preset
+from snnl.train.loop import train_autoencoder
+
+from .measure import write_new_json
+
+
+def parse_variant(text: str) -> dict:
+    """``partners=3,batch_size=128`` -> {"partners": 3, "batch_size": 128} (values as Python literals, else strings)."""
+    fields = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant takes name=value pairs separated by commas, got {item!r}")
+        try:
+            fields[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def screen(config_name: str, variants: list[dict], seeds, train_images: int, epochs: int, progress=print) -> list[dict]:
+    """One row per variant and seed (see the module docstring)."""
+    configs = [preset(config_name, epochs=epochs, **variant) for variant in variants]  # all checked before training
+    train, test = load_splits("fashion-mnist", ("train", "test"))
+    x = train.x[:train_images]
+    rows = []
+    for variant, config in zip(variants, configs):
+        for seed in seeds:
+            started = time.perf_counter()
+            result = train_autoencoder(x, None, config, seed=seed, device="cpu", progress=False, image_shape=(28, 28))
+            seconds = time.perf_counter() - started
+            codes = encode_in_batches(result.model, test.x).numpy()
+            clusters = kmeans(codes, test.n_classes, seed=seed).labels
+            metrics = evaluate(codes, test.y, clusters, silhouette_sample=2000, seed=seed)
+            row = {
+                "variant": variant,
+                "seed": seed,
+                "acc": metrics["acc"],
+                "nmi": metrics["nmi"],
+                "ari": metrics["ari"],
+                "epoch_seconds_median": statistics.median(h["seconds"] for h in result.history),
+                "train_seconds": seconds,
+            }
+            rows.append(row)
+            progress(
+                f"{variant} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
+                f"epoch {row['epoch_seconds_median']:.1f} s (median)"
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.label_free_screen", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="snnl-umap-neighbour-views")
+    parser.add_argument("--variant", action="append", type=parse_variant, help="TrainConfig fields, e.g. partners=3")
+    parser.add_argument("--train", type=int, default=10_000, help="training images (the first N)")
+    parser.add_argument("--epochs", type=int, default=None, help="(default: the configuration's)")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--json", help="write the results here (a new file)")
+    args = parser.parse_args()
+    if args.json and os.path.exists(args.json):
+        raise SystemExit(f"{args.json} exists: choose another --json")
+    epochs = args.epochs or preset(args.config).epochs
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = args.variant or [{}]
+    rows = screen(args.config, variants, seeds, args.train, epochs, progress=lambda line: print(line, flush=True))
+    summary = []
+    for variant in variants:
+        mine = [row for row in rows if row["variant"] == variant]
+        summary.append(
+            {
+                "variant": variant,
+                **{m: statistics.mean(row[m] for row in mine) for m in ("acc", "nmi")},
+                **{f"{m}_std": statistics.pstdev(row[m] for row in mine) for m in ("acc", "nmi")},
+            }
+        )
+        print(f"{variant}: ACC {summary[-1]['acc']:.4f} +- {summary[-1]['acc_std']:.4f}, NMI {summary[-1]['nmi']:.4f}")
+    if args.json:
+        write_new_json(
+            args.json,
+            {
+                "config": args.config,
+                "train_images": args.train,
+                "epochs": epochs,
+                "seeds": seeds,
+                "rows": rows,
+                "summary": summary,
+                "environment": environment(__import__("torch").device("cpu")),
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
