@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from snnl.autoencoder import encode_in_batches
+from snnl.cluster.assign import final_clustering
 from snnl.cluster.manifold import embed
 from snnl.data import train_and_test
-from snnl.methods.n2d import final_clustering
 from snnl.metrics import evaluate
 from snnl.runs.config import N2DConfig
 from snnl.train.loop import model_from_checkpoint, snapshot_path

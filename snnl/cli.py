@@ -73,12 +73,11 @@ def _options(text: str) -> dict:
             raise argparse.ArgumentTypeError(
                 f"--dataset-options takes name=value pairs separated by commas, got {item!r}"
             )
-        try:
-            number = float(value)
+        text = value.strip()
+        try:  # "2" is the integer 2, "2.0" a float
+            options[key.strip()] = int(text) if text.lstrip("+-").isdigit() else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--dataset-options {key.strip()}: {value!r} is not a number") from None
-        written_as_integer = value.strip().lstrip("+-").isdigit()  # "2" is 2, "2.0" stays a float
-        options[key.strip()] = int(number) if written_as_integer else number
     return options
 
 

@@ -40,10 +40,10 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import choices, validate
 from .autoencoder import encode_in_batches
+from .cluster.assign import final_clustering
 from .cluster.kmeans import kmeans, resolve_kmeans_backend
 from .cluster.manifold import ManifoldConfig, embed
 from .encoders import fit_encoder
-from .methods.n2d import final_clustering
 from .metrics import evaluate
 from .progress import from_verbose
 from .runs.config import N2D_AUTOENCODER

@@ -7,8 +7,8 @@ import pytest
 from sklearn.datasets import make_blobs
 
 from snnl.choices import UMAP_BACKENDS
+from snnl.cluster.assign import final_clustering
 from snnl.cluster.manifold import ManifoldConfig, embed
-from snnl.methods.n2d import final_clustering
 from snnl.metrics import clustering_accuracy
 from snnl.optional import cuml_status, umap_learn_status
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import validate
 from . import builtin, sources
-from .catalog import BUILTIN_DATASETS, IDX_DATASETS, TEXT_DATASETS, IdxDataset, dataset_names
+from .catalog import BUILTIN_DATASETS, IDX_DATASETS, TEXT_DATASETS, BuiltinDataset, IdxDataset, dataset_names
 from .idx import IdxFormatError, read_idx
 from .sources import ChecksumError, DataMismatchError, DatasetNotFoundError
 from .text_formats import load_text_dataset
@@ -150,7 +150,7 @@ def dataset_options(name: str, options: dict) -> dict:
     return getattr(builtin, spec.options)(**options)
 
 
-def _builtin_split(spec, split: str, options: dict) -> Dataset:
+def _builtin_split(spec: BuiltinDataset, split: str, options: dict) -> Dataset:
     import sklearn  # here, not at import: the data package's names load without it
 
     x, y = getattr(builtin, spec.loader)(split, **options)

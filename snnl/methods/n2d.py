@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.mixture import GaussianMixture
 
-from .. import choices, distributed
+from .. import distributed
 from ..autoencoder import encode_in_batches
-from ..cluster.kmeans import kmeans
+from ..cluster.assign import final_clustering
 from ..cluster.manifold import embed
 from ..data import Dataset, load_dataset, train_and_test
 from ..metrics import evaluate
@@ -43,17 +42,6 @@ from ..runs.config import N2DConfig
 from ..runs.records import SeedResult
 from ..runs.runner import check_output, checkpoint_path, execute
 from ..train.loop import resolve_device, train_autoencoder, training_seconds
-
-
-def final_clustering(
-    points: np.ndarray, n_clusters: int, method: str, seed: int, kmeans_backend: str = "auto", device=None
-) -> np.ndarray:
-    if method == "gmm":
-        gmm = GaussianMixture(n_components=n_clusters, covariance_type="full", random_state=seed).fit(points)
-        return gmm.predict_proba(points).argmax(axis=1).astype(np.int64)  # as N2D's code assigns
-    if method == "kmeans":
-        return kmeans(points, n_clusters, backend=kmeans_backend, seed=seed, device=device).labels
-    raise ValueError(f"cluster must be one of {choices.CLUSTERERS}, got {method!r}")
 
 
 def _codes_of_run(run_dir: Path) -> tuple[np.ndarray, Dataset, dict]:

@@ -5,18 +5,23 @@ manifold and clustering steps (``snnl snapshots``)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import validate
+from ..atomic import write_text
 from ..autoencoder import encode_in_batches
+from ..cluster.assign import final_clustering
 from ..cluster.manifold import embed
 from ..data import train_and_test
 from ..metrics import METRIC_TABLE, evaluate
 from ..runs.config import SNAPSHOT_SILHOUETTE_SAMPLE, N2DConfig
-from .n2d import final_clustering
+from ..runs.provenance import environment
+from ..train.loop import model_from_checkpoint
 
 
 def score_snapshots(
@@ -40,10 +45,6 @@ def score_snapshots(
     Fashion-MNIST takes minutes), every one of which must exist.
     Rows ``{seed, epoch, scoring_seed, acc, nmi, ari, ...}`` sorted by seed,
     epoch and scoring seed."""
-    import re
-
-    from ..train.loop import model_from_checkpoint
-
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -135,11 +136,6 @@ def write_snapshot_scores(
     existing file only with ``force``, refused before any scoring), with the
     per-snapshot summary (``summarise_scorings``) and the environment: the
     same snapshot scored under other threads or code can move.  Returns the document."""
-    import torch
-
-    from ..atomic import write_text
-    from ..runs.provenance import environment
-
     output = Path(output)
     if output.exists() and not force:
         raise FileExistsError(f"{output} exists: pass --force to replace it, or choose another --output")
