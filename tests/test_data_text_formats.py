@@ -1,11 +1,14 @@
 """The text-format datasets of the N2D paper (USPS, pendigits, HAR), read from files the tests write."""
 
 import bz2
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from snnl.data import DatasetNotFoundError, load_dataset, sources, train_and_test
+from snnl.data.catalog import TEXT_DATASETS
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +78,54 @@ def test_a_text_dataset_is_one_catalog_entry(tmp_path, monkeypatch):
     (tmp_path / "toy.t.csv").write_text(",".join(["0"] * 16) + ",1\n")
     train = load_dataset("toy", "train", data_dir=tmp_path)
     assert train.y.tolist() == [3, 7] and train.x[0, 0] == 0.5 and train.classes == toy.classes
+
+
+def _write_usps(folder, rows: int, rng) -> None:
+    """LIBSVM lines: labels 1-10, 256 features in [-1, 1]."""
+    for name, n in (("usps", rows), ("usps.t", rows // 2)):
+        lines = [
+            f"{i % 10 + 1} " + " ".join(f"{j + 1}:{v:.3f}" for j, v in enumerate(rng.uniform(-1, 1, 256)))
+            for i in range(n)
+        ]
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def _write_pendigits(folder, rows: int, rng) -> None:
+    """Comma-separated: 16 coordinates 0-100, then the digit."""
+    (folder / "pendigits").mkdir()
+    for name, n in (("pendigits.tra", rows), ("pendigits.tes", rows // 2)):
+        lines = [",".join(map(str, rng.integers(0, 101, 16))) + f",{i % 10}" for i in range(n)]
+        (folder / "pendigits" / name).write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "views"), [("usps", _write_usps, "image"), ("pendigits", _write_pendigits, "tabular")]
+)
+def test_label_free_presets_run_on_the_text_datasets(tmp_path, monkeypatch, name, write, views):
+    """The label-free presets on USPS (16x16 images: image views) and pendigits
+    (16 pen coordinates: tabular views), end to end from files in the readers' formats."""
+    from snnl.cli import main
+    from snnl.train import augment
+
+    write(tmp_path, 60, np.random.default_rng(0))
+    made = []
+    for kind in ("image", "tabular"):
+        original = getattr(augment, f"{kind}_views")
+        monkeypatch.setattr(
+            augment,
+            f"{kind}_views",
+            lambda *args, _kind=kind, _original=original: made.append(_kind) or _original(*args),
+        )
+    out = tmp_path / "run"
+    common = ["--epochs", "1", "--kmeans-restarts", "2", "--projection", "none", "--quiet", "--out", str(out)]
+    assert (
+        main(["run", "--dataset", name, "--data-dir", str(tmp_path), "--config", "snnl-neighbour-views", *common]) == 0
+    )
+    assert made and set(made) == {views}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["dataset"] == name and metrics["config"]["train"]["name"] == "snnl-neighbour-views"
+    spec = TEXT_DATASETS[name]
+    assert [Path(f["file"]).name for f in metrics["data_files"]] == [
+        Path(f).name for f in spec.files["train"] + spec.files["test"]
+    ]
+    assert 0.0 <= metrics["summary"]["mean"]["acc"] <= 1.0
