@@ -12,6 +12,14 @@ images and clusters them with k-means (the pipeline's protocol: 10
 restarts); no label is used before the metrics.  A screen, not the Table IV
 protocol: a tenth of the training set, and one subset, so differences of a
 few hundredths between single seeds are within the seeds' own spread.
+
+``--score-every N`` also scores the model after every N epochs (kept as a
+snapshot in a temporary folder), as if training had stopped there: how the
+metrics move over training.  ``--train 60000`` trains on the whole training
+set, Table IV's protocol for one seed:
+
+    python -m bench.label_free_screen --train 60000 --epochs 12 --score-every 1 --seeds 0 \
+        --json bench/results/label-free-epochs-seed0-cpu-xeon-2core.json     # and --seeds 1 (seed1), side by side
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import argparse
 import ast
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from snnl.autoencoder import encode_in_batches
 from snnl.cluster.kmeans import kmeans
@@ -28,7 +38,7 @@ from snnl.data import load_splits
 from snnl.metrics import evaluate
 from snnl.runs.provenance import environment
 from snnl.train.config import preset
-from snnl.train.loop import train_autoencoder
+from snnl.train.loop import model_from_checkpoint, snapshot_path, train_autoencoder
 
 from .measure import write_new_json
 
@@ -47,29 +57,65 @@ def parse_variant(text: str) -> dict:
     return fields
 
 
-def screen(config_name: str, variants: list[dict], seeds, train_images: int, epochs: int, progress=print) -> list[dict]:
+def score(model, test, seed: int) -> dict:
+    """ACC, NMI and ARI of k-means on ``model``'s codes of the test images."""
+    codes = encode_in_batches(model, test.x).numpy()
+    clusters = kmeans(codes, test.n_classes, seed=seed).labels
+    metrics = evaluate(codes, test.y, clusters, silhouette_sample=2000, seed=seed)
+    return {m: metrics[m] for m in ("acc", "nmi", "ari")}
+
+
+def screen(
+    config_name: str,
+    variants: list[dict],
+    seeds,
+    train_images: int,
+    epochs: int,
+    progress=print,
+    score_every: int | None = None,
+) -> list[dict]:
     """One row per variant and seed (see the module docstring)."""
-    configs = [preset(config_name, epochs=epochs, **variant) for variant in variants]  # all checked before training
+    # all checked before training; a variant may set its own epochs
+    configs = [preset(config_name, **{"epochs": epochs, **variant}) for variant in variants]
     train, test = load_splits("fashion-mnist", ("train", "test"))
     x = train.x[:train_images]
     rows = []
     for variant, config in zip(variants, configs):
         for seed in seeds:
-            started = time.perf_counter()
-            result = train_autoencoder(x, None, config, seed=seed, device="cpu", progress=False, image_shape=(28, 28))
-            seconds = time.perf_counter() - started
-            codes = encode_in_batches(result.model, test.x).numpy()
-            clusters = kmeans(codes, test.n_classes, seed=seed).labels
-            metrics = evaluate(codes, test.y, clusters, silhouette_sample=2000, seed=seed)
+            on_the_way: list[dict] = []
+            with tempfile.TemporaryDirectory(prefix="snnl-screen-") as folder:
+                checkpoint = Path(folder) / "model.pt"
+
+                def score_snapshot(record, checkpoint=checkpoint, seed=seed, on_the_way=on_the_way):
+                    done = record["epoch"] + 1
+                    if score_every and done % score_every == 0 and done < config.epochs:
+                        model = model_from_checkpoint(snapshot_path(checkpoint, done))
+                        on_the_way.append({"epoch": done, **score(model, test, seed)})
+                        progress(f"{variant} seed {seed} epoch {done}: {on_the_way[-1]}")
+
+                started = time.perf_counter()
+                result = train_autoencoder(
+                    x,
+                    None,
+                    config,
+                    seed=seed,
+                    device="cpu",
+                    progress=False,
+                    image_shape=(28, 28),
+                    checkpoint_path=checkpoint if score_every else None,
+                    snapshot_every=score_every,
+                    on_epoch_end=score_snapshot,
+                )
+                seconds = time.perf_counter() - started  # with the scoring on the way, if any
             row = {
                 "variant": variant,
                 "seed": seed,
-                "acc": metrics["acc"],
-                "nmi": metrics["nmi"],
-                "ari": metrics["ari"],
+                **score(result.model, test, seed),
                 "epoch_seconds_median": statistics.median(h["seconds"] for h in result.history),
                 "train_seconds": seconds,
             }
+            if score_every:
+                row["on_the_way"] = on_the_way
             rows.append(row)
             progress(
                 f"{variant} seed {seed}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
@@ -85,6 +131,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=10_000, help="training images (the first N)")
     parser.add_argument("--epochs", type=int, default=None, help="(default: the configuration's)")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--score-every", type=int, help="also score the model after every N epochs")
     parser.add_argument("--json", help="write the results here (a new file)")
     args = parser.parse_args()
     if args.json and os.path.exists(args.json):
@@ -92,7 +139,17 @@ def main() -> None:
     epochs = args.epochs or preset(args.config).epochs
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variant or [{}]
-    rows = screen(args.config, variants, seeds, args.train, epochs, progress=lambda line: print(line, flush=True))
+    if args.score_every is not None and args.score_every < 1:
+        raise SystemExit(f"--score-every must be a positive number of epochs, got {args.score_every}")
+    rows = screen(
+        args.config,
+        variants,
+        seeds,
+        args.train,
+        epochs,
+        progress=lambda line: print(line, flush=True),
+        score_every=args.score_every,
+    )
     summary = []
     for variant in variants:
         mine = [row for row in rows if row["variant"] == variant]
@@ -112,6 +169,7 @@ def main() -> None:
                 "train_images": args.train,
                 "epochs": epochs,
                 "seeds": seeds,
+                "score_every": args.score_every,
                 "rows": rows,
                 "summary": summary,
                 "environment": environment(__import__("torch").device("cpu")),
