@@ -20,6 +20,13 @@ set, Table IV's protocol for one seed:
 
     python -m bench.label_free_screen --train 60000 --epochs 12 --score-every 1 --seeds 0 \
         --json bench/results/label-free-epochs-seed0-cpu-xeon-2core.json     # and --seeds 1 (seed1), side by side
+
+``--with-test`` trains on the 10,000 test images as well (without their
+labels), N2D's protocol of clustering the images it trained on, and still
+scores the test images:
+
+    python -m bench.label_free_screen --train 60000 --with-test --epochs 12 --score-every 1 --seeds 0 \
+        --json bench/results/label-free-epochs-with-test-seed0-cpu-xeon-2core.json   # and --seeds 1
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from snnl.autoencoder import encode_in_batches
 from snnl.cluster.kmeans import kmeans
@@ -73,12 +82,15 @@ def screen(
     epochs: int,
     progress=print,
     score_every: int | None = None,
+    with_test: bool = False,
 ) -> list[dict]:
     """One row per variant and seed (see the module docstring)."""
     # all checked before training; a variant may set its own epochs
     configs = [preset(config_name, **{"epochs": epochs, **variant}) for variant in variants]
     train, test = load_splits("fashion-mnist", ("train", "test"))
     x = train.x[:train_images]
+    if with_test:  # N2D's protocol: the images clustered are trained on too (without their labels)
+        x = np.concatenate([x, test.x])
     rows = []
     for variant, config in zip(variants, configs):
         for seed in seeds:
@@ -132,6 +144,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="(default: the configuration's)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--score-every", type=int, help="also score the model after every N epochs")
+    parser.add_argument(
+        "--with-test",
+        action="store_true",
+        help="train on the test images too (their labels unused), as N2D's protocol does; they are still scored",
+    )
     parser.add_argument("--json", help="write the results here (a new file)")
     args = parser.parse_args()
     if args.json and os.path.exists(args.json):
@@ -149,6 +166,7 @@ def main() -> None:
         epochs,
         progress=lambda line: print(line, flush=True),
         score_every=args.score_every,
+        with_test=args.with_test,
     )
     summary = []
     for variant in variants:
@@ -170,6 +188,7 @@ def main() -> None:
                 "epochs": epochs,
                 "seeds": seeds,
                 "score_every": args.score_every,
+                "with_test": args.with_test,
                 "rows": rows,
                 "summary": summary,
                 "environment": environment(__import__("torch").device("cpu")),

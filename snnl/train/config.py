@@ -55,9 +55,9 @@ the UMAP of a plain autoencoder's codes, and neighbours refreshed from the
 codes during training were screened next and gave no gain; scored after
 every epoch on the whole training set, the preset reaches its level in two
 epochs and then moves about it (ACC 0.56-0.69 from one epoch to the next,
-no trend), and neither a lower learning rate, 60 neighbours, nor a larger
-batch at the same or a scaled learning rate lifted that level
-(results/README.md).
+no trend), and neither a lower learning rate, 60 neighbours, a larger
+batch at the same or a scaled learning rate, nor training on the test
+images too (N2D's protocol) lifted that level (results/README.md).
 """
 
 from __future__ import annotations
