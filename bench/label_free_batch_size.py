@@ -25,6 +25,7 @@ import argparse
 import math
 import os
 
+from snnl import validate
 from snnl.runs.provenance import environment
 from snnl.train.config import preset
 
@@ -35,12 +36,12 @@ LR_SCALING = ("none", "sqrt")
 
 
 def variant(config_name: str, batch_size: int, scaling: str) -> dict:
-    """The TrainConfig fields of one batch size: the batch size, and with
-    ``scaling="sqrt"`` the learning rate scaled from the configuration's."""
+    """The TrainConfig fields of one batch size: the batch size, and the
+    learning rate, scaled from the configuration's with ``scaling="sqrt"``."""
+    validate.choice("--learning-rate-scaling", scaling, LR_SCALING)
     base = preset(config_name)
-    if scaling == "none" or batch_size == base.batch_size:
-        return {"batch_size": batch_size, "learning_rate": base.learning_rate}
-    return {"batch_size": batch_size, "learning_rate": base.learning_rate * math.sqrt(batch_size / base.batch_size)}
+    factor = math.sqrt(batch_size / base.batch_size) if scaling == "sqrt" else 1.0
+    return {"batch_size": batch_size, "learning_rate": base.learning_rate * factor}
 
 
 def main() -> None:
@@ -60,14 +61,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.json and os.path.exists(args.json):
         raise SystemExit(f"{args.json} exists: choose another --json")
-    scalings = args.learning_rate_scaling.split(",")
-    for scaling in scalings:
-        if scaling not in LR_SCALING:
-            raise SystemExit(f"--learning-rate-scaling: {scaling!r} is not one of {', '.join(LR_SCALING)}")
     variants = []
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-        for scaling in scalings:
-            fields = variant(args.config, batch_size, scaling)
+        for scaling in args.learning_rate_scaling.split(","):
+            try:
+                fields = variant(args.config, batch_size, scaling)
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
             if fields not in variants:  # the configuration's own batch size is the same under every scaling
                 variants.append(fields)
     seeds = [int(s) for s in args.seeds.split(",")]

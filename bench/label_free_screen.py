@@ -74,6 +74,39 @@ def score(model, test, seed: int) -> dict:
     return {m: metrics[m] for m in ("acc", "nmi", "ari")}
 
 
+def train_and_score(x, config, seed: int, test, *, score_every: int | None, progress, label: str):
+    """Train ``config`` on ``x`` with ``seed`` and score the test codes: (the
+    training result, its seconds, the scores after every ``score_every``
+    epochs before the last, from snapshots in a temporary folder)."""
+    on_the_way: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="snnl-screen-") as folder:
+        checkpoint = Path(folder) / "model.pt"
+
+        def score_snapshot(record):
+            done = record["epoch"] + 1
+            if score_every and done % score_every == 0 and done < config.epochs:
+                on_the_way.append(
+                    {"epoch": done, **score(model_from_checkpoint(snapshot_path(checkpoint, done)), test, seed)}
+                )
+                progress(f"{label} epoch {done}: {on_the_way[-1]}")
+
+        started = time.perf_counter()
+        result = train_autoencoder(
+            x,
+            None,
+            config,
+            seed=seed,
+            device="cpu",
+            progress=False,
+            image_shape=(28, 28),
+            checkpoint_path=checkpoint if score_every else None,
+            snapshot_every=score_every,
+            on_epoch_end=score_snapshot,
+        )
+        seconds = time.perf_counter() - started  # with the scoring on the way, if any
+    return result, seconds, on_the_way
+
+
 def screen(
     config_name: str,
     variants: list[dict],
@@ -94,31 +127,9 @@ def screen(
     rows = []
     for variant, config in zip(variants, configs):
         for seed in seeds:
-            on_the_way: list[dict] = []
-            with tempfile.TemporaryDirectory(prefix="snnl-screen-") as folder:
-                checkpoint = Path(folder) / "model.pt"
-
-                def score_snapshot(record, checkpoint=checkpoint, seed=seed, on_the_way=on_the_way):
-                    done = record["epoch"] + 1
-                    if score_every and done % score_every == 0 and done < config.epochs:
-                        model = model_from_checkpoint(snapshot_path(checkpoint, done))
-                        on_the_way.append({"epoch": done, **score(model, test, seed)})
-                        progress(f"{variant} seed {seed} epoch {done}: {on_the_way[-1]}")
-
-                started = time.perf_counter()
-                result = train_autoencoder(
-                    x,
-                    None,
-                    config,
-                    seed=seed,
-                    device="cpu",
-                    progress=False,
-                    image_shape=(28, 28),
-                    checkpoint_path=checkpoint if score_every else None,
-                    snapshot_every=score_every,
-                    on_epoch_end=score_snapshot,
-                )
-                seconds = time.perf_counter() - started  # with the scoring on the way, if any
+            result, seconds, on_the_way = train_and_score(
+                x, config, seed, test, score_every=score_every, progress=progress, label=f"{variant} seed {seed}"
+            )
             row = {
                 "variant": variant,
                 "seed": seed,
