@@ -63,6 +63,18 @@ def _labelled(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--labelled takes a number or 'all', got {text!r}") from None
 
 
+def _temperature(text: str) -> str:
+    """--temperature 1.5 or annealing: checked here, turned into fields by
+    snnl.train.config.temperature_fields."""
+    from .train.config import temperature_fields
+
+    try:
+        temperature_fields(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _options(text: str) -> dict:
     """--dataset-options n_samples=5000,centers=10: numbers by name; the names and
     values are checked by snnl.data.dataset_options, which says what is allowed."""
@@ -132,8 +144,7 @@ RUN_OPTIONS = {
     "kmeans_restarts": "kmeans_restarts",
 }
 RUN_TRAIN_OPTIONS = {
-    **TRAIN_OPTIONS,
-    "alpha": "alpha",
+    **TRAIN_OPTIONS,  # and --alpha and --temperature, the SNNL term's (snnl.train.config.with_snnl_term)
     "code_dim": "code_dim",
     "loss_backend": "loss_backend",
     "amp": "amp",
@@ -160,13 +171,15 @@ def experiment_from_args(args):
     import dataclasses
 
     from .runs.config import ExperimentConfig
-    from .train.config import preset
+    from .train.config import preset, with_snnl_term
 
     stored = _stored(args, "snnl")
     base = ExperimentConfig.from_dict(stored) if stored else ExperimentConfig()
     # a preset's name starts from the preset, unless it is the stored run's own
     train = base.train if args.config in (None, base.train.name) else preset(args.config)
-    train = train.replace(**_given(args, RUN_TRAIN_OPTIONS))
+    train = with_snnl_term(
+        train.replace(**_given(args, RUN_TRAIN_OPTIONS)), alpha=args.alpha, temperature=args.temperature
+    )
     fields = _given(args, RUN_OPTIONS)
     return dataclasses.replace(base, train=train, **fields)
 
@@ -429,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Fashion-MNIST, 20,000 for EMNIST Balanced, all for the unsupervised presets)",
     )
     run.add_argument("--alpha", type=float, help=f"weight of the SNNL term (default: {run_training.alpha:g})")
+    run.add_argument(
+        "--temperature",
+        type=_temperature,
+        help="the SNNL temperature: a number (a fixed T, whatever the preset's schedule) or 'annealing' "
+        "(the paper's T = 1/(1+epoch)^0.55) (default: the preset's)",
+    )
     run.add_argument("--code-dim", type=int, help=f"width of the code layer (default: {run_training.code_dim})")
     run.add_argument("--loss-backend", choices=choices.LOSS_BACKENDS, help=f"(default: {run_training.loss_backend})")
     run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")

@@ -47,7 +47,7 @@ from .encoders import fit_encoder
 from .metrics import evaluate
 from .progress import from_verbose
 from .runs.config import N2D_AUTOENCODER
-from .train.config import PRESETS, preset
+from .train.config import PRESETS, preset, with_snnl_term
 from .train.loop import train_autoencoder
 
 UNLABELLED = -1
@@ -97,9 +97,11 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """Autoencoder regularised with the soft nearest neighbor loss, then k-means.
 
     Parameters mirror ``snnl run``: ``config`` is a preset name (``snnl-1`` ..
-    ``snnl-8``, ``baseline-ae``, ``original``); ``epochs``, ``code_dim``,
-    ``alpha``, ``batch_size`` and ``learning_rate`` override the preset when
-    given.  ``n_clusters`` defaults to the number of distinct labels in ``y``.
+    ``snnl-8``, the label-free ones, ``baseline-ae``, ``original``); ``epochs``,
+    ``code_dim``, ``alpha``, ``temperature`` (a number: that fixed T;
+    ``"annealing"``: the paper's schedule), ``batch_size`` and
+    ``learning_rate`` override the preset when given.  ``n_clusters``
+    defaults to the number of distinct labels in ``y``.
     ``verbose``: training progress on stderr, bars on a terminal and a line
     per epoch otherwise (the default; the preset's 50 epochs on digits take
     about 25 s on 2 CPU cores); ``"lines"``; ``False`` or 0: nothing.
@@ -117,6 +119,7 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         epochs=None,
         code_dim=None,
         alpha=None,
+        temperature=None,
         batch_size=None,
         learning_rate=None,
         kmeans_backend="auto",
@@ -131,6 +134,7 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         self.epochs = epochs
         self.code_dim = code_dim
         self.alpha = alpha
+        self.temperature = temperature
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.kmeans_backend = kmeans_backend
@@ -148,13 +152,12 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             for k, v in {
                 "epochs": self.epochs,
                 "code_dim": self.code_dim,
-                "alpha": self.alpha,
                 "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate,
             }.items()
             if v is not None
         }
-        return preset(self.config, **overrides)
+        return with_snnl_term(preset(self.config, **overrides), alpha=self.alpha, temperature=self.temperature)
 
     def _needs_labels(self) -> bool:
         config = PRESETS.get(self.config)

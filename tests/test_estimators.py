@@ -98,3 +98,13 @@ def test_estimator_fit_predict_transform():
         SNNLKMeans(epochs=1).fit(train.x, np.full(len(train.x), -1))
     unsupervised = SNNLKMeans(n_clusters=10, config="baseline-ae", epochs=1, code_dim=10, n_init=1, random_state=0)
     assert unsupervised.fit_predict(train.x).shape == (len(train),)
+
+
+def test_temperature_and_alpha_override_the_preset_and_are_refused_without_an_snnl_term():
+    config = SNNLKMeans(config="snnl-umap-neighbour-views", temperature=1.5, alpha=2.0)._train_config()
+    assert (config.temperature, config.fixed_temperature, config.alpha) == ("fixed", 1.5, 2.0)
+    assert SNNLKMeans(config="snnl-1", temperature="annealing")._train_config().temperature == "annealing"
+    with pytest.raises(ValueError, match="temperature must be 'annealing' or a positive number, got 0"):
+        SNNLKMeans(config="snnl-1", temperature=0).fit(np.zeros((4, 2)), [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="temperature sets the SNNL term, and baseline-ae has none"):
+        SNNLKMeans(config="baseline-ae", temperature=1.0).fit(np.zeros((4, 2)))

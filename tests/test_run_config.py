@@ -150,3 +150,34 @@ def test_snnl_kernels_is_an_ordinary_subcommand(monkeypatch, capsys):
         main(["kernels", "--dtype", "int8"])
     assert refused.value.code == 2 and "invalid choice: 'int8'" in capsys.readouterr().err
     assert len(calls) == 1  # nothing started for the refused one
+
+
+def _run_config(*options):
+    from snnl import cli
+
+    return cli.experiment_from_args(cli.build_parser().parse_args(["run", *options])).train
+
+
+def test_temperature_option_sets_a_fixed_temperature_or_the_annealing():
+    fixed = _run_config("--config", "snnl-umap-neighbour-views", "--temperature", "1.5")
+    assert (fixed.temperature, fixed.fixed_temperature, fixed.name) == ("fixed", 1.5, "snnl-umap-neighbour-views")
+    # an annealing preset takes a fixed T too, and a fixed one the annealing
+    assert _run_config("--config", "snnl-5", "--temperature", "2").temperature == "fixed"
+    assert _run_config("--config", "snnl-1", "--temperature", "annealing").temperature == "annealing"
+    # the option trains exactly what a preset of that temperature trains (the name aside)
+    preset = _run_config("--config", "snnl-umap-neighbour-views-t1.5")
+    assert fixed.replace(name=preset.name) == preset
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "hot"])
+def test_temperature_option_refuses_what_is_not_a_temperature(value, capsys):
+    with pytest.raises(SystemExit):
+        _run_config("--temperature", value)
+    assert "temperature must be 'annealing' or a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["baseline-ae", "original"])
+@pytest.mark.parametrize("option", ["--temperature", "--alpha"])
+def test_snnl_term_options_are_refused_where_there_is_no_snnl_term(config, option):
+    with pytest.raises(ValueError, match=f"{option[2:]} sets the SNNL term, and {config} has none"):
+        _run_config("--config", config, option, "2")

@@ -279,6 +279,37 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def temperature_fields(value) -> dict:
+    """The TrainConfig fields of a temperature given as one value, as
+    ``snnl run --temperature`` and ``SNNLKMeans(temperature=...)`` take it:
+    ``"annealing"`` (the paper's schedule, T = 1 / (1 + epoch)^0.55) or a
+    positive number (that fixed T, whatever the preset's schedule)."""
+    if value == "annealing":
+        return {"temperature": "annealing"}
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be 'annealing' or a positive number, got {value!r}") from None
+    if isinstance(value, bool) or not number > 0 or number == float("inf"):
+        raise ValueError(f"temperature must be 'annealing' or a positive number, got {value!r}")
+    return {"temperature": "fixed", "fixed_temperature": number}
+
+
+def with_snnl_term(config: TrainConfig, *, alpha=None, temperature=None) -> TrainConfig:
+    """``config`` with its SNNL term's weight and temperature replaced where
+    given (``temperature`` as ``temperature_fields`` takes it).  Refused for a
+    configuration without the term, which would silently ignore them."""
+    given = [name for name, value in (("alpha", alpha), ("temperature", temperature)) if value is not None]
+    if not given:
+        return config
+    if not config.snnl or config.method != "autoencoder":  # "original" is PCA, trained with nothing
+        raise ValueError(f"{given[0]} sets the SNNL term, and {config.name} has none: choose a configuration with SNNL")
+    changes = {} if alpha is None else {"alpha": alpha}
+    if temperature is not None:
+        changes.update(temperature_fields(temperature))
+    return config.replace(**changes)
+
+
 def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(PRESETS)}")
