@@ -46,7 +46,7 @@ from snnl.cluster.kmeans import kmeans
 from snnl.data import load_splits
 from snnl.metrics import evaluate
 from snnl.runs.provenance import environment
-from snnl.train.config import preset
+from snnl.train.config import preset, with_pseudo_label_clusters
 from snnl.train.loop import model_from_checkpoint, snapshot_path, train_autoencoder
 
 from .measure import write_new_json
@@ -121,6 +121,7 @@ def screen(
     # all checked before training; a variant may set its own epochs
     configs = [preset(config_name, **{"epochs": epochs, **variant}) for variant in variants]
     train, test = load_splits("fashion-mnist", ("train", "test"))
+    configs = [with_pseudo_label_clusters(config, test.n_classes) for config in configs]
     x = train.x[:train_images]
     if with_test:  # N2D's protocol: the images clustered are trained on too (without their labels)
         x = np.concatenate([x, test.x])

@@ -47,7 +47,7 @@ from .encoders import fit_encoder
 from .metrics import evaluate
 from .progress import from_verbose
 from .runs.config import N2D_AUTOENCODER
-from .train.config import PRESETS, preset, with_snnl_term
+from .train.config import PRESETS, preset, with_pseudo_label_clusters, with_snnl_term
 from .train.loop import train_autoencoder
 
 UNLABELLED = -1
@@ -209,7 +209,7 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
         encoder = fit_encoder(
             X01[rows],
             y[rows] if needs_labels else None,
-            config,
+            with_pseudo_label_clusters(config, n_clusters),
             seed=seed,
             device=self.device,
             progress=from_verbose(self.verbose),

@@ -300,13 +300,20 @@ LABEL_FREE = [name for name in PRESETS if PRESETS[name].positives != "classes"]
 LABEL_FREE_CASES = [(name, 1) for name in LABEL_FREE] + [("snnl-neighbour-views", 3)]
 
 
+def _small(name: str, **changes):
+    """``name`` at the tests' small size; pseudo-labels, where it takes them, from the second epoch."""
+    if PRESETS[name].pseudo_labels_from is not None:
+        changes = {"pseudo_labels_from": 1, "pseudo_label_clusters": 10, **changes}
+    return preset(name, **{**SMALL, **changes})
+
+
 @pytest.mark.parametrize(("name", "partners"), LABEL_FREE_CASES)
 def test_no_label_reaches_label_free_training(name, partners):
     """The same seed with the true labels, permuted labels and no labels gives bitwise the same codes."""
     if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
         pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
-    config = preset(name, **{**SMALL, "epochs": 2, "partners": partners})
+    config = _small(name, epochs=2, partners=partners)
     permuted = np.random.default_rng(1).permutation(data.y)
     codes = [
         encode_in_batches(
@@ -339,14 +346,21 @@ def test_label_free_estimator_ignores_y():
 
 
 @pytest.mark.parametrize(
-    ("name", "partners"), [("snnl-neighbour-views", 1), ("snnl-umap-neighbour-views", 1), ("snnl-neighbour-views", 2)]
+    ("name", "partners"),
+    [
+        ("snnl-neighbour-views", 1),
+        ("snnl-umap-neighbour-views", 1),
+        ("snnl-neighbour-views", 2),
+        ("snnl-umap-neighbour-views-clusters", 1),
+    ],
 )
 def test_label_free_resume_equals_uninterrupted(tmp_path, monkeypatch, name, partners):
-    # the partners' random state and their neighbour table travel in the checkpoint
+    # the partners' random state and their neighbour table travel in the checkpoint; the
+    # pseudo-labels are computed again from the model and the seed
     if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
         pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
-    config = preset(name, **SMALL, partners=partners)
+    config = _small(name, partners=partners)
     full = train_autoencoder(data.x, None, config, seed=2, progress=False, image_shape=data.image_shape)
     train_interrupted(data.x, None, config, 1, seed=2, checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
 

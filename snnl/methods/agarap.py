@@ -22,6 +22,7 @@ from ..metrics import evaluate
 from ..runs.config import ExperimentConfig
 from ..runs.records import ExperimentResult, SeedResult
 from ..runs.runner import check_output, checkpoint_path, execute
+from ..train.config import with_pseudo_label_clusters
 from ..train.loop import resolve_device, training_seconds
 
 
@@ -84,7 +85,7 @@ def run_experiment(
         encoder = fit_encoder(
             subset.x,
             subset.y,
-            config.train,
+            with_pseudo_label_clusters(config.train, test.n_classes),
             seed=seed,
             device=device,
             image_shape=subset.image_shape,

@@ -83,6 +83,7 @@ neighbours, and the term on every hidden layer (results/README.md).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 from .. import choices, validate
@@ -109,6 +110,12 @@ class TrainConfig:
     neighbours: int = 10  # the k nearest neighbours a "neighbours" / "neighbour-views" partner is drawn from
     # where they are searched: the inputs (cosine), or a UMAP embedding of the inputs (snnl.train.positives)
     neighbour_space: str = "inputs"
+    # label-free: from this many epochs on, each point's cluster in the codes is its label too
+    # (balanced k-means, refreshed every epoch; None: never; snnl.train.pseudo_labels) ...
+    pseudo_labels_from: int | None = None
+    pseudo_label_share: float = 0.5  # ... for this share of each cluster, the points it holds most firmly
+    # ... in this many clusters (None: the number the codes will be clustered into, set by the run)
+    pseudo_label_clusters: int | None = None
     layers: str = "all"  # where the SNNL term applies: every hidden layer (the paper's) or the code alone
     temperature: str = "annealing"  # or "fixed"
     fixed_temperature: float = 100.0
@@ -151,6 +158,15 @@ class TrainConfig:
         for key in ("code_dim", "epochs", "batch_size", "neighbours", "partners"):
             validate.integer(key, getattr(self, key))
         validate.integer("patience", self.patience, allow_none=True)
+        validate.integer("pseudo_labels_from", self.pseudo_labels_from, 0, allow_none=True)
+        validate.integer("pseudo_label_clusters", self.pseudo_label_clusters, 2, allow_none=True)
+        share = self.pseudo_label_share
+        if isinstance(share, bool) or not isinstance(share, numbers.Real) or not 0 < share <= 1:
+            raise ValueError(f"pseudo_label_share must be in (0, 1], got {self.pseudo_label_share!r}")
+        if self.pseudo_labels_from is not None and self.positives == "classes":
+            raise ValueError(
+                "pseudo_labels_from is for label-free positives: with positives='classes' the labels are given"
+            )
         for key in ("learning_rate", "fixed_temperature", "anneal_eta", "adam_eps"):
             validate.positive(key, getattr(self, key))
         validate.non_negative("alpha", self.alpha)
@@ -274,6 +290,11 @@ PRESETS: dict[str, TrainConfig] = {
         )
         for t in (1.0, 1.5)
     },
+    # and with cluster positives: from epoch 6 on, each point's balanced k-means cluster of the
+    # codes is its label too, for the half of each cluster held most firmly (snnl.train.pseudo_labels)
+    "snnl-umap-neighbour-views-clusters": _UMAP_NEIGHBOUR_VIEWS.replace(
+        name="snnl-umap-neighbour-views-clusters", fixed_temperature=1.5, pseudo_labels_from=5
+    ),
     "baseline-ae": TrainConfig(name="baseline-ae", snnl=False),
     "original": TrainConfig(name="original", method="pca"),
 }
@@ -308,6 +329,15 @@ def with_snnl_term(config: TrainConfig, *, alpha=None, temperature=None) -> Trai
     if temperature is not None:
         changes.update(temperature_fields(temperature))
     return config.replace(**changes)
+
+
+def with_pseudo_label_clusters(config: TrainConfig, clusters: int) -> TrainConfig:
+    """``config`` with ``pseudo_label_clusters`` set to ``clusters`` (the
+    number of clusters the run will find) where it takes pseudo-labels and
+    leaves that number open."""
+    if config.pseudo_labels_from is None or config.pseudo_label_clusters is not None:
+        return config
+    return config.replace(pseudo_label_clusters=int(clusters))
 
 
 def preset(name: str, **overrides) -> TrainConfig:
@@ -347,6 +377,11 @@ def describe(config: TrainConfig) -> str:
             "neighbour-views": f"a view of one of its {config.neighbours} nearest neighbours{where}",
         }
         positive = partner[config.positives] + (f", {config.partners} per point" if config.partners > 1 else "")
+        if config.pseudo_labels_from is not None:
+            positive += (
+                f"; after epoch {config.pseudo_labels_from} also its balanced k-means cluster of the codes, "
+                f"for the {config.pseudo_label_share:.0%} of each cluster held most firmly"
+            )
         return (
             f"autoencoder + {config.alpha:g} x SNNL without labels (positive: {positive}; "
             f"{temperature}, {'the code' if config.layers == 'code' else 'every hidden layer'})"

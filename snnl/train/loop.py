@@ -32,6 +32,7 @@ from ..progress import Progress
 from . import checkpoints
 from .config import TrainConfig, config_changes, describe_changes
 from .positives import Partners
+from .pseudo_labels import epoch_pseudo_labels
 
 CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.train.checkpoints wraps it)
 
@@ -70,6 +71,14 @@ def _check_training_data(x: np.ndarray, y: np.ndarray | None, config: TrainConfi
             f"training data spans [{x.min():.3g}, {x.max():.3g}]; the logistic reconstruction "
             "(binary cross-entropy) needs inputs scaled to [0, 1]"
         )
+    if config.pseudo_labels_from is not None:
+        if config.pseudo_label_clusters is None:
+            raise ValueError(
+                f"{config.name}: pseudo_label_clusters is not set: how many clusters the pseudo-labels "
+                "take (the runs and SNNLKMeans set it to the clusters they will find)"
+            )
+        if config.pseudo_label_clusters > len(x):
+            raise ValueError(f"{len(x)} training rows cannot form {config.pseudo_label_clusters} pseudo-label clusters")
     if config.snnl and config.supervised:
         if y is None:
             raise ValueError(f"{config.name} is supervised: it needs labels for the training data")
@@ -99,6 +108,7 @@ def batch_loss(
     config: TrainConfig,
     global_rows: int | None = None,
     partners: torch.Tensor | None = None,
+    pseudo_labels: torch.Tensor | None = None,
 ):
     """(loss, reconstruction, per-layer SNNL list) for one batch.
 
@@ -107,6 +117,9 @@ def batch_loss(
     encoded in the same forward pass as the batch (one pass:
     DistributedDataParallel expects one), their hidden layers grouped with
     their row's in the multi-view form of the loss, ``(b, 1 + partners, d)``.
+    ``pseudo_labels``: the rows' labels in that form (SupCon's), from the
+    codes' clusters (``snnl.train.pseudo_labels``); without them each row's
+    partners are its only positives.
 
     Under torch.distributed every term is this process's share (its rows'
     sum over the global batch's count), so that the shares of all processes
@@ -129,8 +142,8 @@ def batch_loss(
     if partners is None:
         labels = yb if config.supervised else torch.zeros_like(yb)
         points = [hidden[i] for i in layers]
-    else:  # each row and its partners are one sample's views, positives of each other: no labels
-        labels = None
+    else:  # each row and its partners are one sample's views, positives of each other (and of its cluster)
+        labels = pseudo_labels
         points = [torch.cat([hidden[i][:, None], _by_anchor(partner_hidden[i], len(xb))], 1) for i in layers]
     per_layer = [
         distributed.global_loss_share(
@@ -322,6 +335,7 @@ def _run_epoch(
     device,
     bars: Progress,
     checkpoint_path,
+    pseudo_all: torch.Tensor | None = None,
 ) -> dict:
     """One pass over the shuffled data; the epoch's record (means over its batches).
 
@@ -342,9 +356,10 @@ def _run_epoch(
         xb = x_all[index].to(device, non_blocking=True)
         yb = y_all[index].to(device, non_blocking=True)
         partners = state.partners(global_index, rows, device) if state.partners is not None else None
+        pseudo = pseudo_all[index].to(device, non_blocking=True) if pseudo_all is not None else None
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp):
             loss, reconstruction, per_layer = batch_loss(
-                network, xb, yb, temperature, config, len(global_index), partners
+                network, xb, yb, temperature, config, len(global_index), partners, pseudo
             )
         # one collective for the logged values: the global batch's loss terms
         values = distributed.all_reduce_tensor(
@@ -459,7 +474,10 @@ def train_autoencoder(
     try:
         for epoch in range(start_epoch, last_epoch):
             temperature = schedule(epoch)
-            record = _run_epoch(state, network, x_all, y_all, epoch, config, temperature, device, bars, checkpoint_path)
+            pseudo_all = epoch_pseudo_labels(model, x_all, config, seed, epoch)
+            record = _run_epoch(
+                state, network, x_all, y_all, epoch, config, temperature, device, bars, checkpoint_path, pseudo_all
+            )
             state.history.append(record)
             bars.epoch_done(
                 epoch,
