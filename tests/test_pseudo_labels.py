@@ -90,3 +90,21 @@ def test_training_takes_the_cluster_labels_from_the_given_epoch_on(monkeypatch):
         data.x, None, config.replace(pseudo_labels_from=None), seed=0, progress=False, image_shape=(8, 8)
     )
     assert not torch.equal(encode_in_batches(with_clusters.model, data.x), encode_in_batches(without.model, data.x))
+
+
+def test_an_epochs_time_includes_clustering_its_codes(monkeypatch):
+    import time
+
+    data = labelled_subset(load_dataset("digits", "train"), 128, 0)
+    config = preset("snnl-neighbour-views", **SMALL, epochs=2, pseudo_labels_from=1, pseudo_label_clusters=10)
+    original = loop.epoch_pseudo_labels
+
+    def slow(*args):
+        labels = original(*args)
+        if labels is not None:
+            time.sleep(0.5)
+        return labels
+
+    monkeypatch.setattr(loop, "epoch_pseudo_labels", slow)
+    history = loop.train_autoencoder(data.x, None, config, seed=0, progress=False, image_shape=(8, 8)).history
+    assert history[1]["seconds"] >= 0.5  # the sleep, in the epoch that clustered

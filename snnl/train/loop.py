@@ -474,10 +474,13 @@ def train_autoencoder(
     try:
         for epoch in range(start_epoch, last_epoch):
             temperature = schedule(epoch)
+            clustering_started = time.perf_counter()
             pseudo_all = epoch_pseudo_labels(model, x_all, config, seed, epoch)
+            clustering = time.perf_counter() - clustering_started
             record = _run_epoch(
                 state, network, x_all, y_all, epoch, config, temperature, device, bars, checkpoint_path, pseudo_all
             )
+            record["seconds"] += clustering  # the epoch's time includes clustering its codes
             state.history.append(record)
             bars.epoch_done(
                 epoch,
