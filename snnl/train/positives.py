@@ -24,6 +24,9 @@ spaces (``TrainConfig.neighbour_space``):
   neighbours follow the data's manifold: see ``snnl.train.config`` for what they
   changed on Fashion-MNIST.
 
+From ``TrainConfig.pseudo_labels_from`` on, an anchor's cluster in the
+codes adds positives (``snnl.train.pseudo_labels``).
+
 The neighbour table and every random draw (from a generator seeded with the
 run's seed) are saved in the checkpoints, so a run is reproduced exactly,
 also across a resume, which does not search again.

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 # and its iterations (the column sums are equal to 1e-3 relative by then)
 SINKHORN_EPSILON = 0.05
 SINKHORN_ITERATIONS = 100
-KMEANS_RESTARTS = 3  # the centres only seed the balanced assignment: a few restarts suffice
 
 
 def balanced_assignment(
@@ -64,7 +63,10 @@ def pseudo_labels(codes: np.ndarray, clusters: int, share: float, seed: int) -> 
 
     validate.integer("clusters", clusters, 2)
     codes = np.asarray(codes, dtype=np.float32)
-    centres = kmeans(codes, clusters, n_init=KMEANS_RESTARTS, seed=seed).centers
+    # k-means's default restarts, as the read-out's: with 3, one run in three on Fashion-MNIST
+    # codes (seed 1, epoch 10) ended in a worse optimum (inertia 14,387 against 13,947; ACC
+    # 0.615 against 0.684), and training on its labels locks that split in
+    centres = kmeans(codes, clusters, seed=seed).centers
     centres = centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
     unit = codes / np.maximum(np.linalg.norm(codes, axis=1, keepdims=True), 1e-12)
     plan = balanced_assignment(unit @ centres.T)
