@@ -48,7 +48,7 @@ def test_run_experiment_writes_everything(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_skips_finished_seeds(tmp_path):
+def test_resume_skips_finished_seeds(tmp_path, capsys):
     out = tmp_path / "run"
     first = run_experiment(fast_config(seeds=(0, 1)), out, progress=False)
     again = run_experiment(fast_config(seeds=(0, 1)), out, resume=True, progress=False)
@@ -62,8 +62,13 @@ def test_resume_skips_finished_seeds(tmp_path):
             == pytest.approx(sum(epoch["seconds"] for epoch in before.history))
         )
     # seeds may change on resume: a new seed trains, the others stay as they were
-    more = run_experiment(fast_config(seeds=(0, 1, 2)), out, resume=True, progress=False)
+    capsys.readouterr()
+    more = run_experiment(fast_config(seeds=(0, 1, 2)), out, resume=True, progress="lines")
     assert [s.seed for s in more.seeds] == [0, 1, 2] and more.seeds[1].metrics == first.seeds[1].metrics
+    # and it says which seed it trains, before training it
+    err = capsys.readouterr().err
+    assert f"seed 2: no finished record in {out / 'seeds'}, training it from the start" in err
+    assert "seed 1:" not in err and err.index("seed 2: no finished record") < err.index("epoch")
     with pytest.raises(ValueError, match=r"cannot change what the trained models depend on: train.alpha"):
         run_experiment(
             fast_config(

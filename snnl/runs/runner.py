@@ -140,6 +140,11 @@ def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> E
         ):
             results.append(SeedResult.from_record(outdir.read_seed_record(finished)))
             continue
+        if resume and not first and finished is not None and main and progress not in (False, "none"):
+            # a seed whose record is missing is trained from its checkpoint or from the start:
+            # say so before minutes of work, so a record left out of seeds/ is noticed now
+            how = "from its checkpoint" if _checkpoint(out_dir, seed).is_file() else "from the start"
+            print(f"seed {seed}: no finished record in {finished.parent}, training it {how}", file=sys.stderr)
         result = run_seed(seed, first)
         if finished is not None and main:
             outdir.write_seed(finished, result, config)
