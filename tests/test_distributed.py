@@ -144,6 +144,8 @@ TRAINED = {
     "min": ("snnl-5", {"combine": "min"}),
     "label-free": ("snnl-neighbour-views", {}),
     "label-free, 2 partners": ("snnl-neighbour-views", {"partners": 2}),
+    # and cluster positives, which the main process computes for all
+    "label-free, clusters": ("snnl-neighbour-views", {"pseudo_labels_from": 1, "pseudo_label_clusters": 4}),
 }
 
 

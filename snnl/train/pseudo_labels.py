@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .. import validate
+from .. import distributed, validate
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -83,13 +83,20 @@ def pseudo_labels(codes: np.ndarray, clusters: int, share: float, seed: int) -> 
 def epoch_pseudo_labels(model, x: torch.Tensor, config: TrainConfig, seed: int, epoch: int) -> torch.Tensor | None:
     """The pseudo-labels epoch ``epoch`` (from 0) of ``config`` trains with:
     ``pseudo_labels`` of the model's codes of ``x``, k-means seeded by the
-    run's seed and the epoch; None before ``config.pseudo_labels_from``."""
+    run's seed and the epoch; None before ``config.pseudo_labels_from``.
+
+    Under torch.distributed the main process clusters and the others receive
+    its labels, as with the neighbour table (snnl.train.positives): every
+    process trains with the same ones, which k-means on each would not
+    promise (a faiss or multithreaded sum may differ in its last bits)."""
     from ..autoencoder import encode_in_batches
 
     if config.pseudo_labels_from is None or epoch < config.pseudo_labels_from:
         return None
     assert config.pseudo_label_clusters is not None, "checked before training (snnl.train.loop)"
-    codes = encode_in_batches(getattr(model, "module", model), x).numpy()
-    kmeans_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-    labels = pseudo_labels(codes, config.pseudo_label_clusters, config.pseudo_label_share, kmeans_seed)
-    return torch.from_numpy(labels)
+    labels = None
+    if distributed.is_main_process():
+        codes = encode_in_batches(model, x).numpy()
+        kmeans_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+        labels = pseudo_labels(codes, config.pseudo_label_clusters, config.pseudo_label_share, kmeans_seed)
+    return torch.from_numpy(distributed.broadcast_from_main(labels))
