@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,33 @@ SIZES = (7, 12)  # uneven on purpose
 def _init(rank: int, rendezvous: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
+
+
+def _finish(rank: int, out: str) -> None:
+    """A worker's last step: wait for the others to finish their work too
+    (rank 0 saves after training), leave the process group, say it is done."""
+    dist.barrier()
+    dist.destroy_process_group()
+    Path(out, f"done{rank}").touch()
+
+
+def _spawn(worker, tmp_path: Path, *args) -> None:
+    """Run ``worker(rank, rendezvous, out, *args)`` in WORLD processes.
+
+    A worker that aborts with SIGABRT ("terminate called without an active
+    exception") after ``_finish`` has run did all its work and left its
+    process group: the abort is in the C++ teardown of the exiting
+    interpreter, not in the code under test.  CI saw it now and then in the
+    label-free training cases, never in a run of this file alone; the
+    results are then checked as usual, with a warning.  An abort before
+    ``_finish``, or any other failure, fails the test."""
+    try:
+        mp.spawn(worker, args=(str(tmp_path / "rdv"), str(tmp_path), *args), nprocs=WORLD)
+    except mp.ProcessExitedException as error:
+        done = [rank for rank in range(WORLD) if (tmp_path / f"done{rank}").is_file()]
+        if error.signal_name != "SIGABRT" or len(done) < WORLD:
+            raise
+        warnings.warn(f"worker {error.error_index} aborted at interpreter exit, after finishing its work", stacklevel=2)
 
 
 def _batch(distance: str):
@@ -53,7 +81,7 @@ def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: s
     )
     share.backward()
     torch.save({"share": share.detach(), "grad": local.grad, "grad_t": t.grad}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    _finish(rank, out)
 
 
 @pytest.mark.slow
@@ -62,7 +90,7 @@ def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: s
 def test_global_loss_shares_add_up_to_the_single_process_loss(tmp_path, backend, distance, eps):
     if backend == "triton":
         pytest.importorskip("triton")
-    mp.spawn(_loss_worker, args=(str(tmp_path / "rdv"), str(tmp_path), backend, distance, eps), nprocs=WORLD)
+    _spawn(_loss_worker, tmp_path, backend, distance, eps)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     z, labels = _batch(distance)
     z.requires_grad_(True)
@@ -97,13 +125,13 @@ def _ddp_worker(rank: int, rendezvous: str, out: str, backend: str, views: int) 
         )
     loss.backward()
     torch.save({"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    _finish(rank, out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend,views", [("reference", 1), ("blocked", 1), ("blocked", 2)])
 def test_ddp_gradients_equal_single_process_ones_with_no_scaling(tmp_path, backend, views):
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "rdv"), str(tmp_path), backend, views), nprocs=WORLD)
+    _spawn(_ddp_worker, tmp_path, backend, views)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 5).double()
@@ -161,13 +189,13 @@ def _train_worker(rank: int, rendezvous: str, out: str, combine: str) -> None:
     )
     if rank == 0:
         torch.save({"state": result.model.state_dict(), "history": result.history}, f"{out}/trained.pt")
-    dist.destroy_process_group()
+    _finish(rank, out)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("combine", TRAINED)
 def test_ddp_training_follows_single_process_training(tmp_path, combine):
-    mp.spawn(_train_worker, args=(str(tmp_path / "rdv"), str(tmp_path), combine), nprocs=WORLD)
+    _spawn(_train_worker, tmp_path, combine)
     trained = torch.load(tmp_path / "trained.pt")
     rng = np.random.default_rng(0)
     x = rng.random((100, 12), dtype=np.float32)
