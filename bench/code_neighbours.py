@@ -18,25 +18,18 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
-ROWS_AT_A_TIME = 2048  # distance rows per step: 2,048 x 10,000 floats, 80 MB
+from snnl.train.positives import nearest_neighbours
 
 
 def neighbour_agreement(codes: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float, np.ndarray]:
     """(the share of codes whose k nearest others' commonest label is their
     own, that share per class 0 .. labels.max())."""
-    z = torch.as_tensor(codes, dtype=torch.float32)
     y = np.asarray(labels)
     n_classes = int(y.max()) + 1
-    agree = np.empty(len(y), dtype=bool)
-    for start in range(0, len(y), ROWS_AT_A_TIME):
-        rows = slice(start, min(start + ROWS_AT_A_TIME, len(y)))
-        distance = torch.cdist(z[rows], z)
-        distance[torch.arange(distance.shape[0]), torch.arange(rows.start, rows.stop)] = float("inf")  # not itself
-        nearest = distance.topk(k, largest=False).indices.numpy()
-        votes = np.array([np.bincount(y[r], minlength=n_classes).argmax() for r in nearest])
-        agree[rows] = votes == y[rows]
+    nearest = nearest_neighbours(codes, k, metric="euclidean")
+    votes = np.array([np.bincount(row, minlength=n_classes).argmax() for row in y[nearest]])
+    agree = votes == y
     return float(agree.mean()), np.array([agree[y == c].mean() for c in range(n_classes)])
 
 

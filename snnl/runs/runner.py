@@ -127,24 +127,20 @@ def execute(
 
 def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> ExperimentResult:
     main = distributed.is_main_process()
+    speak = main and progress not in (False, "none")
     results = []
     for position, seed in enumerate(config.seeds):
         first = position == 0  # its arrays and history feed embeddings.npz and the figures
         finished = out_dir / "seeds" / f"seed{seed}.json" if out_dir is not None else None
-        if (
-            resume
-            and not first
-            and finished is not None
-            and finished.is_file()
-            and _reusable(finished, config, out_dir, seed)
-        ):
-            results.append(SeedResult.from_record(outdir.read_seed_record(finished)))
-            continue
-        if resume and not first and finished is not None and main and progress not in (False, "none"):
-            # a seed whose record is missing is trained from its checkpoint or from the start:
-            # say so before minutes of work, so a record left out of seeds/ is noticed now
-            how = "from its checkpoint" if _checkpoint(out_dir, seed).is_file() else "from the start"
-            print(f"seed {seed}: no finished record in {finished.parent}, training it {how}", file=sys.stderr)
+        if resume and not first and finished is not None:  # a resumed run reuses each finished seed but the first
+            if finished.is_file() and _reusable(finished, config, out_dir, seed):
+                results.append(SeedResult.from_record(outdir.read_seed_record(finished)))
+                continue
+            if not finished.is_file() and speak:
+                # a seed whose record is missing is trained from its checkpoint or from the start:
+                # say so before minutes of work, so a record left out of seeds/ is noticed now
+                how = "from its checkpoint" if _checkpoint(out_dir, seed).is_file() else "from the start"
+                print(f"seed {seed}: no finished record in {finished.parent}, training it {how}", file=sys.stderr)
         result = run_seed(seed, first)
         if finished is not None and main:
             outdir.write_seed(finished, result, config)
@@ -157,5 +153,5 @@ def _execute(config, data, run_seed, out_dir, resume, data_files, progress) -> E
         config, results, data.y, summary, environment(resolve_device(config.device)), tuple(data_files or data.files)
     )
     if out_dir is not None:
-        outdir.write_experiment(out_dir, experiment, data, progress=progress not in (False, "none"))
+        outdir.write_experiment(out_dir, experiment, data, progress=speak)
     return experiment
