@@ -29,7 +29,7 @@ import time
 import pytest
 import torch
 
-from snnl import soft_nearest_neighbor_loss
+from snnl import optional, soft_nearest_neighbor_loss
 from snnl.loss import registry
 
 from .conftest import LOSS_SIZES
@@ -71,7 +71,7 @@ def pytest_generate_tests(metafunc):
 
 def test_loss_forward_backward(benchmark, device, not_run, cpu_rates, backend, batch, dim):
     params = {"backend": backend, "batch": batch, "dim": dim, "device": device.type}
-    if backend == "triton" and (device.type != "cuda" or not registry.triton_available()):
+    if backend == "triton" and (device.type != "cuda" or not optional.triton_available()):
         not_run("triton needs a CUDA device (the CPU interpreter is a test tool, not a performance path)", **params)
     if backend in ("reference", "compiled"):
         need = REFERENCE_MATRICES * batch * batch * 4

@@ -1,10 +1,18 @@
-"""Probes of the optional packages behind the manifold learners (cuML,
-umap-learn): whether each imports and why not, and which UMAP ``auto``
-picks.  Imports neither until asked, and nothing of snnl, so that a
+"""Probes of the optional packages: Triton (the fused loss kernels) and the
+manifold learners (cuML, umap-learn): whether each imports and why not, and
+which UMAP ``auto`` picks.  Imports neither until asked, and nothing of snnl, so that a
 configuration can check what a run needs before any work starts.
 """
 
 from __future__ import annotations
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def cuml_status() -> tuple[bool, str]:

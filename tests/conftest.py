@@ -41,12 +41,12 @@ def small_tiles(monkeypatch):
     exact pass); 16 x 16 tiles and 64-wide feature chunks for the
     fused kernels (d > 64 takes their chunked path; the interpreter's time
     grows with the square of the number of chunks)."""
-    from snnl.loss import shared_exp
-    from snnl.loss.backends import blocked, triton
+    from snnl.loss.backends import triton
+    from snnl.loss.backends.blocked import far, tiles
 
-    monkeypatch.setattr(blocked, "BLOCK_ROWS", 7)
-    monkeypatch.setattr(shared_exp, "EXACT_ROWS", 5)
-    monkeypatch.setattr(shared_exp, "EXACT_KEYS", 7)
+    monkeypatch.setattr(tiles, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(far, "EXACT_ROWS", 5)
+    monkeypatch.setattr(far, "EXACT_KEYS", 7)
     try:
         from snnl.kernels.configs import TileConfig
     except ImportError:  # no Triton: its tests are skipped

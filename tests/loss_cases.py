@@ -9,8 +9,8 @@ import torch
 
 from snnl.loss import ops, registry
 from snnl.loss.backends import reference
-from snnl.loss.functional import compute_dtype
-from snnl.loss.rowwise import rows_loss
+from snnl.loss.options import NO_SELF_PAIR, Inputs, LossOptions
+from snnl.loss.rowwise import compute_dtype, rows_loss
 
 LABEL_PATTERNS = ("few_classes", "singletons", "one_class", "all_distinct", "large_negative")
 
@@ -46,22 +46,13 @@ def backend_rows(backend: str, distance: str, eps: float):
     them: rows(z, labels, t, keys=None, key_labels=None, self_offset=-1)."""
     entry = registry.BACKENDS[backend]
 
-    def rows(z, labels, t, keys=None, key_labels=None, self_offset=ops.NO_SELF_PAIR):
+    def rows(z, labels, t, keys=None, key_labels=None, self_offset=NO_SELF_PAIR):
         dtype = compute_dtype(z.dtype)
         if entry.casts_inputs:
             z, keys = z.to(dtype), None if keys is None else keys.to(dtype)
-        return ops.rows(
-            z,
-            keys,
-            labels,
-            key_labels,
-            t.to(dtype),
-            backend,
-            0 if keys is None else self_offset,
-            distance,
-            eps,
-            "tf32x3",
-        )[0]
+        inputs = Inputs(z, keys, labels, key_labels, t.to(dtype))
+        options = LossOptions(0 if keys is None else self_offset, distance, eps, "tf32x3")
+        return ops.rows(inputs, options, backend)[0]
 
     return rows
 
@@ -168,6 +159,5 @@ def compare(backend, b, d, pattern, temperature, distance, eps, dtype=torch.floa
 
 def reference_rows(z, labels, temperature, distance, eps, **kw):
     """The oracle's per-row losses (keys / key_labels / self_offset as ``reference.rows``)."""
-    return reference.rows(
-        z, kw.get("keys"), labels, kw.get("key_labels"), temperature, kw.get("self_offset", 0), distance, eps
-    )[0]
+    inputs = Inputs(z, kw.get("keys"), labels, kw.get("key_labels"), temperature)
+    return reference.rows(inputs, LossOptions(kw.get("self_offset", 0), distance, eps, "tf32x3"))[0]

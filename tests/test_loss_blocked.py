@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from snnl import soft_nearest_neighbor_loss
-from snnl.loss import shared_exp, workers
-from snnl.loss.backends import blocked
-from snnl.loss.backends.blocked import block_bounds, tile_pairs
+from snnl.loss.backends.blocked import far, workers
+from snnl.loss.backends.blocked.points import Points
+from snnl.loss.backends.blocked.tiles import block_bounds, tile_pairs
 
 from .loss_cases import backend_rows, compare, make_labels, make_points, reference_rows
 
@@ -21,13 +21,13 @@ from .loss_cases import backend_rows, compare, make_labels, make_points, referen
 def exact_rows_calls(monkeypatch):
     """Counts the rows that went through the exact pass for far rows."""
     calls = []
-    original = shared_exp._exact_logits
+    original = far._exact_logits
 
-    def spy(rows, *args):
-        calls.append(rows.shape[0])
-        return original(rows, *args)
+    def spy(q, k, rows, *args):
+        calls.append(rows.numel())
+        return original(q, k, rows, *args)
 
-    monkeypatch.setattr(shared_exp, "_exact_logits", spy)
+    monkeypatch.setattr(far, "_exact_logits", spy)
     return calls
 
 
@@ -51,13 +51,13 @@ def test_far_rows_are_recomputed_exactly(request, exact_rows_calls, tiles, dtype
 def rescaled_rows(monkeypatch):
     """Counts the rows the far rows' pass took at their own scale."""
     calls = []
-    original = blocked._Points.take
+    original = Points.take
 
     def spy(self, index):
         calls.append(index.numel())
         return original(self, index)
 
-    monkeypatch.setattr(blocked._Points, "take", spy)
+    monkeypatch.setattr(Points, "take", spy)
     return calls
 
 

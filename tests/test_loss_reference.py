@@ -67,6 +67,29 @@ def test_gradcheck_reference(distance, eps):
 
 
 @pytest.mark.parametrize("eps", [1e-5, 1e-2, 0.0])
+def test_rows_loss_gradients_are_finite_and_zero_without_positives(eps):
+    # The fast backends' backward operators take the gradients of the two
+    # log-sum-exps from autograd of rows_loss: finite everywhere, and exactly 0
+    # for a row with no same-class key (its lse_same is the constant -inf),
+    # also at the second order
+    g = torch.Generator().manual_seed(2)
+    lse_all = (torch.randn(12, dtype=torch.float64, generator=g) * 30).requires_grad_(True)
+    lse_same = lse_all.detach() - torch.rand(12, dtype=torch.float64, generator=g) * 40
+    lse_same[3] = -math.inf
+    lse_same.requires_grad_(True)
+    grad_rows = torch.randn(12, dtype=torch.float64, generator=g)
+    rows = rows_loss(lse_all, lse_same, eps)
+    objective = torch.where(torch.isfinite(rows), rows * grad_rows, torch.zeros_like(rows)).sum()
+    d_all, d_same = torch.autograd.grad(objective, [lse_all, lse_same], create_graph=True)
+    assert torch.isfinite(d_all).all() and torch.isfinite(d_same).all()
+    assert d_all[3] == 0 and d_same[3] == 0
+    curvature = d_all.square().sum() + d_same.square().sum()
+    if curvature.requires_grad:  # eps = 0: lse_all - lse_same, whose first derivatives are constants
+        second = torch.autograd.grad(curvature, [lse_all, lse_same], allow_unused=True)
+        assert all(s is None or torch.isfinite(s).all() for s in second)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-2, 0.0])
 def test_row_coefficients_match_autograd(eps):
     g = torch.Generator().manual_seed(2)
     lse_all = (torch.randn(12, dtype=torch.float64, generator=g) * 30).requires_grad_(True)

@@ -150,7 +150,8 @@ def loss_launches(
     import torch
 
     from ..kernels import configs, pair_kernels, rows
-    from ..loss.shared_exp import FAR
+    from ..loss.options import Upstream
+    from ..loss.rowwise import FAR
 
     torch_dtype = _torch_dtype(dtype)
     acc = torch.float64 if torch_dtype == torch.float64 else torch.float32
@@ -177,7 +178,9 @@ def loss_launches(
         points, points, labels, labels, sq, sq, temperature, 0, first_sums, FAR[acc], 1e-5, precision=precision
     )
     launches.append(("finish-forward", finish))
-    coefficients, _ = rows.coefficients_launch(first_sums[0, 0], first_sums[0, 1], first_sums[0, 0], 1e-5, FAR[acc])
+    coefficients, _ = rows.coefficients_launch(
+        first_sums[0, 0], first_sums[0, 1], Upstream(first_sums[0, 0], None, None), 1e-5, FAR[acc]
+    )
     launches.append(("coefficients", coefficients))
     for config in configs.candidate_configs("backward", batch, dim, torch_dtype, capability, euclidean):
         if distributed:  # a process's rows (a quarter of the batch here) against the gathered batch

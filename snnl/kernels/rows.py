@@ -356,6 +356,8 @@ def _coefficients_kernel(
     LSE_ALL,
     LSE_SAME,
     GRAD_ROWS,
+    GRAD_LSE_ALL,
+    GRAD_LSE_SAME,
     COEF,
     SAME_COEF,
     EXACT,
@@ -364,15 +366,17 @@ def _coefficients_kernel(
     far,
     log_eps,
     EPS_ZERO: tl.constexpr,
+    LSE_GRADS: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
     """The backward kernels' per-row inputs from the rows' log-sum-exps and
-    the upstream gradient: COEF = g_all / S and SAME_COEF = g_same / N
+    the upstream gradients (of the losses; with LSE_GRADS also of the
+    log-sum-exps themselves, ``snnl.loss.rowwise.log_sum_gradients``): COEF = g_all / S and SAME_COEF = g_same / N
     for the shared-exp terms (0 for far rows and rows without a same-class
     key), EXACT (4, n) = (e_all, e_same, lse_all log2(e), lse_same log2(e))
     for the far rows' exact terms (0 elsewhere), and ANY_FAR[0] raised to 1
     when some row is far (``snnl.loss.rowwise.row_coefficients`` and
-    ``snnl.loss.shared_exp.shared_coefficients``, in one launch)."""
+    ``snnl.loss.backends.blocked.far.shared_coefficients``, in one launch)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     ok = rows < n
     lse_all = tl.load(LSE_ALL + rows, mask=ok, other=0.0)
@@ -389,6 +393,9 @@ def _coefficients_kernel(
         q = _sigmoid(lse_all - log_eps)
         g_all = g * p * q
         g_same = -g * p
+    if LSE_GRADS:
+        g_all += tl.load(GRAD_LSE_ALL + rows, mask=ok, other=0.0).to(lse_all.dtype)
+        g_same += tl.where(has_same, tl.load(GRAD_LSE_SAME + rows, mask=ok, other=0.0).to(lse_all.dtype), 0.0)
     far_all = lse_all < -far
     far_same = (has_same & (lse_same < -far)) | far_all
     shared_same = has_same & (far_same == 0)
@@ -586,10 +593,11 @@ COEFFICIENT_ROWS = 256  # rows per program of the coefficients kernel (elementwi
 
 
 def coefficients_launch(
-    lse_all: torch.Tensor, lse_same: torch.Tensor, grad_rows: torch.Tensor, eps: float, far: float
+    lse_all: torch.Tensor, lse_same: torch.Tensor, upstream, eps: float, far: float
 ) -> tuple[Launch, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The launch of the backward kernels' per-row inputs (``_coefficients_kernel``),
-    and its outputs (coef, same_coef, exact (4, n), any_far (1,) int32)."""
+    """The launch of the backward kernels' per-row inputs (``_coefficients_kernel``)
+    from the upstream gradients (``snnl.loss.options.Upstream``), and its
+    outputs (coef, same_coef, exact (4, n), any_far (1,) int32)."""
     n = lse_all.shape[0]
     coef = torch.empty_like(lse_all)
     same_coef = torch.empty_like(coef)
@@ -598,8 +606,22 @@ def coefficients_launch(
     launch = Launch(
         _coefficients_kernel,
         (triton.cdiv(n, COEFFICIENT_ROWS),),
-        (lse_all, lse_same, grad_rows, coef, same_coef, exact, any_far, n, far, math.log(eps) if eps > 0 else 0.0),
-        dict(EPS_ZERO=eps == 0, BLOCK_R=COEFFICIENT_ROWS),
+        (
+            lse_all,
+            lse_same,
+            upstream.rows,
+            upstream.rows if upstream.lse_all is None else upstream.lse_all,
+            upstream.rows if upstream.lse_same is None else upstream.lse_same,
+            coef,
+            same_coef,
+            exact,
+            any_far,
+            n,
+            far,
+            math.log(eps) if eps > 0 else 0.0,
+        ),
+        # (the loss layer gives both gradients of the log-sum-exps or neither)
+        dict(EPS_ZERO=eps == 0, LSE_GRADS=upstream.lse_all is not None, BLOCK_R=COEFFICIENT_ROWS),
         TileConfig(COEFFICIENT_ROWS, 16, 16, 4, 1),
     )
     return launch, (coef, same_coef, exact, any_far)

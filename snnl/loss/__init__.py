@@ -2,11 +2,13 @@
 
 - ``functional``: ``soft_nearest_neighbor_loss`` (the forms of the loss, checks, reduction)
 - ``module``: ``SNNLoss``
+- ``options``: what every backend receives, the batch (``Inputs``) and the options (``LossOptions``)
 - ``registry``: the one list of backends
 - ``ops``: the fast backends as torch.library operators, with autograd
-- ``backends``: ``reference`` (the oracle), ``blocked`` (the CPU path), ``triton`` (the fused kernels)
-- ``rowwise``, ``shared_exp``: the per-row and per-pair algebra the backends share
-- ``validation``: argument checks; ``workers``: the CPU path's worker threads
+- ``backends``: ``reference`` (the oracle), ``blocked`` (the CPU path, a package: its tiles,
+  far-row pass and worker threads), ``triton`` (the fused kernels)
+- ``rowwise``: the per-row algebra every backend shares
+- ``validation``: argument checks
 """
 
 from .functional import soft_nearest_neighbor_loss

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops, registry, validation
+from .options import NO_SELF_PAIR, Inputs, LossOptions
 from .rowwise import compute_dtype
 
 
@@ -104,7 +105,7 @@ def row_losses(
     precision: str,
     check_values: bool,
     reduction: str,
-    self_offset: int = ops.NO_SELF_PAIR,
+    self_offset: int = NO_SELF_PAIR,
 ):
     """(per-row losses in the compute dtype, whether each row has a same-class
     key or None when ``reduction`` does not need it): the backend's rows,
@@ -121,23 +122,13 @@ def row_losses(
     if chosen.casts_inputs:
         queries = queries.to(dtype)
         keys = None if keys is None else keys.to(dtype)
-    if keys is None:
-        self_offset = 0
+    inputs = Inputs(queries, keys, batch.query_labels, batch.key_labels, temperature)
+    options = LossOptions(
+        self_offset=0 if keys is None else self_offset, distance=distance, eps=eps, precision=precision
+    )
     # the loss's own arithmetic is fp32 (fp64) whatever autocast would pick
     with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
-        return ops.rows(
-            queries,
-            keys,
-            batch.query_labels,
-            batch.key_labels,
-            temperature,
-            chosen.name,
-            self_offset,
-            distance,
-            eps,
-            precision,
-            with_positives=reduction == "mean_over_positives",
-        )
+        return ops.rows(inputs, options, chosen.name, with_positives=reduction == "mean_over_positives")
 
 
 def _autocast_on(x: torch.Tensor) -> bool:

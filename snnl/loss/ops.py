@@ -1,22 +1,25 @@
 """The fast backends as PyTorch operators.
 
-Each backend with ``operator=True`` in ``snnl.loss.registry`` is two
+Each backend with ``OPERATOR = True`` (``snnl.loss.registry``) is two
 ``torch.library`` operators (CPU and CUDA kernels) with fake (meta)
-implementations,
+implementations, their flat schemas derived from the records of
+``snnl.loss.options``:
 
-    snnl::<name>_forward(queries, keys?, query_labels, key_labels?, temperature,
-                         self_offset, distance, eps, precision)
-        -> (rows, lse_all, lse_same, saved[])
-    snnl::<name>_backward(grad_rows, queries, keys?, query_labels, key_labels?,
-                          temperature, lse_all, lse_same, saved[], self_offset,
-                          distance, eps, precision, temperature_grad)
-        -> (grad_queries, grad_keys, grad_temperature)
+    snnl::<name>_forward(<Inputs>, <LossOptions>) -> (rows, lse_all, lse_same, saved[])
+    snnl::<name>_backward(<Upstream>, lse_all, lse_same, saved[], <Inputs>, <LossOptions>,
+                          bool temperature_grad) -> (grad_queries, grad_keys, grad_temperature)
 
-so that ``torch.compile`` (``fullgraph=True``, CUDA graphs), ``FakeTensorMode``,
-meta tensors and ``torch.export`` see one opaque node of the right shape and
-never trace into the tiles, Triton, its interpreter or its autotuner.
+(the per-row losses, each query's two log-sum-exps of ``snnl.loss.rowwise``,
+and what the backward pass needs kept; the backward operator takes the
+gradients of the forward's outputs, ``Upstream``), so that ``torch.compile``
+(``fullgraph=True``, CUDA graphs), ``FakeTensorMode``, meta tensors and
+``torch.export`` see one opaque node per operator and never trace into the
+tiles, Triton, its interpreter or its autotuner.  A backend module provides
+``forward(inputs, options)``, ``backward(upstream, lse_all, lse_same, saved,
+inputs, options, temperature_grad)`` and ``saved_like(inputs, options)``
+(what ``forward`` keeps, as empty tensors: the fake implementation).
 
-``rows`` ties them together with ``autograd.Function``s in the
+``rows`` ties them together with an ``autograd.Function`` in the
 ``setup_context`` style (torch 2.13's ``register_autograd`` does not compose
 with ``torch.func``), so that autograd, ``torch.func`` and ``torch.compile``
 all go through the same nodes:
@@ -30,43 +33,82 @@ all go through the same nodes:
   operators have none, so ``rows`` takes the reference formula then, O(b^2)
   memory;
 - ``vmap``: one call per batch entry.
+
+The operators called directly (``torch.ops.snnl.blocked_forward(...)``) are
+differentiable as well, with the same backward operator (autograd registered
+with ``torch.library.register_autograd``): the per-row losses and the
+log-sum-exps; their kept operands are buffers for the backward operator and
+do not require grad.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import registry
 from .backends import reference
-from .rowwise import compute_dtype
+from .options import NO_SELF_PAIR, Inputs, LossOptions, Upstream, flatten, rebuild, schema
+from .rowwise import compute_dtype, rows_loss
 
-# rows' self_offset when the keys are not the queries: no pair is left out
-NO_SELF_PAIR = -1
+__all__ = ["NO_SELF_PAIR", "forward_ad_active", "rows"]
 
 
-def _reference_vjp(self_offset: int, distance: str, eps: float, query_labels, key_labels):
-    """The first-order gradients of the reference formula as a function of
-    (grad_rows, queries, keys, temperature), written with ``torch.func`` so
+def _reference_vjp(inputs: Inputs, options: LossOptions):
+    """The first-order gradients of the reference formula's outputs (the
+    per-row losses and log-sum-exps) as a function of (the upstream
+    gradients, queries, keys, temperature), written with ``torch.func`` so
     that it can be differentiated again under autograd and ``torch.func``
-    alike: what the backward operators compute (keys None: the square case,
-    and the function takes no keys)."""
+    alike: what the backward operators compute (square case: the function
+    takes no keys)."""
 
-    def rows(queries, keys, temperature):
-        out, _ = reference.rows(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps)
-        return torch.where(torch.isfinite(out), out, 0.0)  # eps = 0: rows with no same-class key, +inf, no gradient
+    def outputs(queries, keys, temperature):
+        points = inputs._replace(queries=queries, keys=keys, temperature=temperature)
+        lse_all, lse_same, has_same = reference.statistics(points, options)
+        rows = rows_loss(lse_all, lse_same, options.eps)
+        # eps = 0: rows with no same-class key are +inf, and lse_same is -inf: constants, no gradient
+        return torch.where(torch.isfinite(rows), rows, 0.0), lse_all, torch.where(has_same, lse_same, 0.0)
 
-    def vjp(grad_rows, queries, keys, temperature):
-        _, pullback = torch.func.vjp(rows, queries, keys, temperature)
-        return pullback(grad_rows)
+    if inputs.square:
 
-    def vjp_square(grad_rows, queries, temperature):
-        _, pullback = torch.func.vjp(lambda q, t: rows(q, None, t), queries, temperature)
-        return pullback(grad_rows)
+        def vjp_square(upstream, queries, temperature):
+            _, pullback = torch.func.vjp(lambda q, t: outputs(q, None, t), queries, temperature)
+            return pullback(upstream)
 
-    return vjp, vjp_square
+        return vjp_square
+
+    def vjp(upstream, queries, keys, temperature):
+        _, pullback = torch.func.vjp(outputs, queries, keys, temperature)
+        return pullback(upstream)
+
+    return vjp
+
+
+def _second_order(upstream: Upstream, inputs: Inputs, options: LossOptions, grad_grads):
+    """The derivative of the first-order gradients (the backward operator's
+    outputs) with respect to (the upstream gradients, queries, keys,
+    temperature): the reference formula's, differentiated with torch.func so
+    that the result is differentiable again, to any order.  Returns
+    (gradients of the upstream gradients, as ``Upstream``, grad_q, grad_k, grad_t)."""
+    grad_grad_q, grad_grad_k, grad_grad_t = grad_grads
+    given = Upstream._make(torch.zeros_like(upstream.rows) if g is None else g for g in upstream)
+    vjp = _reference_vjp(inputs, options)
+    pullback: Any
+    result: Any
+    if inputs.square:
+        result = torch.func.vjp(vjp, tuple(given), inputs.queries, inputs.temperature)
+        pullback = result[1]
+        grad_up, grad_q, grad_t = pullback((grad_grad_q, grad_grad_t))
+        grad_k = None
+    else:
+        result = torch.func.vjp(vjp, tuple(given), inputs.queries, inputs.keys, inputs.temperature)
+        pullback = result[1]
+        grad_up, grad_q, grad_k, grad_t = pullback((grad_grad_q, grad_grad_k, grad_grad_t))
+    # no gradient for an upstream gradient that was not given
+    grad_up = Upstream._make(None if g is None else d for g, d in zip(upstream, grad_up))
+    return grad_up, grad_q, grad_k, grad_t
 
 
 def forward_ad_active() -> bool:
@@ -84,7 +126,8 @@ def forward_ad_active() -> bool:
 
 
 def _select(x, dim, i):
-    return x if dim is None or x is None else x.select(dim, i)
+    # options and names pass through (vmap gives a record's in_dims as a tuple of Nones)
+    return x.select(dim, i) if isinstance(x, Tensor) and dim is not None else x
 
 
 def _loop(function, info, in_dims, args):
@@ -96,179 +139,230 @@ def _loop(function, info, in_dims, args):
     return stacked, (0,) * len(stacked)
 
 
+def _save(ctx, **named) -> None:
+    """``ctx.save_for_backward`` by name: each value a tensor, None or a list of them."""
+    flat: list = []
+    layout: dict[str, tuple[int, int | None]] = {}
+    for key, value in named.items():
+        if isinstance(value, list):
+            layout[key] = (len(flat), len(value))
+            flat.extend(value)
+        else:
+            layout[key] = (len(flat), None)
+            flat.append(value)
+    ctx.save_for_backward(*flat)
+    ctx.layout = layout
+
+
+class _Saved:
+    """What ``_save`` kept, by name."""
+
+    def __init__(self, ctx):
+        tensors = ctx.saved_tensors
+        self._kept = {
+            key: tensors[start] if count is None else list(tensors[start : start + count])
+            for key, (start, count) in ctx.layout.items()
+        }
+
+    def __getattr__(self, key: str) -> Any:
+        return self._kept[key]
+
+
+def _input_gradients(inputs: Inputs, grad_q, grad_k, grad_t) -> tuple:
+    """One gradient per field of ``Inputs``: None for the labels and for the keys of the square case."""
+    return tuple(Inputs._make((grad_q, None if inputs.square else grad_k, None, None, grad_t)))
+
+
 # One library for the operators.  Defined with torch.library's low-level
 # API: ``torch.library.custom_op`` wraps each call in a dynamo guard whose
 # first use imports torch._dynamo (1.4 s here), a first call ten times the
 # formula's at b = 1,024.
 _LIBRARY = torch.library.Library("snnl", "DEF")
-_FORWARD_SCHEMA = (
-    "(Tensor queries, Tensor? keys, Tensor query_labels, Tensor? key_labels, Tensor temperature, "
-    "int self_offset, str distance, float eps, str precision) -> (Tensor, Tensor, Tensor, Tensor[])"
-)
+_FORWARD_SCHEMA = f"({schema(Inputs)}, {schema(LossOptions)}) -> (Tensor, Tensor, Tensor, Tensor[])"
 _BACKWARD_SCHEMA = (
-    "(Tensor grad_rows, Tensor queries, Tensor? keys, Tensor query_labels, Tensor? key_labels, "
-    "Tensor temperature, Tensor lse_all, Tensor lse_same, Tensor[] saved, int self_offset, "
-    "str distance, float eps, str precision, bool temperature_grad) -> (Tensor, Tensor, Tensor)"
+    f"({schema(Upstream, prefix='grad_')}, Tensor lse_all, Tensor lse_same, Tensor[] saved, {schema(Inputs)}, "
+    f"{schema(LossOptions)}, bool temperature_grad) -> (Tensor, Tensor, Tensor)"
 )
 DEVICES = ("CPU", "CUDA")  # the fast backends' devices (the Triton interpreter runs on CPU tensors)
 
 
-def _define(backend: registry.Backend):
+class _Operators:
+    """A backend's two operators, called with the records."""
+
+    def __init__(self, name: str):
+        self.forward_op = getattr(torch.ops.snnl, f"{name}_forward").default
+        self.backward_op = getattr(torch.ops.snnl, f"{name}_backward").default
+
+    def forward(self, inputs: Inputs, options: LossOptions):
+        return self.forward_op(*flatten(inputs, options))
+
+    def backward(self, upstream: Upstream, statistics, saved, inputs: Inputs, options: LossOptions, temperature_grad):
+        return self.backward_op(*upstream, *statistics, list(saved), *flatten(inputs, options), temperature_grad)
+
+
+def _define(backend: registry.Backend) -> _Operators:
     """Register the forward and backward operators of ``backend`` with their
-    fake implementations, and return them."""
+    fake implementations and autograd, and return them."""
     impl = backend.module
     name = backend.name
 
     # the kernels compute, they never record a graph (autograd goes through
-    # _Rows / _Backward; a graph that calls the operators directly, as an
-    # exported program does, gets their values)
+    # _Rows, or the autograd registered below)
     @torch.no_grad()
-    def forward(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision):
-        rows, lse_all, lse_same, saved = impl.forward(
-            queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision
-        )
+    def forward(*args):
+        rows, lse_all, lse_same, saved = impl.forward(*rebuild(args, Inputs, LossOptions))
         return rows, lse_all, lse_same, list(saved)
 
-    def forward_fake(queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision):
+    def forward_fake(*args):
+        inputs, options = rebuild(args, Inputs, LossOptions)
+        queries = inputs.queries
         n, acc = queries.shape[0], compute_dtype(queries.dtype)
-        saved = [queries.new_empty(shape, dtype=dtype) for shape, dtype in impl.saved_shapes(queries, keys, precision)]
-        return queries.new_empty(n, dtype=acc), queries.new_empty(n, dtype=acc), queries.new_empty(n, dtype=acc), saved
+        per_row = [queries.new_empty(n, dtype=acc) for _ in range(3)]  # rows, lse_all, lse_same
+        return (*per_row, list(impl.saved_like(inputs, options)))
 
     @torch.no_grad()
-    def backward(
-        grad_rows,
-        queries,
-        keys,
-        query_labels,
-        key_labels,
-        temperature,
-        lse_all,
-        lse_same,
-        saved,
-        self_offset,
-        distance,
-        eps,
-        precision,
-        temperature_grad,
-    ):
-        grad_q, grad_k, grad_t = impl.backward(
-            grad_rows,
-            queries,
-            keys,
-            query_labels,
-            key_labels,
-            temperature,
-            lse_all,
-            lse_same,
-            saved,
-            self_offset,
-            distance,
-            eps,
-            precision,
-            temperature_grad,
-        )
+    def backward(*args):
+        upstream, lse_all, lse_same, saved, *rest = rebuild(args, Upstream)
+        inputs, options, temperature_grad = rebuild(rest, Inputs, LossOptions)
+        grad_q, grad_k, grad_t = impl.backward(upstream, lse_all, lse_same, saved, inputs, options, temperature_grad)
         # operator outputs are tensors: empty / zero stand-ins for what is not there
+        temperature = inputs.temperature
         return (
             grad_q,
-            queries.new_empty(0) if grad_k is None else grad_k,
+            inputs.queries.new_empty(0) if grad_k is None else grad_k,
             torch.zeros_like(temperature) if grad_t is None else grad_t.to(temperature.dtype).reshape(()),
         )
 
-    def backward_fake(
-        grad_rows,
-        queries,
-        keys,
-        query_labels,
-        key_labels,
-        temperature,
-        lse_all,
-        lse_same,
-        saved,
-        self_offset,
-        distance,
-        eps,
-        precision,
-        temperature_grad,
-    ):
+    def backward_fake(*args):
+        _, _, _, _, *rest = rebuild(args, Upstream)
+        inputs, _, _ = rebuild(rest, Inputs, LossOptions)
+        queries, keys = inputs.queries, inputs.keys
         return (
             torch.empty_like(queries),
             queries.new_empty(0) if keys is None else torch.empty_like(keys),
-            torch.empty_like(temperature),
+            torch.empty_like(inputs.temperature),
         )
 
-    for op, schema, real, fake in (
+    for op, op_schema, real, fake in (
         (f"{name}_forward", _FORWARD_SCHEMA, forward, forward_fake),
         (f"{name}_backward", _BACKWARD_SCHEMA, backward, backward_fake),
     ):
-        _LIBRARY.define(op + schema)
+        _LIBRARY.define(op + op_schema)
         for device in DEVICES:
             _LIBRARY.impl(op, real, device)
         torch.library.register_fake(f"snnl::{op}", fake, lib=_LIBRARY)
-    return getattr(torch.ops.snnl, f"{name}_forward").default, getattr(torch.ops.snnl, f"{name}_backward").default
+    _register_autograd(name)
+    return _Operators(name)
+
+
+def _register_autograd(name: str) -> None:
+    """Autograd for the operators called directly: the forward operator's
+    through the backward operator (``_Backward``: differentiable again), the
+    backward operator's through the reference formula's second order.
+    (torch.library calls setup_context with the keywords inputs= and output=.)"""
+
+    def forward_setup(ctx, inputs, output):
+        points, options = rebuild(inputs, Inputs, LossOptions)
+        _, lse_all, lse_same, saved = output
+        ctx.mark_non_differentiable(*saved)  # buffers for the backward operator
+        _save(ctx, inputs=list(points), statistics=[lse_all, lse_same], saved=list(saved))
+        ctx.options = options
+
+    def forward_backward(ctx, grad_rows, grad_lse_all, grad_lse_same, _):
+        kept = _Saved(ctx)
+        inputs = Inputs(*kept.inputs)
+        temperature_grad = ctx.needs_input_grad[Inputs._fields.index("temperature")]
+        upstream = Upstream(grad_rows, grad_lse_all, grad_lse_same)
+        grads = _first_order(name, upstream, kept, inputs, ctx.options, temperature_grad)
+        return (*_input_gradients(inputs, *grads), *(None for _ in LossOptions._fields))
+
+    def backward_setup(ctx, inputs, output):
+        upstream, _, _, saved, *rest = rebuild(inputs, Upstream)
+        points, options, _ = rebuild(rest, Inputs, LossOptions)
+        _save(ctx, upstream=list(upstream), inputs=list(points))
+        ctx.options, ctx.n_saved = options, len(saved)
+
+    def backward_backward(ctx, *grad_grads):
+        kept = _Saved(ctx)
+        inputs = Inputs(*kept.inputs)
+        grad_up, grad_q, grad_k, grad_t = _second_order(Upstream(*kept.upstream), inputs, ctx.options, grad_grads)
+        # the upstream gradients, lse_all, lse_same, saved, the inputs, the options, temperature_grad
+        return (
+            *grad_up,
+            None,
+            None,
+            [None] * ctx.n_saved,
+            *_input_gradients(inputs, grad_q, grad_k, grad_t),
+            *(None for _ in LossOptions._fields),
+            None,
+        )
+
+    torch.library.register_autograd(
+        f"snnl::{name}_forward", forward_backward, setup_context=forward_setup, lib=_LIBRARY
+    )
+    torch.library.register_autograd(
+        f"snnl::{name}_backward", backward_backward, setup_context=backward_setup, lib=_LIBRARY
+    )
+
+
+def _first_order(
+    backend: str, upstream: Upstream, kept: _Saved, inputs: Inputs, options: LossOptions, temperature_grad: bool
+):
+    """(grad_queries, grad_keys, grad_temperature) from the backward operator,
+    differentiable once more (``_Backward``) outside compiled code."""
+    if (upstream.lse_all is None) != (upstream.lse_same is None):  # both or neither, for the backends
+        zeros = torch.zeros_like(upstream.rows)
+        upstream = upstream._replace(
+            lse_all=zeros if upstream.lse_all is None else upstream.lse_all,
+            lse_same=zeros if upstream.lse_same is None else upstream.lse_same,
+        )
+    # dense: a gradient of a sum arrives expanded (stride 0), and the kernels read rows one after another
+    upstream = Upstream._make(None if g is None else g.contiguous() for g in upstream)
+    if torch.compiler.is_compiling():
+        # compiled graphs have no double backward (torch.compile refuses
+        # create_graph=True itself), and dynamo cannot trace a Function
+        # applied inside a backward: the operator alone
+        return _OPS[backend].backward(upstream, kept.statistics, kept.saved, inputs, options, temperature_grad)
+    return _Backward.apply(
+        backend, options, temperature_grad, len(kept.saved), *upstream, *kept.statistics, *inputs, *kept.saved
+    )
 
 
 class _Backward(torch.autograd.Function):
     """The backward operator, differentiable once more: its derivative is the
-    reference formula's second order (``_reference_vjp`` differentiated)."""
+    reference formula's second order (``_second_order``)."""
 
     @staticmethod
-    def forward(
-        grad_rows,
-        queries,
-        keys,
-        query_labels,
-        key_labels,
-        temperature,
-        lse_all,
-        lse_same,
-        backend,
-        self_offset,
-        distance,
-        eps,
-        precision,
-        temperature_grad,
-        *saved,
-    ):
-        return _OPS[backend][1](
-            grad_rows,
-            queries,
-            keys,
-            query_labels,
-            key_labels,
-            temperature,
-            lse_all,
-            lse_same,
-            list(saved),
-            self_offset,
-            distance,
-            eps,
-            precision,
-            temperature_grad,
-        )
+    def forward(backend, options, temperature_grad, n_saved, *tensors):
+        upstream, lse_all, lse_same, *rest = rebuild(tensors, Upstream)
+        inputs, saved = Inputs(*rest[: len(rest) - n_saved]), rest[len(rest) - n_saved :]
+        return _OPS[backend].backward(upstream, (lse_all, lse_same), saved, inputs, options, temperature_grad)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_rows, queries, keys, query_labels, key_labels, temperature, _, _, backend, self_offset, distance, eps = (
-            inputs[:12]
-        )
-        ctx.save_for_backward(grad_rows, queries, keys, query_labels, key_labels, temperature)
-        ctx.options = (backend, self_offset, distance, eps, len(inputs) - 14)
+        _, options, _, n_saved, *tensors = inputs
+        upstream, _, _, *rest = rebuild(tensors, Upstream)
+        _save(ctx, upstream=list(upstream), inputs=rest[: len(rest) - n_saved])
+        ctx.options, ctx.n_saved = options, n_saved
 
     @staticmethod
-    def backward(ctx, grad_grad_q, grad_grad_k, grad_grad_t):
-        backend, self_offset, distance, eps, n_saved = ctx.options
-        grad_rows, queries, keys, query_labels, key_labels, temperature = ctx.saved_tensors
-        # the reference formula's first order, differentiated (with torch.func,
-        # so that the result is differentiable again, to any order)
-        vjp, vjp_square = _reference_vjp(self_offset, distance, eps, query_labels, key_labels)
-        if keys is None:
-            _, pullback = torch.func.vjp(vjp_square, grad_rows, queries, temperature)
-            grad_g, grad_q, grad_t = pullback((grad_grad_q, grad_grad_t))
-            grad_k = None
-        else:
-            _, pullback = torch.func.vjp(vjp, grad_rows, queries, keys, temperature)
-            grad_g, grad_q, grad_k, grad_t = pullback((grad_grad_q, grad_grad_k, grad_grad_t))
-        return (grad_g, grad_q, grad_k, None, None, grad_t, *([None] * (8 + n_saved)))
+    def backward(ctx, *grad_grads):
+        kept = _Saved(ctx)
+        inputs = Inputs(*kept.inputs)
+        grad_up, grad_q, grad_k, grad_t = _second_order(Upstream(*kept.upstream), inputs, ctx.options, grad_grads)
+        # backend, options, temperature_grad, n_saved, the upstream gradients, lse_all, lse_same,
+        # the inputs, the kept operands
+        return (
+            None,
+            None,
+            None,
+            None,
+            *grad_up,
+            None,
+            None,
+            *_input_gradients(inputs, grad_q, grad_k, grad_t),
+            *([None] * ctx.n_saved),
+        )
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -279,52 +373,29 @@ class _Rows(torch.autograd.Function):
     """Per-query losses through a backend's operators (see the module docstring)."""
 
     @staticmethod
-    def forward(queries, keys, query_labels, key_labels, temperature, backend, self_offset, distance, eps, precision):
-        rows, lse_all, lse_same, saved = _OPS[backend][0](
-            queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps, precision
-        )
+    def forward(backend, options, *tensors):
+        rows, lse_all, lse_same, saved = _OPS[backend].forward(Inputs(*tensors), options)
         return (rows, lse_all, lse_same, *saved)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        queries, keys, query_labels, key_labels, temperature, backend, self_offset, distance, eps, precision = inputs
+        backend, options, *tensors = inputs
         _, lse_all, lse_same, *saved = output
-        ctx.mark_non_differentiable(lse_all, lse_same, *saved)
+        ctx.mark_non_differentiable(lse_all, lse_same, *saved)  # rows() returns only the losses
         ctx.set_materialize_grads(False)  # no zeros made for the outputs that have no gradient
-        ctx.save_for_backward(queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, *saved)
-        ctx.options = (backend, self_offset, distance, eps, precision)
+        _save(ctx, inputs=tensors, statistics=[lse_all, lse_same], saved=saved)
+        ctx.backend, ctx.options = backend, options
 
     @staticmethod
     def backward(ctx, grad_rows, *_):
         if grad_rows is None:  # the losses were not used
-            return (None,) * 10
-        queries, keys, query_labels, key_labels, temperature, lse_all, lse_same, *saved = ctx.saved_tensors
-        backend, self_offset, distance, eps, precision = ctx.options
-        temperature_grad = ctx.needs_input_grad[4]
-        args = (grad_rows.contiguous(), queries, keys, query_labels, key_labels, temperature, lse_all, lse_same)
-        if torch.compiler.is_compiling():
-            # compiled graphs have no double backward (torch.compile refuses
-            # create_graph=True itself), and dynamo cannot trace a Function
-            # applied inside a backward: the operator alone
-            grad_q, grad_k, grad_t = _OPS[backend][1](
-                *args, saved, self_offset, distance, eps, precision, temperature_grad
-            )
-        else:
-            grad_q, grad_k, grad_t = _Backward.apply(
-                *args, backend, self_offset, distance, eps, precision, temperature_grad, *saved
-            )
-        return (
-            grad_q,
-            grad_k if keys is not None else None,
-            None,
-            None,
-            grad_t if temperature_grad else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+            return (None, None, *(None for _ in Inputs._fields))
+        kept = _Saved(ctx)
+        inputs = Inputs(*kept.inputs)
+        temperature_grad = ctx.needs_input_grad[2 + Inputs._fields.index("temperature")]
+        upstream = Upstream(grad_rows, None, None)
+        grad_q, grad_k, grad_t = _first_order(ctx.backend, upstream, kept, inputs, ctx.options, temperature_grad)
+        return (None, None, *_input_gradients(inputs, grad_q, grad_k, grad_t if temperature_grad else None))
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -335,17 +406,7 @@ _OPS = {name: _define(backend) for name, backend in registry.BACKENDS.items() if
 
 
 def rows(
-    queries: Tensor,
-    keys: Tensor | None,
-    query_labels: Tensor,
-    key_labels: Tensor | None,
-    temperature: Tensor,
-    backend: str,
-    self_offset: int,
-    distance: str,
-    eps: float,
-    precision: str,
-    with_positives: bool = False,
+    inputs: Inputs, options: LossOptions, backend: str, with_positives: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """(per-query losses, with ``with_positives`` whether each query has a
     same-class key, else None) with ``backend`` (a registry name, not
@@ -353,12 +414,8 @@ def rows(
     Under forward-mode AD: the reference formula (custom operators have no
     forward-mode derivative)."""
     if not registry.BACKENDS[backend].operator or forward_ad_active():
-        out, has_positive = reference.rows(
-            queries, keys, query_labels, key_labels, temperature, self_offset, distance, eps
-        )
+        out, has_positive = reference.rows(inputs, options)
         return out, has_positive if with_positives else None
-    out, _, lse_same, *_ = _Rows.apply(
-        queries, keys, query_labels, key_labels, temperature, backend, self_offset, distance, eps, precision
-    )
+    out, _, lse_same, *_ = _Rows.apply(backend, options, *inputs)
     # lse_same is -inf exactly when there is no same-class key
-    return out, (lse_same > -math.inf) if with_positives else None
+    return out, (lse_same > -torch.inf) if with_positives else None

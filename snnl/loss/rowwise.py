@@ -24,6 +24,14 @@ import math
 
 import torch
 
+# A row whose sum of exp(s) at the shared shift 0 is below exp(-FAR) may have
+# lost precision to underflow, and is computed again at its own scale (the
+# fast backends' exact passes).  fp32: exp() is subnormal below exp(-87) (the
+# CPU path drops such terms: they are slow to compute); with the row's sum at
+# least exp(-50), all its terms below exp(-87) together (at most 2^17 of them)
+# are under exp(-75), far below one rounding error of the sum.
+FAR = {torch.float32: 50.0, torch.float64: 600.0}
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """What the loss computes and returns in: fp64 for fp64, else fp32 (half
@@ -65,3 +73,16 @@ def row_coefficients(
     p = torch.where(has_same, torch.sigmoid(log_ratio - log_eps), zeros)
     q = torch.sigmoid(lse_all - log_eps)
     return grad_rows * p * q, -grad_rows * p
+
+
+def log_sum_gradients(upstream, lse_all: torch.Tensor, lse_same: torch.Tensor, eps: float):
+    """(g_all, g_same) = dL/d lse_all and dL/d lse_same per row from the
+    gradients arriving at a forward operator's outputs (``options.Upstream``):
+    through the per-row loss (``row_coefficients``), plus those given for the
+    log-sum-exps themselves; 0 for lse_same where it is the constant -inf."""
+    g_all, g_same = row_coefficients(lse_all, lse_same, eps, upstream.rows)
+    if upstream.lse_all is not None:
+        g_all = g_all + upstream.lse_all
+    if upstream.lse_same is not None:
+        g_same = g_same + torch.where(torch.isfinite(lse_same), upstream.lse_same, 0.0)
+    return g_all, g_same

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..cluster.kmeans import faiss_status
-from ..loss.registry import BACKENDS, triton_available
-from ..optional import cuml_status, umap_learn_status
+from ..loss.registry import BACKENDS
+from ..optional import cuml_status, triton_available, umap_learn_status
 
 
 def backend_report() -> list[dict]:

@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..options import Inputs, LossOptions
 from ..rowwise import rows_loss
+
+# the registry's description of this backend (snnl.loss.registry)
+SUMMARY = "plain PyTorch with b x b matrices, autograd; the oracle the others are tested against"
+MEMORY = "O(b^2)"
+OPERATOR = False  # plain autograd: works under every transform as it is
+CASTS_INPUTS = True
 
 
 def pairwise_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
@@ -26,24 +33,19 @@ def pairwise_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.
     return (a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min(0.0)
 
 
-def rows(
-    queries: torch.Tensor,
-    keys: torch.Tensor | None,
-    query_labels: torch.Tensor,
-    key_labels: torch.Tensor | None,
-    temperature: torch.Tensor,
-    self_offset: int,
-    distance: str,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-query loss, whether the query has a same-class key) against the
-    keys (``keys`` None: the queries themselves); query i is key
-    ``self_offset + i`` and that pair is left out (``self_offset`` < 0: the
-    keys are not the queries, nothing is left out)."""
+def statistics(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lse_all, lse_same, has_same) per query against the keys (the queries
+    themselves in the square case): the two log-sum-exps of
+    ``snnl.loss.rowwise`` (lse_same -inf where the query has no same-class
+    key) and whether it has one.  Query i is key ``options.self_offset + i``
+    and that pair is left out (``NO_SELF_PAIR``: the keys are not the
+    queries, nothing is left out)."""
+    queries, keys, query_labels, key_labels, temperature = inputs
+    self_offset = options.self_offset
     if keys is None:
         keys, key_labels, self_offset = queries, query_labels, 0
     assert key_labels is not None, "keys come with their labels"
-    logits = -pairwise_distance(queries, keys, distance) / temperature
+    logits = -pairwise_distance(queries, keys, options.distance) / temperature
     query_index = torch.arange(queries.shape[0], device=queries.device)
     key_index = torch.arange(keys.shape[0], device=queries.device)
     self_pair = (query_index[:, None] + self_offset == key_index[None, :]) & (self_offset >= 0)
@@ -53,7 +55,13 @@ def rows(
     same = (query_labels[:, None] == key_labels[None, :]) & ~self_pair
     has_same = same.any(dim=1)
     # logsumexp of an all -inf row has a NaN gradient: such rows get dummy
-    # finite logits, and rows_loss selects their constant loss
+    # finite logits, and their lse_same is selected (-inf, no gradient)
     same_logits = logits.masked_fill(~same, float("-inf")).masked_fill(~has_same[:, None], 0.0)
     lse_same = torch.where(has_same, torch.logsumexp(same_logits, dim=1), float("-inf"))
-    return rows_loss(lse_all, lse_same, eps), has_same
+    return lse_all, lse_same, has_same
+
+
+def rows(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-query loss, whether the query has a same-class key): see ``statistics``."""
+    lse_all, lse_same, has_same = statistics(inputs, options)
+    return rows_loss(lse_all, lse_same, options.eps), has_same

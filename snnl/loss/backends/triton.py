@@ -12,7 +12,7 @@ on the GPU, with no host synchronisation:
               two for queries vs keys): backward, its far pass (no trips
               without far rows), finish_backward; and one sum for a learned T.
 
-The per-row algebra is ``rowwise`` / ``shared_exp``'s, as on the CPU path.
+The per-row algebra is ``rowwise``'s and the far rows' the CPU path's (``blocked.far``).
 These functions run inside the ``snnl::triton_*`` operators (``snnl.loss.ops``):
 compiled graphs, fake tensors and export see one node and never trace into
 Triton, its interpreter or the autotuner.
@@ -20,10 +20,47 @@ Triton, its interpreter or the autotuner.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from ..rowwise import compute_dtype
-from ..shared_exp import FAR
+from ...optional import triton_available
+from ..options import Inputs, LossOptions, Upstream
+from ..rowwise import FAR, compute_dtype
+
+# the registry's description of this backend (snnl.loss.registry)
+SUMMARY = (
+    "fused forward/backward Triton kernels, deterministic (no atomics); CUDA, or the Triton interpreter on the CPU"
+)
+MEMORY = "O(b d)"
+OPERATOR = True
+CASTS_INPUTS = False  # half inputs go to the tensor cores as they are
+
+
+def check_usable(z: torch.Tensor) -> None:
+    """Raises if the fused kernels cannot take ``z`` here (metadata only)."""
+    if not triton_available():
+        raise ImportError(
+            "backend='triton' needs Triton: it ships with the CUDA builds of torch; elsewhere "
+            "`pip install triton` (CPU tensors then also need TRITON_INTERPRET=1)"
+        )
+    if z.device.type == "cuda":
+        return
+    if z.device.type in ("cpu", "meta") and os.environ.get("TRITON_INTERPRET") == "1":
+        if z.dtype == torch.bfloat16:
+            # Triton's interpreter computes bf16 products wrongly (3.9: loss 8.81
+            # instead of 1.37, NaN gradients): refuse rather than return numbers.
+            raise TypeError(
+                "backend='triton' under the Triton interpreter (CPU tensors) cannot compute bfloat16 "
+                "inputs correctly; use float32 or float16 there, or backend='blocked'"
+            )
+        return
+    raise RuntimeError(
+        f"backend='triton' needs CUDA tensors (z is on {z.device}); CPU tensors run only under the "
+        "Triton interpreter, with TRITON_INTERPRET=1 set before Triton is imported. Use "
+        "backend='blocked' (or 'auto') on the CPU."
+    )
+
 
 # A TileConfig to use instead of the tuned one (the tests force small tiles
 # so that small batches span several of them); None: tuned per shape.
@@ -78,9 +115,10 @@ def _unpack(saved: list[torch.Tensor], square: bool):
     return q_ops, q_aux, k_ops, k_aux
 
 
-def saved_shapes(queries, keys, precision: str) -> list[tuple[tuple[int, ...], torch.dtype]]:
-    """The shapes and dtypes of ``forward``'s kept operands, from metadata only
+def saved_like(inputs: Inputs, options: LossOptions) -> list[torch.Tensor]:
+    """Empty tensors shaped as ``forward``'s kept operands, from metadata only
     (the operator's fake implementation)."""
+    queries, keys, precision = inputs.queries, inputs.keys, options.precision
     configs, _, _ = _kernels()
     acc = compute_dtype(queries.dtype)
 
@@ -91,18 +129,20 @@ def saved_shapes(queries, keys, precision: str) -> list[tuple[tuple[int, ...], t
         return [((x.shape[0], width), x.dtype), ((x.shape[0], width) if split else (0,), x.dtype), ((x.shape[0],), acc)]
 
     q = side(queries)
-    return q + ([((0,), queries.dtype), ((0,), queries.dtype), ((0,), acc)] if keys is None else side(keys))
+    shapes = q + ([((0,), queries.dtype), ((0,), queries.dtype), ((0,), acc)] if keys is None else side(keys))
+    return [queries.new_empty(shape, dtype=dtype) for shape, dtype in shapes]
 
 
-def forward(
-    queries, keys, query_labels, key_labels, temperature, self_offset: int, distance: str, eps: float, precision: str
-):
+def forward(inputs: Inputs, options: LossOptions):
     """(rows, lse_all, lse_same, kept operands): the raw points (the kernels
     normalise them for the cosine distance; half inputs stay half for the
     tensor cores and accumulate in fp32)."""
     configs, kernels, rows = _kernels()
-    square, cosine, config = keys is None, distance == "cosine", CONFIG
-    offset = _key_offset(keys, self_offset)
+    queries, _, query_labels, _, temperature = inputs
+    keys, key_labels = inputs.key_side()
+    eps, precision = options.eps, options.precision
+    square, cosine, config = inputs.square, options.distance == "cosine", CONFIG
+    offset = 0 if square else _key_offset(keys, options.self_offset)
     query_labels = query_labels.contiguous()
     key_labels = query_labels if square else key_labels.contiguous()
     # (hi, lo) for 3xTF32, padded for the feature chunks, and the norms
@@ -111,7 +151,7 @@ def forward(
     k_hi, k_lo, k_aux = (q_hi, q_lo, q_aux) if square else rows.prepare(keys, precision, block_d, cosine)
     q_ops, k_ops = (q_hi, q_lo), (k_hi, k_lo)
     q_sq, k_sq = (None, None) if cosine else (q_aux, k_aux)  # the Euclidean distance's |x|^2
-    n_keys = queries.shape[0] if square else keys.shape[0]
+    n_keys = keys.shape[0]
     sums = _run(
         "forward",
         lambda c: kernels.forward_launch(
@@ -134,32 +174,22 @@ def forward(
 
 
 def backward(
-    grad_rows,
-    queries,
-    keys,
-    query_labels,
-    key_labels,
-    temperature,
-    lse_all,
-    lse_same,
-    saved,
-    self_offset: int,
-    distance: str,
-    eps: float,
-    precision: str,
-    temperature_grad: bool,
+    upstream: Upstream, lse_all, lse_same, saved, inputs: Inputs, options: LossOptions, temperature_grad: bool
 ):
     """(grad_queries, grad_keys or None, grad_temperature or None); ``saved``:
     the operands ``forward`` kept."""
     configs, kernels, rows = _kernels()
-    square, cosine, config = keys is None, distance == "cosine", CONFIG
-    offset = _key_offset(keys, self_offset)
+    queries, _, query_labels, _, temperature = inputs
+    keys, key_labels = inputs.key_side()
+    eps, precision = options.eps, options.precision
+    square, cosine, config = inputs.square, options.distance == "cosine", CONFIG
+    offset = 0 if square else _key_offset(keys, options.self_offset)
     query_labels = query_labels.contiguous()
     key_labels = query_labels if square else key_labels.contiguous()
     q_ops, q_aux, k_ops, k_aux = _unpack(saved, square)
     q_sq, k_sq = (None, None) if cosine else (q_aux, k_aux)
     far = FAR[compute_dtype(queries.dtype)]
-    coefficients, (coef, same_coef, exact, any_far) = rows.coefficients_launch(lse_all, lse_same, grad_rows, eps, far)
+    coefficients, (coef, same_coef, exact, any_far) = rows.coefficients_launch(lse_all, lse_same, upstream, eps, far)
     coefficients.run()
     coefs = (coef, same_coef, exact)
     dim = queries.shape[1]

@@ -47,7 +47,7 @@ class _Pool:
             # subnormal results (exp of logits below -87 in fp32) flushed to 0:
             # x86 computes with them a hundred times slower, and the loss never
             # needs them (rows whose sums are that small are recomputed at
-            # their own scale: ``snnl.loss.shared_exp``).  Per thread: the
+            # their own scale: ``far``).  Per thread: the
             # caller's own setting is left alone
             torch.set_flush_denormal(True)
             barrier.wait()  # one call per thread

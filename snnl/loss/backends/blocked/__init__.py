@@ -1,0 +1,135 @@
+"""The CPU path: tiles of pairs computed once, a few large torch operations each.
+
+The batch is cut into blocks of rows.  In the square case (the batch against
+itself) the logits are symmetric, s_ij = s_ji, so each unordered pair of
+blocks is one tile that serves its rows and its columns: half the products
+and exponentials of rows against the whole batch.  Memory is a few tiles,
+O(block^2), whatever the batch size.
+
+A tile costs a handful of large operations and no elementwise pass of its
+own around them:
+
+- the logits come out of one matrix product of augmented operands,
+  s = L_I @ R_J^T with L = [x / T, -1 / T] and R = [x, 1] for the cosine
+  distance (s = (<x_i, x_j> - 1) / T), L = [2x / T, -|x|^2 / T, -1 / T] and
+  R = [x, 1, |x|^2] for the squared Euclidean one;
+- one exponential per pair, in place, at the shared shift 0 (``far``);
+- with few classes, the sums per row come from thin products with one-hot
+  label matrices (W @ Y: each row's mass per class; Y^T @ W for the columns),
+  so labels are never compared pair by pair;
+- backward: the pair's derivative is H_ij = w_ij M_ij with
+  M_ij = a_i + a_j + [y_i = y_j] (c_i + c_j) (rows' and columns' terms) a thin
+  product U_I @ V_J^T, and the gradient, the sums of H and the temperature's
+  share all come from one product H @ R_J.
+
+Tiles are computed by single-threaded workers and added in a fixed order
+(``workers``): fast on a quiet machine, and still fast on a busy one, where
+torch's own threads wait at every operation's barrier for a descheduled
+thread.  Nothing is compiled: the first call costs what the others do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...options import Inputs, LossOptions, Upstream
+from ...rowwise import FAR, log_sum_gradients, rows_loss
+from .far import exact_backward, exact_forward, far_rows, log_sums, shared_coefficients
+from .points import Points, sides
+from .tiles import floor_of, gradient_sums, row_max, sums, tile_count
+from .workers import caller_single_threaded
+
+# the registry's description of this backend (snnl.loss.registry)
+SUMMARY = (
+    "the CPU path: tiles of pairs computed once for both directions, a few large torch "
+    "operations each, shared out to single-threaded workers; nothing compiled"
+)
+MEMORY = "O(block^2)"
+OPERATOR = True  # torch.library operators (snnl.loss.ops)
+CASTS_INPUTS = True  # computes in fp32 (fp64 for fp64 input)
+
+
+def saved_like(inputs: Inputs, options: LossOptions) -> list:
+    """``forward`` keeps nothing for the backward pass but its inputs and the
+    log-sum-exps: the backward pass recomputes each tile."""
+    return []
+
+
+def forward(inputs: Inputs, options: LossOptions):
+    """(rows, lse_all, lse_same, []) of the queries against the keys (the
+    queries themselves in the square case).  Inputs in the compute dtype;
+    ``options.precision`` is the fused kernels' (products here are full fp32
+    or fp64)."""
+    queries, keys = inputs.queries, inputs.keys
+    with caller_single_threaded(queries, tile_count(queries, keys)) as workers:
+        square = inputs.square
+        q, k, same_count = sides(inputs, options)
+        far, floor = FAR[q.x.dtype], floor_of(q, k)
+        lse_all, lse_same = log_sums(*sums(q, k, square, workers, floor), same_count, far)
+        index = far_rows(lse_all, lse_same, far)
+        if index.numel():
+            # the far rows again at their own scale, their largest logit: every
+            # sum over all keys is at least 1 then
+            rows = q.take(index)
+            scale = row_max(rows, k, workers)
+            sum_all, sum_same = sums(rows, k, False, workers, floor, shift=scale)
+            kept = sum_same > math.exp(-far)  # a same-class sum that lost no precision
+            lse_all[index] = scale + torch.log(sum_all)
+            lse_same[index] = torch.where(kept, scale + torch.log(sum_same), -math.inf)
+            # same-class sums far below the total: exactly, with their own running maximum
+            exact_forward(index[~kept & (same_count[index] > 0)], q, k, lse_all, lse_same)
+        return rows_loss(lse_all, lse_same, options.eps), lse_all, lse_same, []
+
+
+def backward(
+    upstream: Upstream, lse_all, lse_same, saved, inputs: Inputs, options: LossOptions, temperature_grad: bool
+):
+    """(grad_queries, grad_keys or None, grad_temperature or None)."""
+    queries, keys = inputs.queries, inputs.keys
+    with caller_single_threaded(queries, tile_count(queries, keys)) as workers:
+        square = inputs.square
+        q, k, _ = sides(inputs, options)
+        far, floor = FAR[q.x.dtype], floor_of(q, k)
+        g_all, g_same = log_sum_gradients(upstream, lse_all, lse_same, options.eps)
+        coef, same_coef, far_all, far_same = shared_coefficients(lse_all, lse_same, g_all, g_same, far)
+        total = gradient_sums(q, k, coef, same_coef, square, temperature_grad, workers, floor)
+        index = torch.nonzero(far_same).flatten()  # the rows whose terms the shared scale left out
+        exact = torch.zeros_like(far_same)
+        if index.numel():
+            # their terms at their own scale lse_all: H = exp(s - lse_all) (a + [same] c) with
+            # a = g_all (far_all rows), c = g_same exp(lse_all - lse_same); where that factor
+            # would overflow, exactly
+            has_same = torch.isfinite(lse_same[index])
+            gap = torch.where(has_same, lse_all[index] - lse_same[index], 0.0)
+            shifted = gap <= far / 2
+            rows, gap = index[shifted], gap[shifted]
+            a = torch.where(far_all[rows], g_all[rows], 0.0)
+            c = torch.where(has_same[shifted], g_same[rows] * torch.exp(gap), 0.0)
+            total.add(
+                gradient_sums(q.take(rows), k, a, c, False, temperature_grad, workers, floor, shift=lse_all[rows]),
+                rows,
+            )
+            exact[index[~shifted]] = True
+        exact_backward(far_all & exact, far_same & exact, q, k, lse_all, lse_same, g_all, g_same, total)
+        temperature = inputs.temperature
+        grad_q = _points_gradient(total.raw_q, total.hsum_q, q)
+        grad_k = None if square else _points_gradient(total.raw_k, total.hsum_k, k)
+        grad_t = -total.share / temperature if temperature_grad else None  # s = -d / T: ds/dT = -s / T
+        return grad_q, grad_k, grad_t
+
+
+def _points_gradient(raw, hsum, points: Points):
+    """From sum_j H_ij x_j (and sum_j H_ij) to the gradient of the raw points,
+    in place of ``raw``."""
+    from ....kernels import NORM_EPS
+
+    if points.euclidean:  # s_ij = -|x_i - x_j|^2 / T: -2 (hsum_i x_i - raw_i) / T
+        return raw.addcmul_(points.x, hsum[:, None], value=-1.0).mul_(2.0 * points.scale)
+    # s_ij = (<x_i, x_j> - 1) / T with x = z / |z|: the Jacobian (I - x x^T) / |z|
+    # (just 1 / NORM_EPS where |z| was floored)
+    g = raw.mul_(points.scale)
+    radial = (points.x[:, None, :] @ g[:, :, None]).view(-1)  # <x_i, g_i>, no (n, d) temporary
+    radial = torch.where(points.aux > NORM_EPS, radial, 0.0)
+    return g.addcmul_(points.x, radial[:, None], value=-1.0).div_(points.aux[:, None])
