@@ -14,7 +14,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from snnl import soft_nearest_neighbor_loss
 
@@ -175,39 +174,56 @@ def test_queries_against_other_keys(small_tiles, backend, distance):
     assert_close_rows(out[0][0], expected, rtol=0, atol=0)
 
 
+def _prepared(x, precision="ieee", euclidean=False, block_d=None, centre=None):
+    from snnl.kernels.rows import prepare_launch
+
+    if centre is None:
+        centre = torch.zeros(x.shape[1], dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    launch, operands = prepare_launch(x, centre, precision=precision, euclidean=euclidean, block_d=block_d)
+    launch.run()
+    return operands
+
+
 def test_launches_refuse_operands_not_padded_for_their_feature_chunks():
     # the kernels read whole feature chunks without masks: a buffer padded for
     # 16-wide chunks must not be read in 64-wide ones
     pytest.importorskip("triton")
     from snnl.kernels.configs import TileConfig
+    from snnl.kernels.layout import math_for
     from snnl.kernels.pair_kernels import forward_launch
-    from snnl.kernels.rows import operands
+    from snnl.kernels.rows import side
 
     x = torch.randn(8, 5)
-    ops = operands(x, "ieee")
-    assert ops[0].shape == (8, 16) and operands(x, "ieee", 64)[0].shape == (8, 64)
-    assert torch.equal(ops[0][:, :5], x) and not ops[0][:, 5:].any()
+    ops, _ = _prepared(x, euclidean=True)
+    assert ops.shape == (8, 1, 16) and _prepared(x, euclidean=True, block_d=64).ops.shape == (8, 1, 64)
+    assert torch.equal(ops[:, 0, :5], x) and not ops[:, 0, 5:].any()
     labels = torch.zeros(8, dtype=torch.int64)
+    points = side(_prepared(x, euclidean=True), labels, euclidean=True)
+    math = math_for(x.dtype, "ieee", True, False)
     with pytest.raises(ValueError, match="feature chunks of 64"):
-        forward_launch(ops, ops, labels, labels, None, None, torch.tensor(1.0), 0, config=TileConfig(16, 16, 64))
+        forward_launch(points, points, torch.tensor(1.0), 0, config=TileConfig(16, 16, 64), math=math)
 
 
 def test_operands_split_for_3xtf32():
     # hi exact in TF32 (the low 13 mantissa bits zero, rounded to nearest),
-    # lo the exact rest; squared norms of the unsplit points; for the cosine
-    # distance, the points normalised first as F.normalize does, and the norms
+    # lo the exact rest; the squared norms of the centred points; for the
+    # cosine distance, the unit rows (the reference's unit_rows), each row's
+    # largest |entry| and its norm after dividing by it; a row of zeros stays zeros
     pytest.importorskip("triton")
-    from snnl.kernels.rows import prepare
+    from snnl.loss.backends.reference import unit_rows
 
     x = torch.randn(37, 21) * torch.logspace(-3, 3, 21)
-    hi, lo, sq = prepare(x, "tf32x3")
-    assert hi.shape == (37, 32) and not hi[:, 21:].any() and not lo[:, 21:].any()
+    centre = x.median(0).values
+    ops, aux = _prepared(x, "tf32x3", euclidean=True, centre=centre)
+    hi, lo = ops[:, 0], ops[:, 1]
+    assert ops.shape == (37, 2, 32) and not hi[:, 21:].any() and not lo[:, 21:].any()
     assert not (hi.view(torch.int32) & 0x1FFF).any()
-    assert torch.equal(hi[:, :21] + lo[:, :21], x)
+    torch.testing.assert_close(hi[:, :21] + lo[:, :21], x - centre, rtol=0, atol=0)
     assert (lo[:, :21].abs() <= hi[:, :21].abs() * 2.0**-11).all()
-    torch.testing.assert_close(sq, x.pow(2).sum(1), rtol=1e-6, atol=0)
-    hi, lo, norms = prepare(x, "tf32x3", cosine=True)
-    torch.testing.assert_close(hi[:, :21] + lo[:, :21], F.normalize(x, dim=1), rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(norms, x.norm(dim=1), rtol=1e-6, atol=0)
-    zero = prepare(torch.zeros(3, 4), "tf32x3", cosine=True)
-    assert not zero[0].any() and torch.equal(zero[2], torch.full((3,), 1e-12))  # F.normalize's floor
+    torch.testing.assert_close(aux[0], (x - centre).pow(2).sum(1), rtol=1e-6, atol=0)
+    ops, aux = _prepared(x * 1e30, "tf32x3")
+    torch.testing.assert_close(ops[:, 0, :21] + ops[:, 1, :21], unit_rows(x), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(aux[0], (x * 1e30).abs().amax(1), rtol=0, atol=0)
+    torch.testing.assert_close(aux[0] * aux[1], (x.double() * 1e30).norm(dim=1).float(), rtol=1e-6, atol=0)
+    ops, aux = _prepared(torch.zeros(3, 4), "tf32x3")
+    assert not ops.any() and not aux.any()

@@ -144,125 +144,55 @@ def loss_launches(
     capability: int = 90,
 ) -> list[tuple[str, object]]:
     """The launches the loss makes for this problem, for every candidate
-    configuration of the pair kernels: (role, Launch).  Tensors are allocated
-    (never touched: ``torch.empty``) on the CPU with the real shapes, so
-    binding sees the real sizes, strides and alignments."""
+    configuration of the pair kernels: (role, Launch), from the Triton
+    backend's own plans (``snnl.loss.backends.triton.forward_plan`` and
+    ``backward_plan``), so that what is compiled here is what the loss runs.
+    Tensors are allocated (never touched: ``torch.empty``) on the CPU with
+    the real shapes, so binding sees the real sizes, strides and alignments.
+    ``distributed``: a process's rows (a quarter of the batch) against the
+    gathered batch."""
     import torch
 
-    from ..kernels import configs, pair_kernels, rows
-    from ..loss.options import Upstream
-    from ..loss.rowwise import FAR
+    from ..kernels import configs
+    from ..loss.backends import triton as fused
+    from ..loss.options import Inputs, LossOptions, Upstream
 
     torch_dtype = _torch_dtype(dtype)
     acc = torch.float64 if torch_dtype == torch.float64 else torch.float32
-    euclidean = distance == "euclidean"
     x = torch.empty(batch, dim, dtype=torch_dtype)
-    prepare, (hi, lo, aux) = rows.prepare_launch(x, precision, None, not euclidean)
-    sq = aux if euclidean else None
-    launches: list[tuple[str, object]] = [("prepare", prepare)]
-    points = (hi, lo)
     labels = torch.empty(batch, dtype=torch.int64)
     temperature = torch.empty((), dtype=acc)
-    coefs = (torch.empty(batch, dtype=acc), torch.empty(batch, dtype=acc), torch.empty((4, batch), dtype=acc))
-    any_far = torch.empty(1, dtype=torch.int32)
-    first_sums: torch.Tensor | None = None
-    first_parts = None
+    if distributed:
+        inputs = Inputs(x[: batch // 4], x, labels[: batch // 4], labels, temperature)
+        options = LossOptions(self_offset=0, distance=distance, eps=1e-5, precision=precision)
+    else:
+        inputs = Inputs(x, None, labels, None, temperature)
+        options = LossOptions(self_offset=0, distance=distance, eps=1e-5, precision=precision)
+    n = inputs.queries.shape[0]
+    upstream = Upstream(torch.empty(n, dtype=acc), None, None)
+    seen: set = set()
+    launches: list[tuple[str, object]] = []
+
+    def take(plan):
+        # each distinct launch once: the pair launches of every candidate, the others
+        # (the same in every plan) once, each side's far pass included
+        for role, launch in plan.launches:
+            key = (role, repr(sorted(launch.described_constexprs().items())))
+            if key not in seen:
+                launches.append((role, launch))
+                seen.add(key)
+
+    euclidean = distance == "euclidean"
     for config in configs.candidate_configs("forward", batch, dim, torch_dtype, capability, euclidean):
-        launch, sums = pair_kernels.forward_launch(
-            points, points, labels, labels, sq, sq, temperature, 0, config=config, precision=precision
-        )
-        launches.append(("forward", launch))
-        first_sums = sums if first_sums is None else first_sums
-    assert first_sums is not None, "every shape has a forward candidate"
-    finish, _ = rows.finish_forward_launch(
-        points, points, labels, labels, sq, sq, temperature, 0, first_sums, FAR[acc], 1e-5, precision=precision
-    )
-    launches.append(("finish-forward", finish))
-    coefficients, _ = rows.coefficients_launch(
-        first_sums[0, 0], first_sums[0, 1], Upstream(first_sums[0, 0], None, None), 1e-5, FAR[acc]
-    )
-    launches.append(("coefficients", coefficients))
+        take(fused.forward_plan(inputs, options, config)[0])
     for config in configs.candidate_configs("backward", batch, dim, torch_dtype, capability, euclidean):
-        if distributed:  # a process's rows (a quarter of the batch here) against the gathered batch
-            queries = tuple(p[: batch // 4] for p in points)
-            q_coefs = tuple(c[..., : batch // 4] for c in coefs)
-            launch, parts = pair_kernels.backward_launch(
-                queries,
-                points,
-                labels[: batch // 4],
-                labels,
-                sq,
-                sq,
-                temperature,
-                q_coefs,
-                None,
-                0,
-                True,
-                config=config,
-                precision=precision,
-                any_far=any_far,
-            )
-            launches.append(("backward-queries", launch))
-            launch, _ = pair_kernels.backward_launch(
-                points,
-                queries,
-                labels,
-                labels[: batch // 4],
-                sq,
-                sq,
-                temperature,
-                None,
-                q_coefs,
-                0,
-                False,
-                config=config,
-                precision=precision,
-                any_far=any_far,
-            )
-            launches.append(("backward-keys", launch))
-        else:
-            launch, parts = pair_kernels.backward_launch(
-                points,
-                points,
-                labels,
-                labels,
-                sq,
-                sq,
-                temperature,
-                coefs,
-                coefs,
-                0,
-                True,
-                config=config,
-                precision=precision,
-                any_far=any_far,
-            )
-            launches.append(("backward", launch))
-        first_parts = parts if first_parts is None else first_parts
-    # the far rows' exact terms (no trips unless some row is far)
-    far, far_parts = pair_kernels.backward_launch(
-        points,
-        points,
-        labels,
-        labels,
-        sq,
-        sq,
-        temperature,
-        coefs,
-        coefs,
-        0,
-        True,
-        config=configs.far_pass_config(dim, torch_dtype),
-        precision=precision,
-        any_far=any_far,
-        far_pass=True,
-    )
-    launches.append(("backward-far", far))
-    finish, _ = rows.finish_backward_launch(first_parts, far_parts, x, aux, temperature, not euclidean)
-    launches.append(("finish-backward", finish))
+        forward, kept = fused.forward_plan(inputs, options, config)
+        stats = forward.outputs["statistics"]
+        take(fused.backward_plan(upstream, stats.lse_all, stats.lse_same, kept, inputs, options, True, config))
     return launches
 
 
+# the pair kernels' launches (the last, the far pass, has one configuration of its own)
 PAIR_ROLES = ("forward", "backward", "backward-queries", "backward-keys", "backward-far")
 
 
@@ -273,11 +203,12 @@ def _iterations(role: str, launch) -> int:
     rows, ``finish_forward``'s exact pass)."""
     if role not in PAIR_ROLES or role == "backward-far":  # the far pass: no trips without far rows
         return 1
-    constexprs = launch.constexprs
-    part, dim = launch.args[-1], launch.args[-4]  # keys per part of the key range; features (both kernels)
+    constexprs = launch.described_constexprs()
+    part = launch.args.get("keys_per_part", launch.args.get("cols_per_part"))  # keys per part of the key range
+    width = launch.args["Q" if "Q" in launch.args else "R"].width  # the operands' (padded) features
     trips = -(-part // constexprs["BLOCK_N"])
     if not constexprs["WHOLE_D"]:
-        trips *= -(-dim // constexprs["BLOCK_D"])
+        trips *= -(-width // constexprs["BLOCK_D"])
     return trips
 
 
@@ -297,7 +228,7 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
         role,
         target,
         asdict(config),
-        dict(launch.constexprs),
+        launch.described_constexprs(),
         list(launch.grid),
         programs,
         _iterations(role, launch),
@@ -307,7 +238,7 @@ def compile_launch(role: str, launch, target: str) -> LaunchReport:
     backend = make_backend(gpu)
     kwargs = {**launch.constexprs, **launch.options()}
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*launch.args, **kwargs)
+    bound, specialization, options = binder(**launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     key = (
         target,

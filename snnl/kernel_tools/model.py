@@ -110,12 +110,12 @@ def _products_per_trip(report, dtype: str) -> tuple[float, str]:
     """MMA floating-point work of one loop trip of one program, and its kind."""
     c = report.constexprs
     tile = 2.0 * c["BLOCK_M"] * c["BLOCK_N"] * c["BLOCK_D"]
-    split = c.get("SPLIT", False)
+    split = c.get("THREE_TF32", False)
     logits = tile * (3 if split else 1)
     if report.role == "forward":
         work = logits
     else:
-        grad = tile * (3 if split else 2 if c.get("GRAD_SPLIT") else 1)
+        grad = tile * (3 if split else 2 if c.get("GRAD_THREE_TF32") else 1)
         work = logits + grad
     kind = "fp64" if dtype == "float64" else "bf16" if dtype in ("bfloat16", "float16") else "tf32"
     if dtype == "float32" and c.get("PRECISION") == "ieee" and not split:
@@ -144,7 +144,7 @@ def launch_time(report, dtype: str) -> dict:
     tensor = trips * work / rate
     ex2 = trips * warps * loop.get("ex2", 0) * 32 / (gpu.ex2_per_clock * gpu.sms * gpu.clock_hz)
     size = _element_size(dtype)
-    parts = 2 if c.get("SPLIT") else 1
+    parts = 2 if c.get("THREE_TF32") else 1
     l2 = trips * c["BLOCK_N"] * c["BLOCK_D"] * size * parts / gpu.l2_bytes
     blocks = _blocks_per_sm(report, gpu)
     slots = gpu.sms * blocks
@@ -161,7 +161,7 @@ def launch_time(report, dtype: str) -> dict:
     }
 
 
-ROW_ROLES = ("prepare", "finish-forward", "coefficients", "backward-far", "finish-backward")
+ROW_ROLES = ("prepare", "prepare-keys", "finish-forward", "coefficients", "backward-far", "finish-backward")
 
 
 def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> dict:
@@ -173,7 +173,8 @@ def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> di
     size = _element_size(dtype)
     acc = 8 if dtype == "float64" else 4
     width = -(-dim // report.constexprs.get("BLOCK_D", 16)) * report.constexprs.get("BLOCK_D", 16)
-    padded = -(-dim // 16) * 16 if report.role in ("prepare", "finish-backward") else width
+    role = "prepare" if report.role == "prepare-keys" else report.role  # the keys' operands: the same work
+    padded = -(-dim // 16) * 16 if role in ("prepare", "finish-backward") else width
     split = 2 if dtype == "float32" else 1
     moved = {
         "prepare": 2 * batch * dim * size + batch * padded * size * split + batch * acc,  # x twice, hi/lo, norms
@@ -186,7 +187,7 @@ def row_launch_time(report, batch: int, dim: int, dtype: str, parts: dict) -> di
             + batch * dim * size
             + batch * acc
         ),
-    }[report.role]
+    }[role]
     seconds = moved / gpu.hbm_bytes + gpu.launch_s
     return {"seconds": seconds, "bound": "memory", "bytes": moved}
 

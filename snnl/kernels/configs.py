@@ -1,7 +1,7 @@
 """Every choice of the compiled code, named: ``TileConfig`` (tiles, warps,
 stages), ``candidate_configs`` (what autotuning tries, per shape bucket),
-``feature_block`` (the feature chunk), ``plan_splits`` (the split of the key
-range over programs), ``tuned_config`` (autotuning) and ``Launch`` (one
+``feature_block`` (the feature chunk), ``key_parts`` (the parts of the key
+range, one program each), ``tuned_config`` (autotuning) and ``Launch`` (one
 kernel launch with its configuration: what ``snnl.kernel_tools.lab``
 compiles and inspects).  The precisions are ``snnl.choices.PRECISIONS``.
 """
@@ -79,10 +79,9 @@ def candidate_configs(
     if capability >= 90:
         large = [TileConfig(128, 64, block_d, 8, 1), TileConfig(128, 32, block_d, 8, 1)] if n > 4096 else []
         return large + [TileConfig(64, 32, block_d, 8, 1), TileConfig(32, 64, block_d, 8, 1)]
-    # (64 x 32 with 4 warps spills 4 B for the Euclidean distance on sm_80,
-    # whose extra per-row terms and int64 labels take the last registers)
-    wide = [] if euclidean else [TileConfig(64, 32, block_d, 4, 2)]
-    return [TileConfig(32, 64, block_d, 8, 1), *wide, TileConfig(64, 16, block_d, 4, 2)]
+    # (64 x 32 with 4 warps spills 4 B on sm_80, where the per-row terms and
+    # int64 labels take the last registers: tests/test_compiled_code.py)
+    return [TileConfig(32, 64, block_d, 8, 1), TileConfig(64, 16, block_d, 4, 2)]
 
 
 def far_pass_config(dim: int, dtype: torch.dtype) -> TileConfig:
@@ -108,14 +107,14 @@ def shape_bucket(n: int, dim: int) -> tuple[int, int]:
     return triton.next_power_of_2(n), triton.next_power_of_2(dim)
 
 
-def plan_splits(n_rows: int, n_cols: int, config: TileConfig) -> int:
+def key_parts(n_rows: int, n_cols: int, config: TileConfig) -> int:
     """Parts of the key range: at least enough programs to fill the GPU
     (TARGET_PROGRAMS) where there are key tiles to share out, each part a
     whole number of key tiles."""
-    return triton.cdiv(n_cols, _part_length(n_rows, n_cols, config))
+    return triton.cdiv(n_cols, keys_per_part(n_rows, n_cols, config))
 
 
-def _part_length(n_rows: int, n_cols: int, config: TileConfig) -> int:
+def keys_per_part(n_rows: int, n_cols: int, config: TileConfig) -> int:
     """Keys per part of the key range (a multiple of BLOCK_N)."""
     wanted = triton.cdiv(TARGET_PROGRAMS, triton.cdiv(n_rows, config.block_m))
     key_tiles = triton.cdiv(n_cols, config.block_n)
@@ -124,13 +123,24 @@ def _part_length(n_rows: int, n_cols: int, config: TileConfig) -> int:
 
 @dataclass
 class Launch:
-    """One kernel launch: what ``snnl.kernel_tools.lab`` compiles and inspects."""
+    """One kernel launch, its arguments by name (runtime ``args`` and
+    compile-time ``constexprs``): what the Triton backend runs and
+    ``snnl.kernel_tools.lab`` compiles and inspects."""
 
     kernel: object
     grid: tuple[int, ...]
-    args: tuple
+    args: dict
     constexprs: dict
     config: TileConfig
+
+    def described_constexprs(self) -> dict:
+        """The compile-time choices as plain values, records flattened
+        (``layout.Math``'s and ``layout.Terms``' fields by name), dtypes by name."""
+        flat: dict = {}
+        for name, value in self.constexprs.items():
+            items = value._asdict().items() if hasattr(value, "_asdict") else [(name, value)]
+            flat.update({key: str(v) if not isinstance(v, (bool, int, float, str)) else v for key, v in items})
+        return flat
 
     def options(self) -> dict:
         """Compile options of the configuration (as triton.jit launch keywords)."""
@@ -142,7 +152,7 @@ class Launch:
         return options
 
     def run(self):
-        self.kernel[self.grid](*self.args, **self.constexprs, **self.options())
+        self.kernel[self.grid](**self.args, **self.constexprs, **self.options())
 
 
 _TUNED: dict = {}
@@ -173,4 +183,4 @@ def tuned_config(
 
 def model_programs(n_rows: int, n_cols: int, config: TileConfig) -> int:
     """Programs of a tile launch (row tiles x key-range parts), for reports."""
-    return triton.cdiv(n_rows, config.block_m) * plan_splits(n_rows, n_cols, config)
+    return triton.cdiv(n_rows, config.block_m) * key_parts(n_rows, n_cols, config)

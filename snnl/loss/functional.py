@@ -109,16 +109,14 @@ def row_losses(
 ):
     """(per-row losses in the compute dtype, whether each row has a same-class
     key or None when ``reduction`` does not need it): the backend's rows,
-    with autocast off, after the value checks."""
+    with autocast off, and the value checks (``validation.check_values``)."""
     queries, keys = batch.queries, batch.keys
     dtype = compute_dtype(queries.dtype)
     given = temperature if isinstance(temperature, torch.Tensor) else None  # a number is checked already
     temperature = validation.check_temperature(temperature, queries.device, dtype)
-    if check_values and validation.values_readable(queries, keys, given, batch.weight):
-        points = {"z": queries} if keys is None else {"z": queries, "keys": keys}
-        validation.check_values(points, given, batch.weight)
     chosen = registry.resolve(backend, queries)
     chosen.check_usable(queries)
+    points = {"z": queries} if keys is None else {"z": queries, "keys": keys}
     if chosen.casts_inputs:
         queries = queries.to(dtype)
         keys = None if keys is None else keys.to(dtype)
@@ -128,7 +126,11 @@ def row_losses(
     )
     # the loss's own arithmetic is fp32 (fp64) whatever autocast would pick
     with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
-        return ops.rows(inputs, options, chosen.name, with_positives=reduction == "mean_over_positives")
+        rows, has_positive = ops.rows(inputs, options, chosen.name, with_positives=reduction == "mean_over_positives")
+    if check_values and validation.values_readable(queries, keys, given, batch.weight):
+        # the inputs, and the rows for an overflow of the logits: one read, after the computation
+        validation.check_values(points, given, batch.weight, rows, distance=distance, used_temperature=temperature)
+    return rows, has_positive
 
 
 def _autocast_on(x: torch.Tensor) -> bool:

@@ -417,5 +417,5 @@ def rows(
         out, has_positive = reference.rows(inputs, options)
         return out, has_positive if with_positives else None
     out, _, lse_same, *_ = _Rows.apply(backend, options, *inputs)
-    # lse_same is -inf exactly when there is no same-class key
-    return out, (lse_same > -torch.inf) if with_positives else None
+    # lse_same is -inf exactly when there is no same-class key (NaN, an overflow, stays in: a NaN loss)
+    return out, (lse_same != -torch.inf) if with_positives else None

@@ -6,13 +6,15 @@ Two kinds:
   and free: they read no tensor's values, so they hold inside compiled code
   and under fake tensors;
 - value checks (NaN/Inf in the points, a tensor temperature <= 0, weights
-  below 0): in eager calls on real tensors, one host read for all of them
-  together (a device synchronisation on a GPU).  ``check_values=False``
-  skips them; they are skipped by themselves where values cannot be read
-  without breaking what runs: under ``torch.compile`` (a graph break),
-  during CUDA-graph capture, on fake or meta tensors and under ``torch.func``
-  transforms.  There a NaN in the points gives a NaN loss: every backend
-  propagates it (tests/test_loss_op.py).
+  below 0, and logits -d/T that overflow the dtype, seen as NaN per-row
+  losses from valid inputs): in eager calls on real tensors, one host read
+  for all of them together, after the rows are computed (a device
+  synchronisation on a GPU).  ``check_values=False`` skips them; they are
+  skipped by themselves where values cannot be read without breaking what
+  runs: under ``torch.compile`` (a graph break), during CUDA-graph capture,
+  on fake or meta tensors and under ``torch.func`` transforms.  There a NaN
+  in the points, or an overflow, gives a NaN loss: every backend propagates
+  it (tests/test_loss_op.py, tests/test_loss_numerics.py).
 """
 
 from __future__ import annotations
@@ -117,10 +119,18 @@ def values_readable(*tensors: torch.Tensor | None) -> bool:
 
 
 def check_values(
-    points: dict[str, torch.Tensor], temperature: torch.Tensor | None, weight: torch.Tensor | None
+    points: dict[str, torch.Tensor],
+    temperature: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    rows: torch.Tensor | None = None,
+    *,
+    distance: str = "cosine",
+    used_temperature: torch.Tensor | None = None,
 ) -> None:
     """NaN/Inf in the points, a temperature that is not finite and > 0, a
-    weight that is not finite and >= 0: a ``ValueError`` naming the first
+    weight that is not finite and >= 0, and a NaN among the per-row losses
+    ``rows`` computed from valid inputs (every backend's sign that the
+    logits -d/T overflowed the dtype): a ``ValueError`` naming the first
     problem.  One host read for all of them (one synchronisation on a GPU)."""
 
     def finite(x):  # x - x is 0 unless x is NaN or infinite: two kernels, where isfinite is four
@@ -137,7 +147,11 @@ def check_values(
     if weight is not None:
         w = weight.detach()
         flags.append(finite(w.sum()) & (w.min() >= 0) if w.numel() else torch.ones((), dtype=torch.bool))
-    ok = flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()
+    if rows is not None:
+        flags.append((rows.detach() == rows.detach()).all())  # no NaN (+inf rows are a form's own)
+    ok = flags[0]
+    for flag in flags[1:]:
+        ok = ok & flag.to(ok.device)
     if bool(ok):
         return
     # something is wrong: find it (the error path may read as much as it likes)
@@ -151,6 +165,26 @@ def check_values(
             )
     if temperature is not None and not (math.isfinite(float(temperature.detach())) and float(temperature.detach()) > 0):
         raise ValueError(f"temperature must be finite and > 0, got {float(temperature.detach())}")
-    if weight is not None:
+    if weight is not None and not bool(flags[len(points) + (temperature is not None)]):
         raise ValueError("weight must be finite and >= 0 everywhere")
+    if rows is not None and bool(torch.isnan(rows.detach()).any()):
+        raise ValueError(_overflow_message(points, distance, used_temperature))
     # the sum of finite values overflowed: the points are finite after all
+
+
+def _overflow_message(points: dict[str, torch.Tensor], distance: str, temperature: torch.Tensor | None) -> str:
+    z = next(iter(points.values()))
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    largest = torch.finfo(dtype).max
+    t = float("nan") if temperature is None else float(temperature.detach())
+    if distance == "euclidean":
+        what = (
+            f"squared Euclidean distances divided by T = {t:g} exceed {largest:.3g} (points more than about "
+            f"{math.sqrt(largest * t):.2g} apart)"
+        )
+    else:
+        what = f"the cosine logits reach 2 / T = {2 / t:.3g} at T = {t:g}"
+    return (
+        f"the loss's logits -d/T overflow {str(dtype).removeprefix('torch.')}: {what}. Scale the points "
+        "down, raise the temperature, or compute in float64"
+    )

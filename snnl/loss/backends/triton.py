@@ -4,29 +4,34 @@ the queries against the keys, never a b x b matrix.
 The kernels: ``snnl.kernels.pair_kernels`` (partial sums per part of the
 key range forward, partial gradient rows backward) and ``snnl.kernels.rows``
 (everything O(b * d) around them: operands, the parts added in a fixed
-order, the exact pass for far rows, the gradient of the points).  A call is,
-on the GPU, with no host synchronisation:
+order, the exact pass for far rows, the gradient of the points).  A call is
+a plan of launches (``forward_plan``, ``backward_plan``), on the GPU with no
+host synchronisation:
 
-    forward:  prepare (per input), forward, finish_forward
-    backward: coefficients (the per-row inputs), then per input (one, or
-              two for queries vs keys): backward, its far pass (no trips
-              without far rows), finish_backward; and one sum for a learned T.
+    forward:  prepare (per input), forward, finish-forward
+    backward: coefficients, then per input (one, or two for queries vs keys):
+              backward, its far pass (no trips without far rows),
+              finish-backward; and one sum for a learned T.
 
-The per-row algebra is ``rowwise``'s and the far rows' the CPU path's (``blocked.far``).
-These functions run inside the ``snnl::triton_*`` operators (``snnl.loss.ops``):
-compiled graphs, fake tensors and export see one node and never trace into
-Triton, its interpreter or the autotuner.
+The backend runs these plans, and ``snnl.kernel_tools.lab`` compiles the
+same plans, so the compiled-code checks inspect the launches the loss makes.
+The per-row algebra is ``rowwise``'s and the far rows' the CPU path's
+(``blocked.far``).  These functions run inside the ``snnl::triton_*``
+operators (``snnl.loss.ops``): compiled graphs, fake tensors and export see
+one node and never trace into Triton, its interpreter or the autotuner.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ...optional import triton_available
 from ..options import Inputs, LossOptions, Upstream
-from ..rowwise import FAR, compute_dtype
+from ..rowwise import FAR, compute_dtype, euclidean_centre
 
 # the registry's description of this backend (snnl.loss.registry)
 SUMMARY = (
@@ -35,6 +40,10 @@ SUMMARY = (
 MEMORY = "O(b d)"
 OPERATOR = True
 CASTS_INPUTS = False  # half inputs go to the tensor cores as they are
+
+# A TileConfig to use instead of the tuned one (the tests force small tiles
+# so that small batches span several of them); None: tuned per shape.
+CONFIG = None
 
 
 def check_usable(z: torch.Tensor) -> None:
@@ -62,183 +71,233 @@ def check_usable(z: torch.Tensor) -> None:
     )
 
 
-# A TileConfig to use instead of the tuned one (the tests force small tiles
-# so that small batches span several of them); None: tuned per shape.
-CONFIG = None
-
-
 def _kernels():
     # Imported on first use so that importing snnl never imports Triton, and so
     # that TRITON_INTERPRET (for CPU tensors) can be set by the caller before the first call.
-    from ...kernels import configs, pair_kernels, rows
+    from ...kernels import configs, layout, pair_kernels, rows
 
-    return configs, pair_kernels, rows
+    return configs, layout, pair_kernels, rows
 
 
-def _key_offset(keys, self_offset: int) -> int:
+class Kept(NamedTuple):
+    """What the forward pass keeps for the backward one (the operator's saved
+    list, by name): each side's operands (``snnl.kernels.rows.Operands``) and
+    the Euclidean centre.  Operator outputs may not alias each other: empty
+    stand-ins for the keys of the square case and the cosine's centre."""
+
+    q_ops: torch.Tensor
+    q_aux: torch.Tensor
+    k_ops: torch.Tensor
+    k_aux: torch.Tensor
+    centre: torch.Tensor
+
+
+@dataclass
+class Plan:
+    """The launches of one call, in order, by role (what the lab compiles), and their outputs."""
+
+    launches: list = field(default_factory=list)  # (role, snnl.kernels.configs.Launch)
+    outputs: dict = field(default_factory=dict)
+
+    def add(self, role: str, launch_and_outputs):
+        launch, outputs = launch_and_outputs
+        self.launches.append((role, launch))
+        return outputs
+
+    def run(self) -> None:
+        for _, launch in self.launches:
+            launch.run()
+
+
+def _offset(inputs: Inputs, options: LossOptions) -> int:
     """Query i is key offset + i; past the last key when the keys are not the queries."""
-    if keys is None:
+    if inputs.square:
         return 0
-    return self_offset if self_offset >= 0 else keys.shape[0]
+    keys, _ = inputs.key_side()
+    return options.self_offset if options.self_offset >= 0 else keys.shape[0]
 
 
-def _run(kind, launch_for, n, dim, dtype, precision, euclidean, config, device):
-    """Launch with the given configuration, or the tuned one for this shape."""
-    configs, _, _ = _kernels()
-    if config is None:
-        config = configs.tuned_config(kind, n, dim, dtype, precision, euclidean, lambda c: launch_for(c)[0], device)
-    launch, outputs = launch_for(config)
-    launch.run()
-    return outputs
+def _math(inputs: Inputs, options: LossOptions, config):
+    layout = _kernels()[1]
+    width = -(-inputs.queries.shape[1] // config.block_d) * config.block_d
+    return layout.math_for(inputs.queries.dtype, options.precision, options.euclidean, width <= config.block_d)
 
 
-def _pack(q_ops, q_aux, k_ops, k_aux, square: bool) -> list[torch.Tensor]:
-    """The operands kept for the backward pass as operator outputs, which may
-    not alias each other: an empty stand-in where lo is hi (no 3xTF32 split)
-    and for the keys of the square case (they are the queries)."""
+def forward_plan(inputs: Inputs, options: LossOptions, config) -> tuple[Plan, Kept]:
+    """The forward launches for the pair kernels' ``config`` (their outputs in
+    ``plan.outputs["statistics"]``, ``snnl.kernels.rows.Statistics``), and
+    what the backward pass keeps."""
+    _, _, pair_kernels, rows = _kernels()
+    queries, _, query_labels, _, temperature = inputs
+    keys, key_labels = inputs.key_side()
+    euclidean, square = options.euclidean, inputs.square
+    acc = compute_dtype(queries.dtype)
+    centre = euclidean_centre(queries, inputs.keys) if euclidean else queries.new_empty(0, dtype=acc)
+    plan = Plan()
 
-    def side(ops, aux):
-        hi, lo = ops
-        return [hi, hi.new_empty(0) if lo is hi else lo, aux]
+    def prepare(x, role):
+        stand_in = centre if euclidean else x  # never read for the cosine distance
+        return plan.add(
+            role,
+            rows.prepare_launch(x, stand_in, precision=options.precision, euclidean=euclidean, block_d=config.block_d),
+        )
 
-    return side(q_ops, q_aux) + (
-        [t.new_empty(0) for t in (q_ops[0], q_ops[0], q_aux)] if square else side(k_ops, k_aux)
+    q_operands = prepare(queries, "prepare")
+    k_operands = q_operands if square else prepare(keys, "prepare-keys")
+    q = rows.side(q_operands, query_labels.contiguous(), euclidean)
+    k = q if square else rows.side(k_operands, key_labels.contiguous(), euclidean)
+    math = _math(inputs, options, config)
+    offset = _offset(inputs, options)
+    sums = plan.add("forward", pair_kernels.forward_launch(q, k, temperature, offset, config=config, math=math))
+    plan.outputs["statistics"] = plan.add(
+        "finish-forward",
+        rows.finish_forward_launch(q, k, temperature, offset, sums, far=FAR[acc], eps=options.eps, math=math),
+    )
+    kept = Kept(
+        q_operands.ops,
+        q_operands.aux,
+        queries.new_empty(0) if square else k_operands.ops,
+        queries.new_empty(0, dtype=acc) if square else k_operands.aux,
+        centre,
+    )
+    return plan, kept
+
+
+def backward_plan(
+    upstream: Upstream, lse_all, lse_same, kept: Kept, inputs: Inputs, options: LossOptions, temperature_grad: bool,
+    config,
+) -> Plan:  # fmt: skip
+    """The backward launches (their outputs in ``plan.outputs``: "queries"
+    and, for keys, "keys", each (gradient, the rows' shares of dL/dT))."""
+    configs, _, pair_kernels, rows = _kernels()
+    queries, _, query_labels, _, temperature = inputs
+    keys, key_labels = inputs.key_side()
+    euclidean, square = options.euclidean, inputs.square
+    acc = compute_dtype(queries.dtype)
+    q_operands = rows.Operands(kept.q_ops, kept.q_aux)
+    k_operands = q_operands if square else rows.Operands(kept.k_ops, kept.k_aux)
+    q = rows.side(q_operands, query_labels.contiguous(), euclidean)
+    k = q if square else rows.side(k_operands, key_labels.contiguous(), euclidean)
+    math = _math(inputs, options, config)
+    plan = Plan()
+    coefficients, any_far = plan.add(
+        "coefficients", rows.coefficients_launch(lse_all, lse_same, upstream, eps=options.eps, far=FAR[acc])
+    )
+    far_config = CONFIG or configs.far_pass_config(queries.shape[1], queries.dtype)
+
+    def side_gradient(role, x, operands, this, other, own, theirs, self_delta, weighted):
+        launch = dict(self_delta=self_delta, weighted=weighted, any_far=any_far)
+        parts = plan.add(
+            role,
+            pair_kernels.backward_launch(this, other, temperature, own, theirs, config=config, math=math, **launch),
+        )
+        far_parts = plan.add(
+            "backward-far",
+            pair_kernels.backward_launch(
+                this, other, temperature, own, theirs, config=far_config, math=math, far_pass=True, **launch
+            ),
+        )
+        return plan.add(
+            "finish-backward",
+            rows.finish_backward_launch(
+                parts,
+                far_parts,
+                x,
+                kept.centre if euclidean else operands.aux,
+                operands.aux,
+                temperature,
+                euclidean=euclidean,
+            ),  # fmt: skip
+        )
+
+    if square:
+        plan.outputs["queries"] = side_gradient(
+            "backward", queries, q_operands, q, q, coefficients, coefficients, 0, temperature_grad
+        )
+    else:
+        offset = _offset(inputs, options)
+        plan.outputs["queries"] = side_gradient(
+            "backward-queries", queries, q_operands, q, k, coefficients, None, offset, temperature_grad
+        )
+        # the keys' gradient from the queries' terms: key j is query j - offset
+        plan.outputs["keys"] = side_gradient(
+            "backward-keys", keys, k_operands, k, q, None, coefficients, -offset, False
+        )
+    return plan
+
+
+def _tuned(kind: str, inputs: Inputs, options: LossOptions, make_plan):
+    """The pair kernels' configuration: CONFIG if set, else the fastest
+    candidate for this shape (``snnl.kernels.configs.tuned_config``), each
+    timed on the pair launch of its own plan (the launches before it run once)."""
+    if CONFIG is not None:
+        return CONFIG
+    configs = _kernels()[0]
+    queries = inputs.queries
+    keys, _ = inputs.key_side()
+
+    def pair_launch(config):
+        plan = make_plan(config)
+        for role, launch in plan.launches:
+            if role.startswith(kind):
+                return launch
+            launch.run()
+        raise AssertionError(f"a {kind} plan without a {kind} launch")
+
+    return configs.tuned_config(
+        kind,
+        max(queries.shape[0], keys.shape[0]),
+        queries.shape[1],
+        queries.dtype,
+        options.precision,
+        options.euclidean,
+        pair_launch,
+        queries.device,
     )
 
 
-def _unpack(saved: list[torch.Tensor], square: bool):
-    def side(hi, lo, aux):
-        return (hi, hi if lo.numel() == 0 else lo), aux
-
-    q_ops, q_aux = side(*saved[:3])
-    k_ops, k_aux = (q_ops, q_aux) if square else side(*saved[3:])
-    return q_ops, q_aux, k_ops, k_aux
-
-
 def saved_like(inputs: Inputs, options: LossOptions) -> list[torch.Tensor]:
-    """Empty tensors shaped as ``forward``'s kept operands, from metadata only
-    (the operator's fake implementation)."""
-    queries, keys, precision = inputs.queries, inputs.keys, options.precision
-    configs, _, _ = _kernels()
+    """Empty tensors shaped as ``forward``'s kept operands (``Kept``), from
+    metadata only (the operator's fake implementation)."""
+    configs, layout, _, _ = _kernels()
+    queries = inputs.queries
     acc = compute_dtype(queries.dtype)
 
-    def side(x):
+    def operands(x):
         block_d = CONFIG.block_d if CONFIG is not None else configs.feature_block(x.shape[1], x.dtype)
         width = -(-x.shape[1] // block_d) * block_d
-        split = x.dtype == torch.float32 and precision == "tf32x3"
-        return [((x.shape[0], width), x.dtype), ((x.shape[0], width) if split else (0,), x.dtype), ((x.shape[0],), acc)]
+        planes = layout.planes(x.dtype, options.precision)
+        return [x.new_empty((x.shape[0], planes, width)), x.new_empty((2, x.shape[0]), dtype=acc)]
 
-    q = side(queries)
-    shapes = q + ([((0,), queries.dtype), ((0,), queries.dtype), ((0,), acc)] if keys is None else side(keys))
-    return [queries.new_empty(shape, dtype=dtype) for shape, dtype in shapes]
+    keys = [queries.new_empty(0), queries.new_empty(0, dtype=acc)] if inputs.square else operands(inputs.keys)
+    centre = queries.new_empty(queries.shape[1] if options.euclidean else 0, dtype=acc)
+    return [*operands(queries), *keys, centre]
 
 
 def forward(inputs: Inputs, options: LossOptions):
     """(rows, lse_all, lse_same, kept operands): the raw points (the kernels
-    normalise them for the cosine distance; half inputs stay half for the
-    tensor cores and accumulate in fp32)."""
-    configs, kernels, rows = _kernels()
-    queries, _, query_labels, _, temperature = inputs
-    keys, key_labels = inputs.key_side()
-    eps, precision = options.eps, options.precision
-    square, cosine, config = inputs.square, options.distance == "cosine", CONFIG
-    offset = 0 if square else _key_offset(keys, options.self_offset)
-    query_labels = query_labels.contiguous()
-    key_labels = query_labels if square else key_labels.contiguous()
-    # (hi, lo) for 3xTF32, padded for the feature chunks, and the norms
-    block_d = config.block_d if config is not None else None
-    q_hi, q_lo, q_aux = rows.prepare(queries, precision, block_d, cosine)
-    k_hi, k_lo, k_aux = (q_hi, q_lo, q_aux) if square else rows.prepare(keys, precision, block_d, cosine)
-    q_ops, k_ops = (q_hi, q_lo), (k_hi, k_lo)
-    q_sq, k_sq = (None, None) if cosine else (q_aux, k_aux)  # the Euclidean distance's |x|^2
-    n_keys = keys.shape[0]
-    sums = _run(
-        "forward",
-        lambda c: kernels.forward_launch(
-            q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, temperature, offset, config=c, precision=precision
-        ),
-        max(queries.shape[0], n_keys),
-        queries.shape[1],
-        queries.dtype,
-        precision,
-        not cosine,
-        config,
-        queries.device,
-    )
-    far = FAR[compute_dtype(queries.dtype)]
-    finish, (lse, loss) = rows.finish_forward_launch(
-        q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, temperature, offset, sums, far, eps, precision=precision
-    )
-    finish.run()
-    return loss, lse[0], lse[1], _pack(q_ops, q_aux, k_ops, k_aux, square)
+    normalise them for the cosine distance and centre them for the Euclidean
+    one; half inputs stay half for the tensor cores and accumulate in fp32)."""
+    config = _tuned("forward", inputs, options, lambda c: forward_plan(inputs, options, c)[0])
+    plan, kept = forward_plan(inputs, options, config)
+    plan.run()
+    statistics = plan.outputs["statistics"]
+    return statistics.rows, statistics.lse_all, statistics.lse_same, list(kept)
 
 
 def backward(
     upstream: Upstream, lse_all, lse_same, saved, inputs: Inputs, options: LossOptions, temperature_grad: bool
 ):
     """(grad_queries, grad_keys or None, grad_temperature or None); ``saved``:
-    the operands ``forward`` kept."""
-    configs, kernels, rows = _kernels()
-    queries, _, query_labels, _, temperature = inputs
-    keys, key_labels = inputs.key_side()
-    eps, precision = options.eps, options.precision
-    square, cosine, config = inputs.square, options.distance == "cosine", CONFIG
-    offset = 0 if square else _key_offset(keys, options.self_offset)
-    query_labels = query_labels.contiguous()
-    key_labels = query_labels if square else key_labels.contiguous()
-    q_ops, q_aux, k_ops, k_aux = _unpack(saved, square)
-    q_sq, k_sq = (None, None) if cosine else (q_aux, k_aux)
-    far = FAR[compute_dtype(queries.dtype)]
-    coefficients, (coef, same_coef, exact, any_far) = rows.coefficients_launch(lse_all, lse_same, upstream, eps, far)
-    coefficients.run()
-    coefs = (coef, same_coef, exact)
-    dim = queries.shape[1]
+    what ``forward`` kept."""
+    kept = Kept(*saved)
 
-    def backward_pass(
-        points, aux, rows_ops, cols_ops, row_labels, col_labels, row_sq, col_sq, row_coefs, col_coefs, delta, weighted
-    ):
-        def launch_for(c, far_pass=False):
-            return kernels.backward_launch(
-                rows_ops,
-                cols_ops,
-                row_labels,
-                col_labels,
-                row_sq,
-                col_sq,
-                temperature,
-                row_coefs,
-                col_coefs,
-                delta,
-                weighted,
-                config=c,
-                precision=precision,
-                any_far=any_far,
-                far_pass=far_pass,
-            )
+    def make_plan(config):
+        return backward_plan(upstream, lse_all, lse_same, kept, inputs, options, temperature_grad, config)
 
-        n_max = max(rows_ops[0].shape[0], cols_ops[0].shape[0])
-        parts = _run(
-            "backward", launch_for, n_max, dim, rows_ops[0].dtype, precision, not cosine, config, rows_ops[0].device
-        )
-        # the far rows' exact terms: no trips unless some row is far
-        far_launch, far_parts = launch_for(config or configs.far_pass_config(dim, rows_ops[0].dtype), far_pass=True)
-        far_launch.run()
-        finish, (grad, t_share) = rows.finish_backward_launch(parts, far_parts, points, aux, temperature, cosine)
-        finish.run()
-        return grad, t_share
-
-    if square:
-        grad_queries, t_share = backward_pass(
-            queries, q_aux, q_ops, q_ops, query_labels, query_labels, q_sq, q_sq, coefs, coefs, 0, temperature_grad
-        )
-        grad_keys = None
-    else:
-        grad_queries, t_share = backward_pass(
-            queries, q_aux, q_ops, k_ops, query_labels, key_labels, q_sq, k_sq, coefs, None, offset, temperature_grad
-        )
-        # the keys' gradient from the queries' terms: key j is query j - offset
-        grad_keys, _ = backward_pass(
-            keys, k_aux, k_ops, q_ops, key_labels, query_labels, k_sq, q_sq, None, coefs, -offset, False
-        )
+    plan = make_plan(_tuned("backward", inputs, options, make_plan))
+    plan.run()
+    grad_queries, t_share = plan.outputs["queries"]
+    grad_keys = None if inputs.square else plan.outputs["keys"][0]
     grad_t = t_share.sum() if temperature_grad else None  # the rows' shares of dl/dT
     return grad_queries, grad_keys, grad_t

@@ -74,13 +74,25 @@ def forward(inputs: Inputs, options: LossOptions):
             # sum over all keys is at least 1 then
             rows = q.take(index)
             scale = row_max(rows, k, workers)
+            finite = scale > -math.inf  # else every logit of the row overflowed (below)
+            scale = torch.where(finite, scale, 0.0)
             sum_all, sum_same = sums(rows, k, False, workers, floor, shift=scale)
             kept = sum_same > math.exp(-far)  # a same-class sum that lost no precision
-            lse_all[index] = scale + torch.log(sum_all)
-            lse_same[index] = torch.where(kept, scale + torch.log(sum_same), -math.inf)
+            lse_all[index] = torch.where(finite, scale + torch.log(sum_all), -math.inf)
+            lse_same[index] = torch.where(kept & finite, scale + torch.log(sum_same), -math.inf)
             # same-class sums far below the total: exactly, with their own running maximum
-            exact_forward(index[~kept & (same_count[index] > 0)], q, k, lse_all, lse_same)
+            exact_forward(index[finite & ~kept & (same_count[index] > 0)], q, k, lse_all, lse_same)
+        _poison_overflow(lse_all, lse_same, same_count, k.x.shape[0] - int(square or options.self_offset >= 0))
         return rows_loss(lse_all, lse_same, options.eps), lse_all, lse_same, []
+
+
+def _poison_overflow(lse_all, lse_same, same_count, other_keys: int) -> None:
+    """NaN, in place, for a log-sum-exp that is -inf although the row has keys
+    (of its class): every such logit overflowed (finite points, a distance /
+    T beyond the dtype's range), and -inf would read as "no neighbour", a
+    quiet wrong answer (``reference.statistics`` does the same)."""
+    lse_all.masked_fill_((lse_all == -math.inf) & (other_keys > 0), math.nan)
+    lse_same.masked_fill_((lse_same == -math.inf) & (same_count > 0), math.nan)
 
 
 def backward(
@@ -123,13 +135,14 @@ def backward(
 def _points_gradient(raw, hsum, points: Points):
     """From sum_j H_ij x_j (and sum_j H_ij) to the gradient of the raw points,
     in place of ``raw``."""
-    from ....kernels import NORM_EPS
-
-    if points.euclidean:  # s_ij = -|x_i - x_j|^2 / T: -2 (hsum_i x_i - raw_i) / T
+    if points.euclidean:  # s_ij = -|x_i - x_j|^2 / T (centred points): -2 (hsum_i x_i - raw_i) / T
         return raw.addcmul_(points.x, hsum[:, None], value=-1.0).mul_(2.0 * points.scale)
-    # s_ij = (<x_i, x_j> - 1) / T with x = z / |z|: the Jacobian (I - x x^T) / |z|
-    # (just 1 / NORM_EPS where |z| was floored)
+    # s_ij = (<x_i, x_j> - 1) / T with x = z / |z|: the Jacobian (I - x x^T) / |z|,
+    # |z| = largest * aux; 0 for a row of zeros (``reference.unit_rows``)
+    assert points.largest is not None, "cosine points keep their rows' largest entries"
     g = raw.mul_(points.scale)
     radial = (points.x[:, None, :] @ g[:, :, None]).view(-1)  # <x_i, g_i>, no (n, d) temporary
-    radial = torch.where(points.aux > NORM_EPS, radial, 0.0)
-    return g.addcmul_(points.x, radial[:, None], value=-1.0).div_(points.aux[:, None])
+    g.addcmul_(points.x, radial[:, None], value=-1.0)
+    nonzero = points.largest != 0
+    g.div_(torch.where(nonzero, points.aux, 1.0)[:, None]).div_(torch.where(nonzero, points.largest, 1.0)[:, None])
+    return g.masked_fill_(~nonzero[:, None], 0.0)

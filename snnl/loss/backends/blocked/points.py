@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from ...options import Inputs, LossOptions
+from ...rowwise import euclidean_centre
 
 # Up to this many classes among the keys, sums per class come from thin
 # products with one-hot label matrices (columns padded to a multiple of 16:
@@ -27,17 +29,20 @@ class Points:
     the Euclidean one."""
 
     right: torch.Tensor  # R (x is a view of its first columns)
-    aux: torch.Tensor  # norms (cosine) or squared norms (Euclidean)
+    # cosine: each row's norm after dividing it by its largest |entry| (``largest``);
+    # Euclidean: the squared norms of the centred points
+    aux: torch.Tensor
     left: torch.Tensor | None  # L (Euclidean)
     scale: float  # 1 / T
     codes: torch.Tensor  # labels as dense int64 codes (shared by queries and keys)
     onehot: torch.Tensor | None  # (n, classes padded to 16), or None with many classes
     ids: torch.Tensor  # the rows' indices among the keys (self pairs), or past their end: none
     first_id: int | None  # ids[0], known on the host; None for a subset of the rows (``take``)
+    largest: torch.Tensor | None = None  # cosine: each row's largest |entry| (0: a row of zeros)
 
     @property
     def x(self) -> torch.Tensor:
-        """The unit rows (cosine) or the points (Euclidean)."""
+        """The unit rows (cosine) or the centred points (Euclidean)."""
         return self.right[:, : self.dim]
 
     @property
@@ -59,6 +64,7 @@ class Points:
             None if self.onehot is None else self.onehot[index],
             self.ids[index],
             None,
+            None if self.largest is None else self.largest[index],
         )
 
     def logits(self, keys: Points, rows, cols) -> torch.Tensor:
@@ -77,24 +83,27 @@ class Points:
         return (self.left[i0:i1] * rows).sum()
 
 
-def _operands(z, scale: float, euclidean: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(R, aux, L): see ``Points``."""
-    from ....kernels import NORM_EPS
-
+def _operands(z, scale: float, centre: torch.Tensor | None) -> dict:
+    """Points' fields R, aux, L and largest for the points ``z``: centred
+    (Euclidean, ``centre`` given) or as unit rows (cosine; at any norm:
+    ``reference.unit_rows``)."""
     n, d = z.shape
-    if euclidean:
+    if centre is not None:
         right = z.new_empty(n, d + 2)
-        right[:, :d] = z
+        torch.sub(z, centre, out=right[:, :d])
         right[:, d] = 1.0
-        sq = torch.linalg.vector_norm(z, dim=1).square_()
+        centred = right[:, :d]
+        sq = torch.linalg.vector_norm(centred, dim=1).square_()
         right[:, d + 1] = sq
-        left = torch.cat([z * (2.0 * scale), (-scale * sq)[:, None], z.new_full((n, 1), -scale)], 1)
-        return right, sq, left
-    norm = torch.linalg.vector_norm(z, dim=1).clamp_min_(NORM_EPS)
+        left = torch.cat([centred * (2.0 * scale), (-scale * sq)[:, None], z.new_full((n, 1), -scale)], 1)
+        return dict(right=right, aux=sq, left=left)
+    largest = z.abs().amax(dim=1)
     right = z.new_empty(n, d + 1)
-    torch.div(z, norm[:, None], out=right[:, :d])
+    torch.div(z, torch.where(largest != 0, largest, 1.0)[:, None], out=right[:, :d])  # (a NaN row stays NaN)
+    norm = torch.linalg.vector_norm(right[:, :d], dim=1)
+    right[:, :d].div_(torch.where(norm != 0, norm, 1.0)[:, None])  # a row of zeros stays zeros
     right[:, d] = 1.0
-    return right, norm, None
+    return dict(right=right, aux=norm, left=None, largest=largest)
 
 
 def sides(inputs: Inputs, options: LossOptions) -> tuple[Points, Points, torch.Tensor]:
@@ -117,18 +126,27 @@ def sides(inputs: Inputs, options: LossOptions) -> tuple[Points, Points, torch.T
         onehot[torch.arange(len(codes), device=codes.device), codes] = 1.0
     start = (0 if square else options.self_offset) if self_pairs else n_keys  # beyond the keys: no self pair
     q_ids = torch.arange(start, start + n_q, device=queries.device)
-    scale = 1.0 / float(temperature)  # on the CPU a read of memory; on a GPU one synchronisation
+    # on the CPU a read of memory; on a GPU one synchronisation.  T <= 0 or NaN
+    # computes (inf or NaN) and is refused after the computation (validation.check_values)
+    t = float(temperature)
+    scale = 1.0 / t if t != 0 else math.inf
+    centre = euclidean_centre(queries, inputs.keys) if euclidean else None
     q = Points(
-        *_operands(queries, scale, euclidean), scale, q_codes, None if onehot is None else onehot[:n_q], q_ids, start
+        **_operands(queries, scale, centre),
+        scale=scale,
+        codes=q_codes,
+        onehot=None if onehot is None else onehot[:n_q],
+        ids=q_ids,
+        first_id=start,
     )
     if square:
         return q, q, same_count
     k = Points(
-        *_operands(keys, scale, euclidean),
-        scale,
-        k_codes,
-        None if onehot is None else onehot[n_q:],
-        torch.arange(n_keys, device=keys.device),
-        0,
+        **_operands(keys, scale, centre),
+        scale=scale,
+        codes=k_codes,
+        onehot=None if onehot is None else onehot[n_q:],
+        ids=torch.arange(n_keys, device=keys.device),
+        first_id=0,
     )
     return q, k, same_count
