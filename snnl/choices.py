@@ -31,6 +31,9 @@ NEIGHBOUR_SPACES = ("inputs", "umap")
 # clustering, manifolds, figures
 KMEANS_BACKENDS = ("auto", "sklearn", "faiss")
 KMEANS_PROTOCOLS = ("restarts", "paper")
+# which images `snnl run` trains on and clusters: the training split, then the test split (the
+# paper's Table IV), or both, without labels, all of them clustered (N2D's protocol)
+RUN_PROTOCOLS = ("test", "all")
 MANIFOLDS = ("umap", "isomap", "tsne", "none")
 UMAP_BACKENDS = ("auto", "cuml", "umap-learn")
 CLUSTERERS = ("gmm", "kmeans")  # N2D's last step

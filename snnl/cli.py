@@ -142,6 +142,7 @@ RUN_OPTIONS = {
     "labelled": "labelled",
     "kmeans_protocol": "kmeans_protocol",
     "kmeans_restarts": "kmeans_restarts",
+    "protocol": "protocol",
 }
 RUN_TRAIN_OPTIONS = {
     **TRAIN_OPTIONS,  # and --alpha and --temperature, the SNNL term's (snnl.train.config.with_snnl_term)
@@ -457,6 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})",
     )
     run.add_argument("--kmeans-restarts", type=int, help=f"(default: {_default(ExperimentConfig, 'kmeans_restarts')})")
+    run.add_argument(
+        "--protocol",
+        choices=choices.RUN_PROTOCOLS,
+        help="test: train on the training split, cluster the test split (the paper's Table IV); all: train on "
+        "both splits without labels and cluster every image (N2D's protocol; configurations without labels) "
+        f"(default: {_default(ExperimentConfig, 'protocol')})",
+    )
     run.set_defaults(func=cmd_run)
 
     n2d = sub.add_parser(

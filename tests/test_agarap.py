@@ -133,3 +133,20 @@ def test_environment_names_the_code_that_ran():
     assert recorded.removesuffix("+dirty") == head
     dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "snnl"]).returncode != 0
     assert recorded.endswith("+dirty") == dirty
+
+
+def test_protocol_all_trains_on_both_splits_and_clusters_every_image(tmp_path):
+    # N2D's protocol: the label-free configurations train on the training and
+    # test images (no labels) and every image is clustered and scored
+    config = fast_config("snnl-neighbour-views", protocol="all")
+    result = run_experiment(config, tmp_path / "run", progress=False)
+    embeddings = np.load(tmp_path / "run" / "embeddings.npz")
+    assert embeddings["z"].shape[0] == 1797  # 1,347 training + 450 test digits
+    np.testing.assert_array_equal(embeddings["y"][1347:], load_dataset("digits", "test").y)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["protocol"] == "all"
+    assert result.summary["mean"]["acc"] > 0.3
+
+
+def test_protocol_all_is_refused_where_training_reads_labels():
+    with pytest.raises(ValueError, match="protocol='all' trains on the test images too; snnl-5 reads labels"):
+        fast_config("snnl-5", protocol="all")

@@ -391,3 +391,19 @@ def test_each_builtin_dataset_is_one_catalog_entry():
         data = load_dataset(name, "test")
         assert data.files[0]["file"] == spec.source and data.image_shape == spec.image_shape
         assert len(data.classes) == len(np.unique(data.y))
+
+
+@pytest.mark.parametrize(
+    "name,shape,classes", [("iris", (150, 4), 3), ("wine", (178, 13), 3), ("breast-cancer", (569, 30), 2)]
+)
+def test_the_tabular_sets_that_ship_with_scikit_learn(name, shape, classes):
+    # min-max scaled to [0, 1] over the whole set, a fixed stratified 75/25 split, no image shape
+    train, test = load_splits(name, ("train", "test"))
+    assert len(train) + len(test) == shape[0] and train.x.shape[1] == shape[1] == test.x.shape[1]
+    assert train.n_classes == classes and train.image_shape is None and train.x.dtype == np.float32
+    both = np.concatenate([train.x, test.x])
+    assert both.min() == 0.0 and both.max() == 1.0
+    counts = np.bincount(train.y) / np.bincount(np.concatenate([train.y, test.y]))
+    assert np.allclose(counts, 0.75, atol=0.02)
+    again = load_splits(name, ("train",))[0]
+    assert np.array_equal(again.x, train.x)

@@ -35,6 +35,7 @@ __all__ = [
     "labelled_subset",
     "dataset_names",
     "train_and_test",
+    "combined",
     "IdxFormatError",
     "DatasetNotFoundError",
     "ChecksumError",
@@ -168,9 +169,13 @@ def load_dataset(name: str, split: str = "train", *, data_dir=None, download: bo
 def train_and_test(name: str, *, data_dir=None, download: bool = False, **options) -> Dataset:
     """Both splits in one dataset (split "all", training rows first): N2D
     clusters everything it is given."""
-    train, test = load_splits(name, ("train", "test"), data_dir=data_dir, download=download, **options)
+    return combined(*load_splits(name, ("train", "test"), data_dir=data_dir, download=download, **options))
+
+
+def combined(train: Dataset, test: Dataset) -> Dataset:
+    """The two splits of a dataset as one (split "all", training rows first)."""
     return Dataset(
-        name,
+        train.name,
         "all",
         np.concatenate([train.x, test.x]),
         np.concatenate([train.y, test.y]),

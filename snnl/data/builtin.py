@@ -1,4 +1,5 @@
-"""Data sets that need no file: ``digits`` (ships with scikit-learn) and ``blobs``."""
+"""Data sets that need no file: those that ship with scikit-learn (``digits``;
+the tabular ``iris``, ``wine`` and ``breast-cancer``) and ``blobs``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,47 @@ def digits(split: str) -> tuple[np.ndarray, np.ndarray]:
         x, y, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED
     )
     return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def _split(x: np.ndarray, y: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, stratified 75/25 split (these sets have no official one), as digits'."""
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y.astype(np.int64), test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED
+    )
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def min_max(x: np.ndarray) -> np.ndarray:
+    """Each feature scaled to [0, 1] over the whole set (no label read; a
+    constant feature becomes 0), float32: what the logistic reconstruction takes."""
+    low, high = x.min(axis=0), x.max(axis=0)
+    return ((x - low) / np.where(high > low, high - low, 1.0)).astype(np.float32)
+
+
+def tabular(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A tabular set of scikit-learn (``TABULAR``), features min-max scaled to [0, 1]."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, TABULAR[name])()
+    return _split(min_max(np.asarray(bunch.data, dtype=np.float64)), np.asarray(bunch.target), split)
+
+
+# the tabular sets: name -> scikit-learn loader (150 x 4 in 3 classes, 178 x 13 in 3, 569 x 30 in 2)
+TABULAR = {"iris": "load_iris", "wine": "load_wine", "breast-cancer": "load_breast_cancer"}
+
+
+def iris(split: str) -> tuple[np.ndarray, np.ndarray]:
+    return tabular("iris", split)
+
+
+def wine(split: str) -> tuple[np.ndarray, np.ndarray]:
+    return tabular("wine", split)
+
+
+def breast_cancer(split: str) -> tuple[np.ndarray, np.ndarray]:
+    return tabular("breast-cancer", split)
 
 
 BLOBS_DEFAULTS = {

@@ -186,6 +186,12 @@ class BuiltinDataset:
 
 BUILTIN_DATASETS = {
     "digits": BuiltinDataset("digits", "digits", "sklearn.datasets.load_digits", DIGITS, (8, 8)),
+    # tabular: no image shape (label-free views drop and jitter features, snnl.train.augment)
+    "iris": BuiltinDataset("iris", "iris", "sklearn.datasets.load_iris", ("setosa", "versicolor", "virginica")),
+    "wine": BuiltinDataset("wine", "wine", "sklearn.datasets.load_wine", ("class_0", "class_1", "class_2")),
+    "breast-cancer": BuiltinDataset(
+        "breast-cancer", "breast_cancer", "sklearn.datasets.load_breast_cancer", ("malignant", "benign")
+    ),
     "blobs": BuiltinDataset("blobs", "blobs", "sklearn.datasets.make_blobs", options="blobs_options"),
 }
 

@@ -3,7 +3,8 @@
     labelled training subset -> train the autoencoder (or PCA for ``original``)
     -> encode the test set -> k-means (k = number of classes) -> six metrics
 
-repeated over seeds, aggregated (mean, std, best by ACC), and written to an
+(or, ``protocol="all"``, N2D's: train on both splits without labels and
+cluster every image), repeated over seeds, aggregated (mean, std, best by ACC), and written to an
 output directory, by the runner every method shares (``snnl.runs.runner``).
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from .. import distributed
 from ..cluster.kmeans import kmeans
-from ..data import Dataset, labelled_subset, load_splits
+from ..data import Dataset, combined, labelled_subset, load_splits
 from ..encoders import fit_encoder
 from ..metrics import evaluate
 from ..runs.config import ExperimentConfig
@@ -67,6 +68,8 @@ def run_experiment(
     config.check_dependencies()
     check_output(config, out_dir, resume)
     train, test = load_train_and_test(config)
+    if config.protocol == "all":  # N2D's: every image trained on without labels, and clustered
+        train = test = combined(train, test)
     labelled = config.labelled_count()
     if labelled is not None and labelled > len(train):
         raise ValueError(

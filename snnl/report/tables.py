@@ -44,7 +44,8 @@ def method_of(config: dict) -> str:
     train = config.get("train", {})
     labelled = config.get("labelled")
     if not uses_labels(train):
-        return f"{train.get('name', '?')}, no labels"
+        every = ", trained and clustered on all images" if config.get("protocol") == "all" else ""
+        return f"{train.get('name', '?')}, no labels{every}"
     return f"{train.get('name', '?')}, " + ("all labels" if labelled in (None, "all") else f"{labelled} labels")
 
 

@@ -123,6 +123,9 @@ class ExperimentConfig(RunConfig):
     labelled: int | None = None
     kmeans_protocol: str = field(default="restarts", metadata=EVALUATION)
     kmeans_restarts: int = field(default=10, metadata=EVALUATION)
+    # "test": train on the training split, cluster the test split (Table IV); "all": train on
+    # both splits without labels and cluster all of them (N2D's protocol; label-free only)
+    protocol: str = "test"
 
     METHOD: ClassVar[str] = "snnl"
     TRAINING_FIELD: ClassVar[str] = "train"
@@ -131,6 +134,12 @@ class ExperimentConfig(RunConfig):
         super().__post_init__()
         self.labelled = validate.integer("labelled", self.labelled, allow_none=True)
         validate.choice("kmeans_protocol", self.kmeans_protocol, choices.KMEANS_PROTOCOLS)
+        validate.choice("protocol", self.protocol, choices.RUN_PROTOCOLS)
+        if self.protocol == "all" and self.train.uses_labels:
+            raise ValueError(
+                f"protocol='all' trains on the test images too; {self.train.name} reads labels while training, "
+                "so its test labels would be trained on: use protocol='test', or a configuration without labels"
+            )
         self.kmeans_restarts = validate.integer("kmeans_restarts", self.kmeans_restarts)
 
     def check_dependencies(self) -> None:
