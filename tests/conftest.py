@@ -35,6 +35,15 @@ def _seed():
 
 
 @pytest.fixture
+def tiled(monkeypatch):
+    """The CPU path's tiles (its operator) at every batch size: the eager
+    path for batches that fit one tile (``blocked.lean``) off."""
+    from snnl.loss.backends.blocked import lean
+
+    monkeypatch.setattr(lean, "fits", lambda inputs: False)
+
+
+@pytest.fixture
 def small_tiles(monkeypatch):
     """Tiles small enough that the tests' batches span several of them: 7-row
     blocks on the CPU path (and chunks of 5 far rows against 7 keys in its

@@ -39,9 +39,10 @@ def test_far_rows_are_recomputed_exactly(request, exact_rows_calls, tiles, dtype
     # At these temperatures random points in 40 dimensions have neighbours more
     # than FAR * T away: their shared-shift sums underflow, and the exact pass
     # must restore them, loss and gradients (eps = 0 is the unforgiving case:
-    # the loss is lse_all - lse_same with no eps to hide an error).
-    if tiles == "small":
-        request.getfixturevalue("small_tiles")
+    # the loss is lse_all - lse_same with no eps to hide an error).  "default":
+    # one tile of the operator (the eager path for one tile, ``lean``, never
+    # has far rows: it is off here)
+    request.getfixturevalue("small_tiles" if tiles == "small" else "tiled")
     rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 2e-4)
     compare("blocked", 60, 40, "few_classes", temperature, distance, eps, dtype, rtol, grad_rtol)
     assert sum(exact_rows_calls) > 0, "no far rows: the test does not reach the exact pass"
@@ -71,8 +72,7 @@ def test_far_rows_whose_sums_survived_take_their_own_scale(
     # exp(-FAR): all of them in fp32, about half in fp64) but keep some terms:
     # the far rows' pass recomputes them at the scale of their own
     # log-sum-exp, through the tiles, and none needs the exact pass
-    if tiles == "small":
-        request.getfixturevalue("small_tiles")
+    request.getfixturevalue("small_tiles" if tiles == "small" else "tiled")
     rtol, grad_rtol = (1e-9, 1e-8) if dtype == torch.float64 else (2e-5, 2e-4)
     compare("blocked", 120, 70, "few_classes", temperature, "cosine", eps, dtype, rtol, grad_rtol)
     assert rescaled_rows and rescaled_rows[0] >= 40 and exact_rows_calls == []
@@ -84,7 +84,7 @@ def test_no_far_rows_at_ordinary_temperatures(small_tiles, exact_rows_calls):
     assert exact_rows_calls == []
 
 
-def test_rows_whose_same_class_sum_underflows_keep_their_neighbours(exact_rows_calls):
+def test_rows_whose_same_class_sum_underflows_keep_their_neighbours(tiled, exact_rows_calls):
     # A pair of same-class points far from each other and from everything: the
     # same-class sum underflows to 0 in fp32, which must not read as "no
     # same-class neighbour" (the loss would become -log(eps) or +inf).

@@ -413,9 +413,14 @@ def rows(
     ``auto``); inputs already validated and cast as the backend wants them.
     Under forward-mode AD: the reference formula (custom operators have no
     forward-mode derivative)."""
-    if not registry.BACKENDS[backend].operator or forward_ad_active():
+    entry = registry.BACKENDS[backend]
+    if not entry.operator or forward_ad_active():
         out, has_positive = reference.rows(inputs, options)
         return out, has_positive if with_positives else None
+    eager = entry.eager_statistics(inputs, options)  # a backend's plain-torch path for this call, if any
+    if eager is not None:
+        lse_all, lse_same, has_positive = eager
+        return rows_loss(lse_all, lse_same, options.eps), has_positive if with_positives else None
     out, _, lse_same, *_ = _Rows.apply(backend, options, *inputs)
     # lse_same is -inf exactly when there is no same-class key (NaN, an overflow, stays in: a NaN loss)
     return out, (lse_same != -torch.inf) if with_positives else None

@@ -37,7 +37,8 @@ class Backend:
     ``CASTS_INPUTS`` (inputs cast to the compute dtype before the call; the
     fused kernels take half inputs as they are) and optionally
     ``check_usable(z)`` (raises, naming what to do instead, when it cannot
-    take z here)."""
+    take z here) and ``eager_statistics(inputs, options)`` (a plain-torch
+    path for the calls where it is faster than the operator, else None)."""
 
     module: ModuleType
 
@@ -63,6 +64,12 @@ class Backend:
 
     def check_usable(self, z: torch.Tensor) -> None:
         getattr(self.module, "check_usable", _anywhere)(z)
+
+    def eager_statistics(self, inputs, options):
+        """The backend's plain-torch statistics for this call where it has a
+        faster path than its operator (``blocked``: one tile in eager code), else None."""
+        path = getattr(self.module, "eager_statistics", None)
+        return None if path is None else path(inputs, options)
 
 
 # the backends in snnl.choices.LOSS_BACKENDS' order ("auto" picks one of them, ``resolve``)

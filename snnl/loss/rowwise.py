@@ -58,9 +58,10 @@ def rows_loss(lse_all: torch.Tensor, lse_same: torch.Tensor, eps: float) -> torc
     order).  Rows without a same-class neighbour are selected, not computed:
     with eps > 0 their loss is the constant -log(eps), with eps == 0 it is
     +inf; the formula sees a finite stand-in for their -inf, so that no
-    derivative of theirs (second order included) is inf * 0 = NaN."""
-    has_same = lse_same != -math.inf  # a NaN (an overflow) stays in, and makes the row NaN
-    safe_same = torch.where(has_same, lse_same, torch.zeros_like(lse_same))
+    derivative of theirs (second order included: logaddexp's at -inf is NaN)
+    is inf * 0 = NaN.  A NaN (an overflow) stays in and makes the row NaN."""
+    has_same = lse_same != -math.inf
+    safe_same = torch.where(has_same, lse_same, 0.0)
     if eps == 0.0:
         return torch.where(has_same, lse_all - safe_same, math.inf)
     log_eps = torch.full_like(lse_all, math.log(eps))

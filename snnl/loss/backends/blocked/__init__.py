@@ -36,6 +36,7 @@ import torch
 
 from ...options import Inputs, LossOptions, Upstream
 from ...rowwise import FAR, log_sum_gradients, rows_loss
+from . import lean
 from .far import exact_backward, exact_forward, far_rows, log_sums, shared_coefficients
 from .points import Points, sides
 from .tiles import floor_of, gradient_sums, row_max, sums, tile_count
@@ -49,6 +50,12 @@ SUMMARY = (
 MEMORY = "O(block^2)"
 OPERATOR = True  # torch.library operators (snnl.loss.ops)
 CASTS_INPUTS = True  # computes in fp32 (fp64 for fp64 input)
+
+
+def eager_statistics(inputs: Inputs, options: LossOptions):
+    """(lse_all, lse_same, has_same) in plain torch for a call that fits one
+    tile in eager code (``lean``), else None: the operator takes it."""
+    return lean.statistics(inputs, options) if lean.fits(inputs) else None
 
 
 def saved_like(inputs: Inputs, options: LossOptions) -> list:

@@ -106,10 +106,10 @@ def _operands(z, scale: float, centre: torch.Tensor | None) -> dict:
     return dict(right=right, aux=norm, left=None, largest=largest)
 
 
-def sides(inputs: Inputs, options: LossOptions) -> tuple[Points, Points, torch.Tensor]:
+def sides(inputs: Inputs, options: LossOptions, onehot: bool = True) -> tuple[Points, Points, torch.Tensor]:
     """(queries, keys, same_count): the prepared sides (one object in the
     square case) and the number of same-class keys of each query, itself
-    excluded."""
+    excluded.  ``onehot``: make the one-hot label matrices (with few classes)."""
     queries, _, query_labels, _, temperature = inputs
     keys, key_labels = inputs.key_side()
     square, euclidean = inputs.square, options.euclidean
@@ -120,10 +120,10 @@ def sides(inputs: Inputs, options: LossOptions) -> tuple[Points, Points, torch.T
     n_keys = keys.shape[0]
     self_pairs = square or options.self_offset >= 0
     same_count = torch.bincount(k_codes, minlength=len(classes))[q_codes] - int(self_pairs)
-    onehot = None
-    if len(classes) <= ONEHOT_MAX_CLASSES:
-        onehot = torch.zeros(len(codes), -(-len(classes) // 16) * 16, dtype=queries.dtype, device=queries.device)
-        onehot[torch.arange(len(codes), device=codes.device), codes] = 1.0
+    onehot_rows = None
+    if onehot and len(classes) <= ONEHOT_MAX_CLASSES:
+        onehot_rows = torch.zeros(len(codes), -(-len(classes) // 16) * 16, dtype=queries.dtype, device=queries.device)
+        onehot_rows[torch.arange(len(codes), device=codes.device), codes] = 1.0
     start = (0 if square else options.self_offset) if self_pairs else n_keys  # beyond the keys: no self pair
     q_ids = torch.arange(start, start + n_q, device=queries.device)
     # on the CPU a read of memory; on a GPU one synchronisation.  T <= 0 or NaN
@@ -135,7 +135,7 @@ def sides(inputs: Inputs, options: LossOptions) -> tuple[Points, Points, torch.T
         **_operands(queries, scale, centre),
         scale=scale,
         codes=q_codes,
-        onehot=None if onehot is None else onehot[:n_q],
+        onehot=None if onehot_rows is None else onehot_rows[:n_q],
         ids=q_ids,
         first_id=start,
     )
@@ -145,7 +145,7 @@ def sides(inputs: Inputs, options: LossOptions) -> tuple[Points, Points, torch.T
         **_operands(keys, scale, centre),
         scale=scale,
         codes=k_codes,
-        onehot=None if onehot is None else onehot[n_q:],
+        onehot=None if onehot_rows is None else onehot_rows[n_q:],
         ids=torch.arange(n_keys, device=keys.device),
         first_id=0,
     )
