@@ -67,6 +67,10 @@ def init_from_environment(device: str = "auto") -> torch.device:
 
 
 def destroy() -> None:
+    """Leave the process group, after the CPU path's worker threads have ended."""
+    from .loss.backends.blocked import workers
+
+    workers.shutdown()
     if is_initialized():
         dist.destroy_process_group()
 

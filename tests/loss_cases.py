@@ -132,28 +132,73 @@ def normalisation_terms(z, labels, temperature, weights, eps):
     return grad_x.abs().amax(dim=1) / z.detach().double().norm(dim=1)
 
 
-def compare(backend, b, d, pattern, temperature, distance, eps, dtype=torch.float64, rtol=1e-9, grad_rtol=1e-8):
-    """``backend``'s per-row losses and their gradients (z and a learned T) against
-    the float64 reference on the same rounded inputs.  The default tolerances
-    are float64's: the backends differ from the reference only in summation
-    order (1e-9 relative for the losses, 1e-8 of the largest gradient entry are
-    ample for sums over a few hundred terms at T >= 0.01, whose logits reach
-    200 in magnitude); float32 callers pass a few hundred ulps."""
+FORMS = ("batch", "keys", "slices")
+
+
+def _objective_grads(fn, leaves, weights):
+    """(per-row losses, gradients of sum(weights * finite rows) with respect to ``leaves``)."""
+    leaves = [x.detach().clone().requires_grad_(True) for x in leaves]
+    rows = fn(*leaves)
+    finite = torch.isfinite(rows)
+    objective = torch.where(finite, rows * weights.to(rows.dtype), torch.zeros_like(rows)).sum()
+    return rows.detach(), torch.autograd.grad(objective, leaves, allow_unused=True)
+
+
+def compare(
+    backend, b, d, pattern, temperature, distance, eps, dtype=torch.float64, rtol=1e-9, grad_rtol=1e-8, form="batch"
+):
+    """``backend``'s per-row losses and their gradients (the points and a
+    learned T) against the float64 reference on the same rounded inputs, in
+    one of the ``FORMS``: the batch against itself, queries against other
+    keys (a memory bank: gradients to both), or the batch in three slices
+    each against the whole batch with its offset (torch.distributed's use).
+    The default tolerances are float64's: the backends differ from the
+    reference only in summation order (1e-9 relative for the losses, 1e-8
+    of the largest gradient entry are ample for sums over a few hundred
+    terms at T >= 0.01, whose logits reach 200 in magnitude); float32 callers
+    pass a few hundred ulps."""
     # crc32, not hash(): str hashes change from process to process
-    g = torch.Generator().manual_seed(zlib.crc32(repr((b, d, pattern, temperature, distance, eps)).encode()))
+    g = torch.Generator().manual_seed(zlib.crc32(repr((b, d, pattern, temperature, distance, eps, form)).encode()))
     z = make_points(b, d, distance, dtype, g)
     labels = make_labels(pattern, b, g)
     t = torch.tensor(temperature, dtype=compute_dtype(dtype))
     weights = torch.randn(b, generator=g, dtype=torch.float64)
-    oracle = backend_rows("reference", distance, eps)
-    expected = rows_and_grads(oracle, z.double(), labels, t.double(), weights)
-    actual = rows_and_grads(backend_rows(backend, distance, eps), z, labels, t, weights)
+    if form == "keys":
+        keys = make_points(b + 7, d, distance, dtype, g)
+        key_labels = make_labels(pattern, b + 7, g)
+
+        def rows_with(name):
+            return lambda z, k, t: backend_rows(name, distance, eps)(z, labels, t, keys=k, key_labels=key_labels)
+
+        leaves = [z, keys, t]
+    else:
+
+        def rows_with(name):
+            rows = backend_rows(name, distance, eps)
+            if form == "batch" or name == "reference":
+                return lambda z, t: rows(z, labels, t)
+            cuts = [0, b // 3, b // 3 + 1, b]  # uneven, one of a single row
+            return lambda z, t: torch.cat(
+                [
+                    rows(z[i:j], labels[i:j], t, keys=z, key_labels=labels, self_offset=i)
+                    for i, j in zip(cuts[:-1], cuts[1:])
+                    if j > i
+                ]
+            )
+
+        leaves = [z, t]
+    expected = _objective_grads(rows_with("reference"), [x.double() for x in leaves], weights)
+    actual = _objective_grads(rows_with(backend), leaves, weights)
     assert_close_rows(actual[0], expected[0], rtol=rtol, atol=rtol)
-    floor = normalisation_terms(z, labels, t, weights, eps) if distance == "cosine" else None
-    assert_close_scaled(actual[1], expected[1], grad_rtol, floor)
+    floor = normalisation_terms(z, labels, t, weights, eps) if distance == "cosine" and form != "keys" else None
+    for got, want in zip(actual[1][:-1], expected[1][:-1]):  # the points
+        assert_close_scaled(got, want, grad_rtol, floor if got.shape[0] == b else None)
     # dL/dT = sum_i w_i dl_i/dT cancels: judge its error against the terms
-    t_scale = temperature_gradient_scale(oracle, z, labels, t, weights)
-    torch.testing.assert_close(actual[2].double(), expected[2], rtol=grad_rtol, atol=grad_rtol * max(t_scale, 1e-6))
+    oracle = rows_with("reference")
+    t_scale = temperature_gradient_scale(lambda z, labels, s: oracle(*leaves[:-1], s), z, labels, t, weights)
+    torch.testing.assert_close(
+        actual[1][-1].double(), expected[1][-1], rtol=grad_rtol, atol=grad_rtol * max(t_scale, 1e-6)
+    )
     return actual
 
 

@@ -47,10 +47,17 @@ def _spawn(worker, tmp_path: Path, *args) -> None:
     A worker that aborts with SIGABRT ("terminate called without an active
     exception") after ``_finish`` has run did all its work and left its
     process group: the abort is in the C++ teardown of the exiting
-    interpreter, not in the code under test.  CI saw it now and then in the
-    label-free training cases, never in a run of this file alone; the
-    results are then checked as usual, with a warning.  An abort before
-    ``_finish``, or any other failure, fails the test."""
+    interpreter, not in the code under test.  CI saw it twice, in the
+    label-free training cases only: those search neighbours with faiss, whose
+    wheels bring a second OpenMP runtime, and whose threads numbered the
+    cores in these workers (torchrun sets OMP_NUM_THREADS=1, and never
+    aborted).  faiss now runs with torch's thread count (1 here) and the
+    CPU path's worker threads are joined before the process group goes; the
+    abort was not reproduced here (10 runs of the label-free cases on a
+    busy 2-core machine, 30 runs of faiss searches in spawned gloo workers),
+    so the tolerance stays until CI shows it gone: the results are then
+    checked as usual, with a warning.  An abort before ``_finish``, or any
+    other failure, fails the test."""
     try:
         mp.spawn(worker, args=(str(tmp_path / "rdv"), str(tmp_path), *args), nprocs=WORLD)
     except mp.ProcessExitedException as error:
@@ -85,11 +92,8 @@ def _loss_worker(rank: int, rendezvous: str, out: str, backend: str, distance: s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["reference", "blocked", "triton"])
 @pytest.mark.parametrize("distance,eps", [("cosine", 1e-5), ("euclidean", 0.0)])
 def test_global_loss_shares_add_up_to_the_single_process_loss(tmp_path, backend, distance, eps):
-    if backend == "triton":
-        pytest.importorskip("triton")
     _spawn(_loss_worker, tmp_path, backend, distance, eps)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     z, labels = _batch(distance)
@@ -265,8 +269,14 @@ def test_torchrun_snnl_run_writes_the_same_layout(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
         p.name for p in (tmp_path / "single").iterdir()
     )
-    # Same seed, same global batches: the distributed run trains the same model.
-    assert a["summary"]["mean"]["acc"] == pytest.approx(b["summary"]["mean"]["acc"], abs=0.02)
+    # Same seed, same global batches: the distributed run trains the same model (its epoch
+    # losses; the clusters of one k-means restart after one epoch amplify rounding, so their
+    # ACC is compared loosely)
+    for seed in (0, 1):
+        history_a = json.loads((tmp_path / "ddp" / "seeds" / f"seed{seed}.json").read_text())["history"]
+        history_b = json.loads((tmp_path / "single" / "seeds" / f"seed{seed}.json").read_text())["history"]
+        assert [e["loss"] for e in history_a] == pytest.approx([e["loss"] for e in history_b], rel=1e-4)
+    assert a["summary"]["mean"]["acc"] == pytest.approx(b["summary"]["mean"]["acc"], abs=0.05)
     # Resuming the finished distributed run reads it back.
     again = subprocess.run(
         [*launcher, *common, "--out", str(tmp_path / "ddp"), "--resume"],

@@ -165,12 +165,26 @@ def test_workers_run_single_threaded_and_leave_the_callers_threads_alone():
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("backend", ["reference", "blocked"])
-def test_nan_in_points_gives_nan_loss_when_values_are_not_checked(backend):
+@pytest.mark.parametrize("tiles", ["one", "tiled"])
+def test_nan_in_points_gives_nan_loss_when_values_are_not_checked(request, backend, tiles):
     # check_values=False (and compiled code, which skips the check): no
     # quietly finite loss from a NaN input
     g = torch.Generator().manual_seed(zlib.crc32(b"nan"))
     z = make_points(50, 6, "cosine", torch.float32, g)
     labels = make_labels("few_classes", 50, g)
     z[3, 2] = float("nan")
+    if tiles == "tiled":
+        request.getfixturevalue("small_tiles")
     assert torch.isnan(soft_nearest_neighbor_loss(z, labels, backend=backend, check_values=False))
+
+
+def test_the_worker_pool_shuts_down_and_starts_again():
+    # joined at exit and before a process group is destroyed; the next tiles start a new pool
+    workers.run_in_order(8, lambda k: k, lambda k, r: None, workers=2)
+    threads = [t for t in threading.enumerate() if t.name.startswith("snnl-tiles")]
+    assert threads
+    workers.shutdown()
+    assert not any(t.is_alive() for t in threads)
+    applied = []
+    workers.run_in_order(8, lambda k: k, lambda k, r: applied.append(r), workers=2)
+    assert applied == list(range(8))

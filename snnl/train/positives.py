@@ -64,7 +64,14 @@ def nearest_neighbours(x: np.ndarray, k: int, metric: str = "cosine") -> np.ndar
     if faiss is not None:
         index = faiss.IndexFlatIP(points.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(points.shape[1])
         index.add(points)
-        _, found = index.search(points, k + 1)
+        # faiss's wheels bring an OpenMP runtime of their own, whose threads would
+        # otherwise number the cores whatever torch was told: as many as torch's
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        try:
+            _, found = index.search(points, k + 1)
+        finally:
+            faiss.omp_set_num_threads(previous)
     else:
         from sklearn.neighbors import NearestNeighbors
 

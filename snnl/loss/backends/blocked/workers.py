@@ -18,6 +18,7 @@ next one to apply, which bounds the memory of results held back.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -61,6 +62,21 @@ class _Pool:
 
 _pool: _Pool | None = None
 _pool_lock = threading.Lock()
+
+
+def shutdown() -> None:
+    """Join the worker threads (the next tiles start a new pool): at
+    interpreter exit, and before a process group is destroyed
+    (``snnl.distributed.destroy``), so that no thread of ours is alive while
+    torch's and its libraries' C++ state is torn down."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None and _pool.pid == os.getpid():
+            _pool.executor.shutdown(wait=True)
+        _pool = None
+
+
+atexit.register(shutdown)
 
 
 def _get_pool(n: int) -> _Pool:
