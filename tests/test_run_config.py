@@ -181,3 +181,28 @@ def test_temperature_option_refuses_what_is_not_a_temperature(value, capsys):
 def test_snnl_term_options_are_refused_where_there_is_no_snnl_term(config, option):
     with pytest.raises(ValueError, match=f"{option[2:]} sets the SNNL term, and {config} has none"):
         _run_config("--config", config, option, "2")
+
+
+def test_a_run_from_a_git_checkout_records_its_commit(tmp_path):
+    # every record names the code that made it: the commit of the checkout the
+    # package is imported from (+dirty when snnl/ differs from it), None elsewhere
+    import shutil
+    from pathlib import Path
+
+    import snnl
+
+    checkout = Path(snnl.__file__).resolve().parents[1]
+    if not (checkout / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not running from a git checkout")
+    from snnl.runs.provenance import environment, source_commit
+
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    commit = source_commit()
+    assert commit is not None and commit.removesuffix("+dirty") == head.strip()
+    assert environment(__import__("torch").device("cpu"))["snnl_commit"] == commit
+    # a copy of the package outside any checkout records none
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(checkout / "snnl", copy / "snnl")
+    code = "from snnl.runs.provenance import source_commit; print(source_commit())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, env={"PATH": ""})
+    assert out.stdout.strip() == "None", out.stderr

@@ -39,8 +39,8 @@ def source_commit() -> str | None:
     """The git commit of the snnl source that is running, ``+dirty`` when its
     tracked files differ from it; None outside a git checkout (an installed
     wheel).  The version number alone does not say which code made a result."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
+    root = Path(__file__).resolve().parents[2]  # snnl/runs/provenance.py -> the checkout holding snnl/
+    if not (root / ".git").exists():  # (a directory, or a file in a git worktree)
         return None
     try:
         git = ["git", "-C", str(root)]
