@@ -150,3 +150,17 @@ def test_protocol_all_trains_on_both_splits_and_clusters_every_image(tmp_path):
 def test_protocol_all_is_refused_where_training_reads_labels():
     with pytest.raises(ValueError, match="protocol='all' trains on the test images too; snnl-5 reads labels"):
         fast_config("snnl-5", protocol="all")
+
+
+def test_labelled_all_trains_on_every_labelled_example(tmp_path):
+    # --labelled all (documented in the help and the README): the whole training set, labelled
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--config", "snnl-5", "--labelled", "all", "--epochs", "1",
+                 "--code-dim", "8", "--kmeans-restarts", "1", "--projection", "none", "--quiet"]) == 0  # fmt: skip
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["labelled"] == "all"
+    assert ExperimentConfig.from_dict(stored).labelled_count() is None  # every example, also when resumed
+    assert main(["run", "--out", str(out), "--resume", "--config", "snnl-5", "--labelled", "all", "--epochs", "1",
+                 "--code-dim", "8", "--kmeans-restarts", "1", "--projection", "none", "--quiet"]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="labelled must be an integer >= 1 or 'all'"):
+        fast_config(labelled="some")

@@ -407,3 +407,11 @@ def test_the_tabular_sets_that_ship_with_scikit_learn(name, shape, classes):
     assert np.allclose(counts, 0.75, atol=0.02)
     again = load_splits(name, ("train",))[0]
     assert np.array_equal(again.x, train.x)
+
+
+def test_an_empty_split_names_its_file(tmp_path):
+    # (numpy's "cannot reshape array of size 0" before)
+    spec = catalog.IDX_DATASETS["mnist"]
+    write_split(tmp_path, spec, "train", tiny_images(0), np.zeros(0, dtype=np.uint8))
+    with pytest.raises(IdxFormatError, match="train-images-idx3-ubyte.gz: the train split holds no images"):
+        load_dataset("mnist", "train", data_dir=tmp_path)

@@ -257,6 +257,18 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path, capsys):
     assert run("--out", str(out)) == 0  # the lock went with its holder
 
 
+def test_a_run_in_progress_is_in_use_not_one_to_resume(tmp_path, capsys):
+    # two runs started at once into a new directory: the second was told to pass --resume
+    out = tmp_path / "run"
+    assert run("--out", str(out)) == 0
+    capsys.readouterr()
+    with outdir.locked(out):  # as while the first still writes there
+        assert run("--out", str(out)) == 2
+        assert run("--out", str(out), "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("is in use by another snnl run (pid") == 2 and "pass --resume" not in err
+
+
 # --------------------------------------------------------------------------- the table of runs, and logs
 
 
@@ -404,3 +416,67 @@ def test_the_closing_line_names_only_what_the_run_wrote(tmp_path, capsys):
     )
     assert f"results, embeddings and figures in {clustered}" in capsys.readouterr().err  # it trained nothing
     assert not (clustered / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "range"])
+def test_bad_images_are_refused_before_the_output_directory_is_claimed(tmp_path, no_training, capsys, bad):
+    # (they were refused only after --out was claimed, leaving a directory that then demanded --resume)
+    import numpy as np
+
+    from snnl.data import catalog
+    from snnl.data.idx import write_idx
+
+    spec = catalog.IDX_DATASETS["mnist"]
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    for split, n in (("train", 40), ("test", 20)):
+        images = rng.integers(0, 256, size=(n, 28, 28)).astype(np.float32)
+        if split == "train":
+            images[3, 4, 5] = np.nan if bad == "nan" else 1000.0  # 1000 / 255: beyond [0, 1]
+        write_idx(tmp_path / "data" / spec.files[(split, "images")], images)
+        write_idx(tmp_path / "data" / spec.files[(split, "labels")], rng.integers(0, 10, n).astype(np.uint8))
+    out = tmp_path / "out"
+    code = exit_code(["run", *FAST, *SMALL_NET, "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+                      "--labelled", "30", "--out", str(out)])  # fmt: skip
+    assert code != 0
+    assert ("NaN or Inf" if bad == "nan" else "needs inputs scaled to [0, 1]") in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_killed_writers_temporary_is_removed_when_the_run_claims_its_directory(tmp_path):
+    # kill -9 during a checkpoint write left a 30-45 MB .part file that nothing removed
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    assert run("--out", str(out)) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    stale = out / "checkpoints" / f".seed0.{pid}-0123abcd.part.pt"
+    stale.write_bytes(b"half a checkpoint")
+    alive = out / "checkpoints" / f".seed0.{__import__('os').getpid()}-0123abcd.part.pt"  # a live writer's
+    alive.write_bytes(b"being written")
+    assert run("--out", str(out), "--resume") == 0
+    assert not stale.exists() and alive.exists()
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    # torch's message for it was "enforce fail at inline_container.cc:672 ... unexpected pos 960 vs 854"
+    import shutil
+
+    import torch
+
+    from snnl.train import checkpoints
+
+    original = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if not hasattr(f, "write"):  # the file (the payload's in-memory buffer is written first)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 960 vs 854")
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*model.pt .*--resume"):
+        checkpoints.save({"a": 1}, tmp_path / "model.pt")
+    assert not list(tmp_path.iterdir())  # and no temporary left

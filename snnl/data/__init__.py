@@ -87,6 +87,8 @@ def _idx_split(spec: IdxDataset, split: str, paths: dict) -> Dataset:
         raise IdxFormatError(f"{label_path}: expected a 1-D label array, got shape {labels.shape}")
     if len(images) != len(labels):
         raise IdxFormatError(f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} labels")
+    if len(images) == 0:
+        raise IdxFormatError(f"{image_path}: the {split} split holds no images (an IDX file of shape {images.shape})")
     if spec.transposed:
         images = images.transpose(0, 2, 1)
     y = labels.astype(np.int64) - spec.label_offset

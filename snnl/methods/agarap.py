@@ -24,7 +24,7 @@ from ..runs.config import ExperimentConfig
 from ..runs.records import ExperimentResult, SeedResult
 from ..runs.runner import check_output, checkpoint_path, execute
 from ..train.config import with_pseudo_label_clusters
-from ..train.loop import resolve_device, training_seconds
+from ..train.loop import check_training_data, resolve_device, training_seconds
 
 
 def cluster_and_score(
@@ -80,6 +80,12 @@ def run_experiment(
             f"k-means with {test.n_classes} clusters needs at least as many test points; there are {len(test)}"
         )
     device = resolve_device(config.device)
+    # the data, before the output directory is claimed: a refusal leaves nothing behind
+    training = with_pseudo_label_clusters(config.train, test.n_classes)
+    if training.method == "autoencoder":  # the whole split: every seed's subset lies in it
+        check_training_data(train.x, train.y, training)
+    if not np.isfinite(test.x).all():
+        raise ValueError(f"the {config.dataset} {test.split} images contain NaN or Inf")
 
     def run_seed(seed: int, keep: bool) -> SeedResult:
         seconds = {}

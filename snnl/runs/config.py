@@ -119,8 +119,9 @@ class ExperimentConfig(RunConfig):
     train: TrainConfig = field(default_factory=lambda: preset("snnl-5"))
     # None: the paper's choice: the unsupervised SNNL presets train on the whole
     # training set, the others on the dataset's labelled subset (10,000 images
-    # for MNIST and Fashion-MNIST); all training data where it names none
-    labelled: int | None = None
+    # for MNIST and Fashion-MNIST); all training data where it names none.
+    # "all": every training example, labelled
+    labelled: int | str | None = None
     kmeans_protocol: str = field(default="restarts", metadata=EVALUATION)
     kmeans_restarts: int = field(default=10, metadata=EVALUATION)
     # "test": train on the training split, cluster the test split (Table IV); "all": train on
@@ -132,7 +133,11 @@ class ExperimentConfig(RunConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.labelled = validate.integer("labelled", self.labelled, allow_none=True)
+        if self.labelled != "all":
+            try:
+                self.labelled = validate.integer("labelled", self.labelled, allow_none=True)
+            except ValueError:
+                raise ValueError(f"labelled must be an integer >= 1 or 'all', got {self.labelled!r}") from None
         validate.choice("kmeans_protocol", self.kmeans_protocol, choices.KMEANS_PROTOCOLS)
         validate.choice("protocol", self.protocol, choices.RUN_PROTOCOLS)
         if self.protocol == "all" and self.train.uses_labels:
@@ -159,8 +164,10 @@ class ExperimentConfig(RunConfig):
     def labelled_count(self) -> int | None:
         from ..data.catalog import IDX_DATASETS
 
+        if self.labelled == "all":
+            return None  # the whole training set
         if self.labelled is not None:
-            return self.labelled
+            return int(self.labelled)
         if self.train.snnl and not self.train.supervised:
             return None  # needs no labels: the paper trains these rows on the full training set
         spec = IDX_DATASETS.get(self.dataset)
@@ -168,7 +175,7 @@ class ExperimentConfig(RunConfig):
 
     def to_dict(self) -> dict:
         data = super().to_dict()
-        data["labelled"] = self.labelled_count()
+        data["labelled"] = "all" if self.labelled == "all" else self.labelled_count()
         return data
 
 

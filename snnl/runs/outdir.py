@@ -54,13 +54,18 @@ def stored_config(out_dir: Path) -> dict | None:
     return config if isinstance(config, dict) and config.get("method") in METHODS else None
 
 
-def check(out_dir: str | os.PathLike, resume: bool) -> dict | None:
+def check(out_dir: str | os.PathLike, resume: bool, *, holding_lock: bool = False) -> dict | None:
     """What ``claim`` would say, without creating anything: called before any
     data is read, so that a wrong ``--out`` fails at once.  Returns the stored
-    configuration when resuming (None for a fresh directory)."""
+    configuration when resuming (None for a fresh directory).  A directory
+    whose lock another run holds is in use (``holding_lock``: the caller
+    holds it)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} is a file, not a directory: choose another --out")
+    holder = None if holding_lock else user_of(out_dir)
+    if holder is not None:  # a run that is writing there now: not one to resume, nor a leftover
+        raise BlockingIOError(_in_use(out_dir, holder))
     stored = stored_config(out_dir) if out_dir.exists() else None
     if stored is not None:
         if not resume:
@@ -89,13 +94,36 @@ def check(out_dir: str | os.PathLike, resume: bool) -> dict | None:
     return None
 
 
-def claim(out_dir: str | os.PathLike, resume: bool) -> dict | None:
+def claim(out_dir: str | os.PathLike, resume: bool, *, holding_lock: bool = False) -> dict | None:
     """Make sure ``out_dir`` may receive this run (``check``) and create it;
     return the stored configuration when resuming one (None for a fresh
     directory)."""
-    stored = check(out_dir, resume)
+    stored = check(out_dir, resume, holding_lock=holding_lock)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return stored
+
+
+def _in_use(out_dir: Path, holder: str) -> str:
+    return f"{out_dir} is in use by another snnl run ({holder}); wait for it to finish or choose another --out"
+
+
+def user_of(out_dir: str | os.PathLike) -> str | None:
+    """Who holds ``out_dir``'s lock now (its "pid ... on ..." line), or None
+    when no process does (or the platform has no advisory locks)."""
+    path = Path(out_dir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 @contextmanager
@@ -114,10 +142,7 @@ def locked(out_dir: str | os.PathLike):
             pass
         except OSError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise BlockingIOError(
-                f"{out_dir} is in use by another snnl run ({holder}); wait for it to finish or choose another --out"
-            ) from None
+            raise BlockingIOError(_in_use(out_dir, handle.read().strip() or "another process")) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this machine'}")

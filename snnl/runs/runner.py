@@ -25,6 +25,7 @@ import torch
 from .. import distributed
 from . import outdir
 from ..train.checkpoints import previous_path
+from ..atomic import stale_temporaries
 from ..train.config import describe_changes
 from ..data import Dataset
 from .provenance import environment
@@ -40,18 +41,18 @@ def _checkpoint(out_dir: Path, seed: int) -> Path:
     return out_dir / "checkpoints" / f"seed{seed}.pt"
 
 
-def _claim_output(out_dir: Path, config, resume: bool, *, announce: bool) -> None:
+def _claim_output(out_dir: Path, config, resume: bool, *, under_lock: bool) -> None:
     """The main process checks that the run may write into ``out_dir`` (and,
-    resuming, what changes, said on stderr when ``announce``; see
-    ``snnl.runs.outdir``); every process learns the outcome, so that none trains
-    for a run that will not be written."""
+    resuming, what changes, said on stderr ``under_lock``, the second time;
+    see ``snnl.runs.outdir``); every process learns the outcome, so that none
+    trains for a run that will not be written."""
     error = None
     if distributed.is_main_process():
         try:
-            stored = outdir.claim(out_dir, resume)
+            stored = outdir.claim(out_dir, resume, holding_lock=under_lock)
             if stored is not None:
                 changes = outdir.resume_changes(stored, config)
-                if changes and announce:
+                if changes and under_lock:
                     print(f"resuming {out_dir} with {describe_changes(changes)}", file=sys.stderr)
         except (OSError, ValueError) as caught:
             error = caught
@@ -115,11 +116,13 @@ def execute(
     if out_dir is None:
         return _execute(config, data, run_seed, None, resume, data_files, progress)
     # before the lock: never create a lock file in a refused directory
-    _claim_output(out_dir, config, resume, announce=False)
+    _claim_output(out_dir, config, resume, under_lock=False)
     with outdir.locked(out_dir) if main else contextlib.nullcontext():
         # again, under the lock, where it counts: two runs cannot both pass it
-        _claim_output(out_dir, config, resume, announce=True)
+        _claim_output(out_dir, config, resume, under_lock=True)
         if main:
+            for stale in stale_temporaries(out_dir):  # a killed writer's (the file it replaced is intact)
+                stale.unlink(missing_ok=True)
             outdir.write_config(out_dir, config)
         distributed.barrier()
         return _execute(config, data, run_seed, out_dir, resume, data_files, progress)

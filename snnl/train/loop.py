@@ -61,7 +61,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _check_training_data(x: np.ndarray, y: np.ndarray | None, config: TrainConfig) -> None:
+def check_training_data(x: np.ndarray, y: np.ndarray | None, config: TrainConfig) -> None:
+    """What training ``config`` needs of ``x`` and ``y``, checked before any work
+    (the runs call it before they claim their output directory)."""
     if x.ndim != 2 or len(x) < 2:
         raise ValueError(f"training data must be a 2-D array with at least 2 rows, got shape {x.shape}")
     if not np.isfinite(x).all():
@@ -427,7 +429,7 @@ def train_autoencoder(
     """
     x = np.asarray(x, dtype=np.float32)
     y = None if y is None else np.asarray(y, dtype=np.int64)
-    _check_training_data(x, y, config)
+    check_training_data(x, y, config)
     config.check_dependencies()
     device = resolve_device(device)
     if config.amp and device.type != "cuda":
