@@ -38,8 +38,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
-    except (OSError, RuntimeError) as error:
+    except OSError as error:
         raise _named(error, path) from error
+    except RuntimeError as error:  # torch's writer reports a failed write so
+        if "inline_container" in str(error) or "PytorchStreamWriter" in str(error):
+            raise _named(error, path) from error
+        raise
     finally:
         if temporary.exists():
             temporary.unlink()

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import choices
     from .cluster.manifold import ManifoldConfig
     from .data.builtin import BLOBS_DEFAULTS
-    from .data.catalog import dataset_names
+    from .data.catalog import BUILTIN_DATASETS, IDX_DATASETS, TEXT_DATASETS, dataset_names
     from .kernel_tools import options as kernel_options
     from .runs.config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, N2DConfig
     from .train.config import PRESETS
@@ -357,12 +357,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="snnl", description="Soft nearest neighbor loss and SNNL autoencoders for clustering."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    class _Commands:
+        """``add_parser`` whose one-line help is also the subcommand's own
+        description (``snnl backends --help`` showed only -h before)."""
+
+        def add_parser(self, name, *, help, **options):
+            options.setdefault("description", help[0].upper() + help[1:] + ".")
+            return commands.add_parser(name, help=help, **options)
+
+    sub = _Commands()
 
     def add_shared(parser, cls, of_preset=""):
         """Options `snnl run` and `snnl n2d` share (``of_preset``: where the
         training defaults come from, when not from ``cls`` itself)."""
-        parser.add_argument("--dataset", choices=dataset_names(), help=f"(default: {_default(cls, 'dataset')})")
+        parser.add_argument(
+            "--dataset",
+            choices=dataset_names(),
+            metavar="DATASET",
+            help=f"the data: built in ({', '.join(BUILTIN_DATASETS)}), IDX files "
+            f"({', '.join(IDX_DATASETS)}) or text files ({', '.join(TEXT_DATASETS)}) "
+            f"(default: {_default(cls, 'dataset')})",
+        )
         parser.add_argument(
             "--seeds",
             type=_seeds,
@@ -371,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             "--out",
             help="write metrics.json, embeddings.npz, checkpoints and figures here: a new or "
-            "empty directory, or this run's own with --resume",
+            "empty directory, or this run's own with --resume (default: none, nothing is written)",
         )
         parser.add_argument(
             "--resume",
@@ -388,19 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"the global batch, split across torchrun processes (default: {training.batch_size})",
         )
         parser.add_argument("--lr", type=float, help=f"Adam's learning rate (default: {training.learning_rate:g})")
+        keras = ", as Keras, N2D's code" if training.init == "glorot" else ""
         parser.add_argument(
             "--init",
             choices=choices.INITS,
-            help=f"weight initialisation (default: {run_training.init}; N2D: {N2D_AUTOENCODER.init}, as Keras)",
+            help=f"weight initialisation: he (on the ReLU layers) or glorot (default: {training.init}{keras})",
         )
-        parser.add_argument(
-            "--adam-eps",
-            type=float,
-            help=f"Adam's epsilon (default {run_training.adam_eps:g}; N2D: {N2D_AUTOENCODER.adam_eps:g}, as Keras)",
-        )
+        parser.add_argument("--adam-eps", type=float, help=f"Adam's epsilon (default: {training.adam_eps:g}{keras})")
         parser.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {_default(cls, 'device')})")
         parser.add_argument(
-            "--kmeans-backend", choices=choices.KMEANS_BACKENDS, help=f"(default: {_default(cls, 'kmeans_backend')})"
+            "--kmeans-backend",
+            choices=choices.KMEANS_BACKENDS,
+            help="k-means: sklearn (scikit-learn), faiss, or auto: scikit-learn on CPUs, faiss on GPUs "
+            f"(default: {_default(cls, 'kmeans_backend')})",
         )
         parser.add_argument(
             "--projection",
@@ -450,14 +467,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(the paper's T = 1/(1+epoch)^0.55) (default: the preset's)",
     )
     run.add_argument("--code-dim", type=int, help=f"width of the code layer (default: {run_training.code_dim})")
-    run.add_argument("--loss-backend", choices=choices.LOSS_BACKENDS, help=f"(default: {run_training.loss_backend})")
-    run.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA)")
+    run.add_argument(
+        "--loss-backend",
+        choices=choices.LOSS_BACKENDS,
+        help="the SNNL's implementation (`snnl backends` says which runs here): reference, blocked (the CPU "
+        f"path), triton (the fused kernels), or auto: triton on CUDA, else blocked (default: {run_training.loss_backend})",
+    )
+    run.add_argument(
+        "--amp",
+        action="store_true",
+        help="bfloat16 autocast of the autoencoder (CUDA only: refused on a CPU) (default: off, fp32)",
+    )
     run.add_argument(
         "--kmeans-protocol",
         choices=choices.KMEANS_PROTOCOLS,
-        help=f"(default: {_default(ExperimentConfig, 'kmeans_protocol')})",
+        help="restarts: the best of --kmeans-restarts k-means++ runs; paper: the paper's nine runs of 10..90 "
+        f"iterations (default: {_default(ExperimentConfig, 'kmeans_protocol')})",
     )
-    run.add_argument("--kmeans-restarts", type=int, help=f"(default: {_default(ExperimentConfig, 'kmeans_restarts')})")
+    run.add_argument(
+        "--kmeans-restarts",
+        type=int,
+        help=f"k-means++ restarts, the best kept (default: {_default(ExperimentConfig, 'kmeans_restarts')})",
+    )
     run.add_argument(
         "--protocol",
         choices=choices.RUN_PROTOCOLS,
@@ -473,24 +504,51 @@ def build_parser() -> argparse.ArgumentParser:
         "needs umap-learn (pip install 'snnl[umap]') or cuML",
     )
     add_shared(n2d, N2DConfig)
-    n2d.add_argument("--codes-from", help="cluster the test codes of this `snnl run --out` directory instead")
+    n2d.add_argument(
+        "--codes-from",
+        help="cluster the test codes of this `snnl run --out` directory instead (default: train an autoencoder)",
+    )
     n2d.add_argument(
         "--raw",
         action="store_true",
         help="no autoencoder: the manifold learner and clustering on the inputs (N2D's Table 1 baseline)",
     )
-    n2d.add_argument("--manifold", choices=choices.MANIFOLDS, help=f"(default: {ManifoldConfig.method})")
-    n2d.add_argument("--cluster", choices=choices.CLUSTERERS, help=f"(default: {_default(N2DConfig, 'cluster')})")
+    n2d.add_argument(
+        "--manifold",
+        choices=choices.MANIFOLDS,
+        help="the manifold learned on the codes before clustering: umap (N2D's), isomap, tsne, or none "
+        f"(default: {ManifoldConfig.method})",
+    )
+    n2d.add_argument(
+        "--cluster",
+        choices=choices.CLUSTERERS,
+        help=f"the last step: gmm (a Gaussian mixture, N2D's) or kmeans (default: {_default(N2DConfig, 'cluster')})",
+    )
     n2d.add_argument("--n-clusters", type=int, help="at least 2 (default: the number of classes)")
-    n2d.add_argument("--patience", type=int, help="early stopping: epochs without improvement")
-    n2d.add_argument("--umap-neighbors", type=int, help=f"at least 2 (default: {ManifoldConfig.umap_neighbors})")
-    n2d.add_argument("--umap-min-dist", type=float, help=f"(default: {ManifoldConfig.umap_min_dist})")
-    n2d.add_argument("--umap-backend", choices=choices.UMAP_BACKENDS, help=f"(default: {ManifoldConfig.umap_backend})")
-    n2d.add_argument("--umap-fit-sample", type=int, help="fit UMAP on this many points, transform the rest")
+    n2d.add_argument(
+        "--patience", type=int, help="early stopping: stop after this many epochs without improvement (default: none)"
+    )
+    n2d.add_argument(
+        "--umap-neighbors", type=int, help=f"UMAP's n_neighbors, at least 2 (default: {ManifoldConfig.umap_neighbors})"
+    )
+    n2d.add_argument(
+        "--umap-min-dist", type=float, help=f"UMAP's min_dist (default: {ManifoldConfig.umap_min_dist}, N2D's)"
+    )
+    n2d.add_argument(
+        "--umap-backend",
+        choices=choices.UMAP_BACKENDS,
+        help="UMAP: cuml, umap-learn, or auto: cuML when it imports, else umap-learn "
+        f"(default: {ManifoldConfig.umap_backend})",
+    )
+    n2d.add_argument(
+        "--umap-fit-sample",
+        type=int,
+        help="fit UMAP on this many points and transform the rest (default: fit on all of them)",
+    )
     n2d.add_argument(
         "--snapshot-every",
         type=int,
-        help="keep the autoencoder every N epochs beside the checkpoint (see `snnl snapshots`)",
+        help="keep the autoencoder every N epochs beside the checkpoint, see `snnl snapshots` (default: none)",
     )
     n2d.set_defaults(func=cmd_n2d)
 
@@ -544,7 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="collect runs into one Markdown table (the paper's Tables III-V)")
     table.add_argument("runs", nargs="+", help="--out directories of runs (unfinished ones are left out, with a note)")
-    table.add_argument("--output", help="also write the table to this file (a new file, unless --force)")
+    table.add_argument(
+        "--output", help="also write the table to this file, a new file unless --force (default: print it only)"
+    )
     table.add_argument("--force", action="store_true", help="replace an existing --output file")
     table.set_defaults(func=cmd_table)
 

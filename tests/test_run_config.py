@@ -206,3 +206,37 @@ def test_a_run_from_a_git_checkout_records_its_commit(tmp_path):
     code = "from snnl.runs.provenance import source_commit; print(source_commit())"
     out = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, env={"PATH": ""})
     assert out.stdout.strip() == "None", out.stderr
+
+
+def test_every_subcommand_and_option_says_what_it_is():
+    # a description on every subcommand's help page; every option explained, and
+    # every option that takes a value with its default
+    import argparse
+
+    from snnl.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    unexplained = []
+    for name, sub in subparsers.choices.items():
+        if not sub.description:
+            unexplained.append(f"snnl {name}: no description")
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            text = action.help or ""
+            takes_value = action.nargs != 0 and not isinstance(action, argparse._StoreTrueAction)
+            shown = "default" in text or isinstance(sub.formatter_class(""), argparse.ArgumentDefaultsHelpFormatter)
+            if not text or (takes_value and not shown and not action.required):
+                unexplained.append(f"snnl {name} {action.option_strings[0]}: {text!r}")
+    assert not unexplained, unexplained
+
+
+def test_n2d_help_shows_n2ds_own_defaults(capsys):
+    from snnl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["n2d", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: glorot, as Keras, N2D's code)" in text and "(default: 1e-07, as Keras, N2D's code)" in text
+    assert "default: he" not in text
