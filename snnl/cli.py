@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.builtin import BLOBS_DEFAULTS
     from .data.catalog import BUILTIN_DATASETS, IDX_DATASETS, TEXT_DATASETS, dataset_names
     from .kernel_tools import options as kernel_options
-    from .runs.config import N2D_AUTOENCODER, SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, N2DConfig
+    from .runs.config import SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, N2DConfig
     from .train.config import PRESETS
 
     run_training = _default(ExperimentConfig, ExperimentConfig.TRAINING_FIELD)
