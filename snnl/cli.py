@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--loss-backend",
         choices=choices.LOSS_BACKENDS,
         help="the SNNL's implementation (`snnl backends` says which runs here): reference, blocked (the CPU "
-        f"path), triton (the fused kernels), or auto: triton on CUDA, else blocked (default: {run_training.loss_backend})",
+        "path), triton (the fused kernels), or auto: triton on CUDA, else blocked "
+        f"(default: {run_training.loss_backend})",
     )
     run.add_argument(
         "--amp",
