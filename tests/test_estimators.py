@@ -41,7 +41,11 @@ def test_snnl_kmeans_supervised_passes_every_check_that_gives_labels():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_UMAP, reason="N2D's default manifold is umap-learn's UMAP")
 def test_n2d_passes_every_check():
-    assert not _failures(N2D(epochs=1, batch_size=32, n_clusters=3))
+    # UMAP's transform optimises the new points' places together: a point's
+    # embedding depends on the rows beside it (umap-learn's own behaviour)
+    umap = "UMAP places new points together: their embedding depends on the batch"
+    expected = {"check_methods_sample_order_invariance": umap, "check_methods_subset_invariance": umap}
+    assert not _failures(N2D(epochs=1, batch_size=32, n_clusters=3), expected)
 
 
 def test_transform_of_permuted_rows_is_exactly_the_permuted_transform():
@@ -108,3 +112,60 @@ def test_temperature_and_alpha_override_the_preset_and_are_refused_without_an_sn
         SNNLKMeans(config="snnl-1", temperature=0).fit(np.zeros((4, 2)), [0, 0, 1, 1])
     with pytest.raises(ValueError, match="temperature sets the SNNL term, and baseline-ae has none"):
         SNNLKMeans(config="baseline-ae", temperature=1.0).fit(np.zeros((4, 2)))
+
+
+def _small_digits(n=240):
+    data = load_dataset("digits", "train")
+    return data.x[:n].astype(np.float64), data.y[:n]
+
+
+def test_snnl_kmeans_in_a_pipeline_with_a_scaler_on_held_out_data():
+    # Pipeline([StandardScaler(), SNNLKMeans()]) on a train / test split: the test part
+    # lies beyond the fitted range and is clipped to it, with a warning (it was refused)
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _small_digits()
+    x_train, x_test = train_test_split(x, test_size=0.3, random_state=0)
+    pipeline = make_pipeline(
+        StandardScaler(), SNNLKMeans(10, config="baseline-ae", epochs=1, code_dim=6, n_init=1, random_state=0)
+    )
+    pipeline.fit(x_train)
+    model = pipeline[-1]
+    with pytest.warns(UserWarning, match=r"beyond the range the model was fitted on .* clipped to it"):
+        predicted = pipeline.predict(x_test + 50.0)
+    assert predicted.shape == (len(x_test),) and set(predicted) <= set(range(10))
+    # score: the opposite of the k-means objective, as KMeans.score (the training data's is -inertia)
+    codes = model.transform(pipeline[0].transform(x_train))
+    assert model.score(pipeline[0].transform(x_train)) == pytest.approx(-model.inertia_, rel=1e-3)
+    assert codes.shape == (len(x_train), 6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_UMAP, reason="N2D's default manifold is umap-learn's UMAP")
+def test_n2d_places_new_points_pickles_and_cross_validates():
+    # predict / transform through the autoencoder, the fitted UMAP and the mixture;
+    # cross_val_score (it returned [nan nan] with tracebacks), GridSearchCV and pickling
+    import pickle
+
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    x, y = _small_digits()
+    model = N2D(n_clusters=10, epochs=3, batch_size=64, n_neighbors=10, random_state=0, verbose=False).fit(x)
+    assert model.transform(x[:7]).shape == (7, 10)
+    agreement = (model.predict(x) == model.labels_).mean()
+    assert agreement > 0.9  # UMAP's transform of its own training points lands near where it put them
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict(x[:50]), model.predict(x[:50]))
+    pipeline = make_pipeline(MinMaxScaler(clip=True), N2D(n_clusters=10, epochs=2, n_neighbors=10, verbose=False))
+    scores = cross_val_score(pipeline, x, y, cv=2, scoring="adjusted_rand_score", error_score="raise")
+    assert np.isfinite(scores).all()  # (a 2-epoch model on 120 digits: the numbers themselves say little)
+    search = GridSearchCV(
+        N2D(n_clusters=10, epochs=2, verbose=False), {"n_neighbors": [5, 10]}, cv=2, scoring="adjusted_rand_score"
+    )
+    assert search.fit(x, y).best_params_["n_neighbors"] in (5, 10)
+    with pytest.raises(ValueError, match="cannot embed new points"):
+        N2D(n_clusters=10, epochs=1, manifold="tsne", verbose=False).fit(x[:60]).predict(x[:5])

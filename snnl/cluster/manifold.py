@@ -62,13 +62,29 @@ class ManifoldConfig:
         return 2 if self.method == "tsne" else n_clusters
 
 
+class Identity:
+    """The ``none`` manifold: the points as they are."""
+
+    def transform(self, x):
+        return np.asarray(x, dtype=np.float32)
+
+
 def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0) -> tuple[np.ndarray, str]:
-    """The manifold embedding of ``x`` and the name of the implementation used."""
+    """The manifold embedding of ``x`` and the name of the implementation used
+    (``fit_manifold`` also gives the fitted model)."""
+    embedding, backend, _ = fit_manifold(x, n_clusters, config, seed)
+    return embedding, backend
+
+
+def fit_manifold(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0):
+    """(the manifold embedding of ``x``, the name of the implementation used,
+    the fitted model that embeds new points with ``transform``, or None for
+    t-SNE, which cannot)."""
     import torch  # here: the configuration above is read by the command's option parser, without torch
 
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if config.method == "none":
-        return x, "none"
+        return x, "none", Identity()
     n_components = config.components(n_clusters)
     if config.method == "umap":
         backend = resolve_umap_backend(config.umap_backend)
@@ -95,20 +111,22 @@ def embed(x: np.ndarray, n_clusters: int, config: ManifoldConfig, seed: int = 0)
             if config.fit_sample is not None and config.fit_sample < len(x):
                 chosen = np.sort(np.random.default_rng(seed).choice(len(x), size=int(config.fit_sample), replace=False))
                 reducer.fit(x[chosen])
-                return np.asarray(reducer.transform(x), dtype=np.float32), f"{backend} (fit on {config.fit_sample})"
-            return np.asarray(reducer.fit_transform(x), dtype=np.float32), backend
+                embedding = np.asarray(reducer.transform(x), dtype=np.float32)
+                return embedding, f"{backend} (fit on {config.fit_sample})", reducer
+            return np.asarray(reducer.fit_transform(x), dtype=np.float32), backend, reducer
         finally:
             torch.set_num_threads(torch_threads)
     if config.method == "isomap":
         from sklearn.manifold import Isomap
 
-        return Isomap(n_neighbors=config.isomap_neighbors, n_components=n_components).fit_transform(x).astype(
-            np.float32
-        ), "sklearn-isomap"
+        isomap = Isomap(n_neighbors=config.isomap_neighbors, n_components=n_components)
+        return isomap.fit_transform(x).astype(np.float32), "sklearn-isomap", isomap
     from sklearn.manifold import TSNE
 
     if n_components > 3:
         raise ValueError("t-SNE (Barnes-Hut) embeds in at most 3 dimensions; set n_components <= 3")
-    return TSNE(n_components=n_components, init="pca", random_state=seed).fit_transform(x).astype(
-        np.float32
-    ), "sklearn-tsne"
+    return (
+        TSNE(n_components=n_components, init="pca", random_state=seed).fit_transform(x).astype(np.float32),
+        "sklearn-tsne",
+        None,
+    )
