@@ -5,8 +5,9 @@
 - ``projection.png``: a 2-D projection of the raw test inputs next to the same
   projection of what was clustered (the test codes; for N2D the manifold
   embedding), coloured by true label (the paper's Fig. 2).
-  t-SNE by default, on a seeded sample of at most 3,000 points (t-SNE is
-  O(n log n) and slow beyond that on a CPU); PCA is the fast alternative.
+  PCA by default, on a seeded sample of at most 3,000 points, drawn small
+  and translucent with each class's median numbered (``--projection
+  tsne``: t-SNE, 40 s or more per panel on 2 CPU cores, most of a short run).
 - ``confusion.png``: clusters (ordered by their matched label) against
   labels, with the clustering accuracy in the title.
 """
@@ -127,11 +128,35 @@ def projections(
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "nipy_spectral")
     for ax, data, name in ((axes[0], raw, "raw inputs"), (axes[1], codes, points_name)):
         points = _project(np.asarray(data[index], dtype=np.float32), method, seed)
-        ax.scatter(points[:, 0], points[:, 1], c=labels[index], cmap=cmap, s=4, vmin=0, vmax=max(len(classes) - 1, 1))
+        # the more points, the smaller and more translucent: thousands of them on top
+        # of each other still show where each class is dense (opaque ones showed the last drawn)
+        ax.scatter(
+            points[:, 0],
+            points[:, 1],
+            c=labels[index],
+            cmap=cmap,
+            s=min(10.0, max(2.0, 4000 / len(index))),
+            alpha=min(0.9, max(0.25, 600 / len(index))),
+            linewidths=0,
+            rasterized=True,
+            vmin=0,
+            vmax=max(len(classes) - 1, 1),
+        )
+        if len(classes) <= 20:  # each class's median point, numbered as in the legend
+            for k in np.unique(labels[index]):
+                x_k, y_k = np.median(points[labels[index] == k], axis=0)
+                ax.annotate(str(k), (x_k, y_k), fontsize=8, weight="bold", ha="center", va="center")
         ax.set(title=f"{PROJECTION_NAMES[method]} of the {name}, {len(index)} points", xticks=[], yticks=[])
     if len(classes) <= 20:
         handles = [
-            plt.Line2D([], [], marker="o", ls="", color=cmap(i / max(len(classes) - 1, 1)), label=c)
+            plt.Line2D(
+                [],
+                [],
+                marker="o",
+                ls="",
+                color=cmap(i / max(len(classes) - 1, 1)),
+                label=c if c == str(i) else f"{i} {c}",
+            )
             for i, c in enumerate(classes)
         ]
         axes[1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
