@@ -168,7 +168,12 @@ def test_module_takes_the_per_call_arguments():
         (
             lambda z, y: soft_nearest_neighbor_loss(z, y, weight=torch.ones(4, dtype=torch.float64)),
             ValueError,
-            "weight must have shape",
+            r"weight must have shape \(30,\) \(one per row\), got \(4,\)",
+        ),
+        (
+            lambda z, y: soft_nearest_neighbor_loss(z.reshape(15, 2, 7), y[:15], weight=torch.ones(4)),
+            ValueError,
+            r"weight must have shape \(15,\) \(per sample\) or \(15, 2\) \(per view\)",
         ),
         (
             lambda z, y: soft_nearest_neighbor_loss(z, y, weight=-torch.ones(30, dtype=torch.float64)),

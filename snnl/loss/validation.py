@@ -74,9 +74,8 @@ def check_weight(weight, shape: tuple[int, ...], device) -> None:
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise TypeError(f"weight must be a floating-point torch.Tensor, got {getattr(weight, 'dtype', type(weight))}")
     if tuple(weight.shape) not in (shape, shape[:1]):
-        raise ValueError(
-            f"weight must have shape {shape[:1]} (per sample) or {shape} (per view), got {tuple(weight.shape)}"
-        )
+        expected = f"{shape[:1]} (per sample) or {shape} (per view)" if len(shape) > 1 else f"{shape} (one per row)"
+        raise ValueError(f"weight must have shape {expected}, got {tuple(weight.shape)}")
     if weight.device != device:
         raise ValueError(f"z is on {device} but weight is on {weight.device}; put them on the same device")
 

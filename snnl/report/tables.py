@@ -17,8 +17,10 @@ def summary_rows(label: list[str], summary: dict, n_seeds: int) -> list[list[str
         + (f" ± {m.format(summary['std'][m.name])}" if n_seeds > 1 and summary["std"][m.name] is not None else "")
         for m in METRIC_TABLE
     ]
+    if n_seeds == 1:  # its average is its best: one row
+        return [[*label, "1 seed", *mean]]
     best = [m.format(summary["best"][m.name]) for m in METRIC_TABLE]
-    return [[*label, f"average ({n_seeds} seed{'s' if n_seeds > 1 else ''})", *mean], [*label, "best", *best]]
+    return [[*label, f"average ({n_seeds} seeds)", *mean], [*label, "best", *best]]
 
 
 def markdown_table(rows: list[list[str]], label_columns=("run",)) -> str:

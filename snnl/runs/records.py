@@ -55,11 +55,12 @@ class ExperimentResult:
 
 def aggregate(seed_metrics: list[dict]) -> dict:
     """mean / std / best over seeds for each metric; "best" is the seed with the
-    best ACC.  A metric undefined for some seeds (None) is summarised over the others."""
+    best ACC.  A metric undefined for some seeds (None) is summarised over the
+    others; the spread of a single value is undefined (None, not 0)."""
     best_seed = max(range(len(seed_metrics)), key=lambda i: seed_metrics[i]["acc"])
     summary: dict = {"mean": {}, "std": {}, "best": dict(seed_metrics[best_seed])}
     for name in seed_metrics[0]:
         values = [m[name] for m in seed_metrics if m.get(name) is not None]
         summary["mean"][name] = float(np.mean(values)) if values else None
-        summary["std"][name] = float(np.std(values)) if values else None
+        summary["std"][name] = float(np.std(values)) if len(values) > 1 else None
     return summary
