@@ -124,7 +124,7 @@ def test_environment_names_the_code_that_ran():
 
     from snnl.runs import provenance
 
-    root = Path(provenance.__file__).resolve().parent.parent
+    root = Path(provenance.__file__).resolve().parents[2]  # the checkout holding snnl/ (this looked inside snnl/)
     recorded = provenance.environment(torch.device("cpu"))["snnl_commit"]
     if not (root / ".git").exists():
         assert recorded is None  # an installed copy: no commit to name

@@ -391,7 +391,9 @@ def _run_epoch(
         "temperature": temperature if config.snnl else None,  # a plain autoencoder has no T
         "loss": means[0],
         "reconstruction": means[1],
-        "snnl": snnl,  # after the last batch: the layers' epoch means, combined
+        # after the last batch: the layers' epoch means, combined; None without an SNNL term (N2D's
+        # autoencoder, baseline-ae), whose records showed a column of zeros
+        "snnl": snnl if config.snnl else None,
         "snnl_per_layer": layers,
         "seconds": time.perf_counter() - epoch_started,
     }
