@@ -291,6 +291,10 @@ def test_table_names_bad_files_leaves_out_unfinished_runs_and_says_what_each_row
     table = capsys.readouterr().out
     assert "| free | digits | baseline-ae, no labels | 2 |" in table  # its labels are never read
     assert "| pca | digits | original, no labels | - |" in table  # PCA trains no epochs
+    with outdir.locked(free):  # as while it is being resumed: its metrics.json is the one before
+        assert main(["table", str(out), str(free)]) == 0
+        captured = capsys.readouterr()
+        assert f"left out {free}: a run is writing there now (pid" in captured.err and "| free |" not in captured.out
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "metrics.json").write_text("{not json")

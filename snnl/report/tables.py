@@ -62,13 +62,19 @@ def epochs_of(config: dict) -> str:
 
 def collect_runs(run_dirs) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
     """(directory, metrics) of each finished run, and (directory, reason) of
-    each one left out (unfinished: no metrics.json yet).  A metrics.json that
+    each one left out (unfinished: no metrics.json yet, or one being resumed).  A metrics.json that
     cannot be read is an error naming the file."""
+    from ..runs.outdir import user_of
+
     runs, skipped = [], []
     for run_dir in run_dirs:
         path = Path(run_dir) / "metrics.json"
         if not path.is_file():
             skipped.append((str(run_dir), "no metrics.json (not a run directory, or the run has not finished)"))
+            continue
+        holder = user_of(run_dir)
+        if holder is not None:  # a resumed run: its metrics.json is the one before, not its result
+            skipped.append((str(run_dir), f"a run is writing there now ({holder}): its metrics.json is not final"))
             continue
         try:
             metrics = json.loads(path.read_text())
