@@ -17,8 +17,6 @@ tile (``snnl.loss.workers``).
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import torch
 
 from snnl import soft_nearest_neighbor_loss
 
+from . import _cli
 from .measure import provenance, write_new_json
 
 BUSY = "while True: pass"
@@ -48,13 +47,10 @@ def _time(fn, z, labels) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.busy_machine", description=__doc__.splitlines()[0])
+    parser = _cli.parser("bench.busy_machine", __doc__)
     parser.add_argument("--sizes", default="1024,4096", help="batch sizes (d = 70)")
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--json", default=None, help="write the results here (never over an existing file)")
-    args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    args = _cli.parse(parser, argv)
     implementations = _implementations()
     caller_threads = torch.get_num_threads()
     rows = []

@@ -13,8 +13,6 @@ Progress lines go to stderr as a user sees them.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 
@@ -25,6 +23,7 @@ from snnl import SNNLKMeans
 from snnl.estimators import N2D
 from snnl.metrics import evaluate
 
+from . import _cli
 from .measure import provenance, write_new_json
 
 FITS = {
@@ -41,11 +40,8 @@ FITS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", help="write the results here (refuses an existing file)")
-    args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    parser = _cli.parser("bench.estimator_fits", __doc__)
+    args = _cli.parse(parser, argv)
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype("float32")
     fits = {}

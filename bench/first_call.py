@@ -16,7 +16,6 @@ a time, the implementations of a variant one after the other.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,6 +24,7 @@ import sys
 import tempfile
 import time
 
+from . import _cli
 from .measure import provenance, write_new_json
 
 VARIANTS = [
@@ -81,11 +81,8 @@ def measure(distance: str, dtype: str, batch: int, temperature: float, implement
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.first_call", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default=None, help="write the results here (never over an existing file)")
-    args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    parser = _cli.parser("bench.first_call", __doc__)
+    args = _cli.parse(parser, argv)
     rows = []
     for distance, dtype, batch, temperature in VARIANTS:
         row = {"distance": distance, "dtype": dtype, "batch": batch, "dim": 70, "temperature": temperature}

@@ -20,9 +20,7 @@ without a CUDA device and never overwrites a file.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import torch
 
 from snnl import soft_nearest_neighbor_loss
 
+from . import _cli
 from .measure import available_bytes, provenance, write_new_json
 
 RESULTS = Path(__file__).parent / "results"
@@ -139,11 +138,8 @@ def loss_timings(device: torch.device) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_acceptance", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", required=True, help="the JSON file to write (never overwritten)")
-    args = parser.parse_args(argv)
-    if os.path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    parser = _cli.parser("bench.gpu_acceptance", __doc__, json_required=True)
+    args = _cli.parse(parser, argv)
     if not torch.cuda.is_available():
         parser.error("no CUDA device: the acceptance run is for a GPU machine")
     device = torch.device("cuda")

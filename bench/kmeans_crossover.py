@@ -15,7 +15,6 @@ inertia each reached.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import time
@@ -26,6 +25,7 @@ import torch
 from snnl.cluster.kmeans import kmeans
 from snnl.runs.provenance import device_name
 
+from . import _cli
 from .measure import write_new_json
 
 SIZES = [1_000, 3_000, 10_000, 30_000, 70_000, 200_000]
@@ -39,14 +39,11 @@ def points(codes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _cli.parser("bench.kmeans_crossover", __doc__)
     parser.add_argument("--codes", required=True, help="an embeddings.npz of a run (its 'z' array)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", help="write the results here (refuses an existing file)")
-    args = parser.parse_args(argv)
-    if args.json and __import__("os").path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    args = _cli.parse(parser, argv)
     codes = np.load(args.codes)["z"].astype(np.float32)
     rng = np.random.default_rng(0)
     rows = []

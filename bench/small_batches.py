@@ -20,8 +20,6 @@ multiple of snnl's (above 1: snnl is faster).
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 
 from snnl import soft_nearest_neighbor_loss
 
+from . import _cli
 from .measure import provenance, write_new_json
 
 BUSY = "while True: pass"
@@ -117,7 +116,7 @@ def measure(batches, dims, busy_loads, rounds: int, threads: int, progress=print
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.small_batches", description=__doc__.splitlines()[0])
+    parser = _cli.parser("bench.small_batches", __doc__)
     parser.add_argument("--batches", default="64,128,256,512,1024,2048,4096")
     parser.add_argument("--dims", default="70,500,2000")
     parser.add_argument(
@@ -125,10 +124,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--json", help="write the results here (a new file)")
-    args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    args = _cli.parse(parser, argv)
     rows = measure(
         [int(b) for b in args.batches.split(",")],
         [int(d) for d in args.dims.split(",")],

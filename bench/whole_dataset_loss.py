@@ -15,8 +15,6 @@ GEMM and exp rates measured in the same run (``bench.measure``).
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
 import time
@@ -28,16 +26,14 @@ from sklearn.decomposition import PCA
 from snnl import soft_nearest_neighbor_loss
 from snnl.data import train_and_test
 
+from . import _cli
 from .measure import PeakMemory, loss_bounds, machine_rates, pin_malloc_to_mmap, provenance, write_new_json
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _cli.parser("bench.whole_dataset_loss", __doc__)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", help="write the results here (refuses an existing file)")
-    args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json):
-        parser.error(f"{args.json} exists; choose another name")
+    args = _cli.parse(parser, argv)
     pin_malloc_to_mmap()
     data = train_and_test("fashion-mnist")
     points = PCA(n_components=70, random_state=0).fit_transform(data.x).astype(np.float32)

@@ -1,7 +1,7 @@
 """Is scoring an N2D snapshot repeatable, and what moves it?
 
-    OMP_NUM_THREADS=1 python -m bench.scoring_repeatability runs/fmnist-n2d --epoch 150 --repeats 2
-    OMP_NUM_THREADS=2 python -m bench.scoring_repeatability runs/fmnist-n2d --epoch 150 --repeats 1
+    OMP_NUM_THREADS=1 python -m experiments.scoring_repeatability runs/fmnist-n2d --epoch 150 --repeats 2
+    OMP_NUM_THREADS=2 python -m experiments.scoring_repeatability runs/fmnist-n2d --epoch 150 --repeats 1
 
 Encodes the snapshot of that epoch (seed 0) of an ``snnl n2d
 --snapshot-every`` run, embeds it with the run's UMAP (seed 0), clusters with
@@ -32,7 +32,9 @@ from snnl.train.loop import model_from_checkpoint, snapshot_path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.scoring_repeatability", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.scoring_repeatability", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("run", type=Path, help="the --out directory of an snnl n2d --snapshot-every run")
     parser.add_argument("--epoch", type=int, required=True, help="the snapshot's epoch")
     parser.add_argument("--repeats", type=int, default=2, help="scorings in this one process")

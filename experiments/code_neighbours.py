@@ -3,7 +3,7 @@ test code, whether the commonest label among its k nearest other test codes
 is its own (k-NN agreement), over all codes and per class.  The labels only
 measure; nothing is trained or fitted.
 
-    python -m bench.code_neighbours results/fashion-mnist/{baseline-ae,labels/snnl-5-1000} \
+    python -m experiments.code_neighbours results/fashion-mnist/{baseline-ae,labels/snnl-5-1000} \
         results/fashion-mnist/snnl-umap-neighbour-views-clusters{,-seed1}
 
 Each run's ``embeddings.npz`` (the first seed's test codes) is read; the

@@ -1,8 +1,8 @@
 """Label-free SNNL against the batch size: ACC and epoch time, side by side.
 
-    python -m bench.label_free_batch_size --train 10000 --epochs 20 --batch-sizes 256,1024,4096 \
+    python -m experiments.label_free_batch_size --train 10000 --epochs 20 --batch-sizes 256,1024,4096 \
         --json bench/results/label-free-batch-size-cpu-xeon-2core.json
-    python -m bench.label_free_batch_size --config snnl-umap-neighbour-views --learning-rate-scaling none,sqrt \
+    python -m experiments.label_free_batch_size --config snnl-umap-neighbour-views --learning-rate-scaling none,sqrt \
         --seeds 0,1,2 --json bench/results/label-free-batch-size-lr-cpu-xeon-2core.json
 
 Trains ``--config`` (default ``snnl-neighbour-views``) on the first
@@ -21,16 +21,15 @@ blocked and fused loss paths matter.  No label is used before the metrics.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 
+from bench import _cli
+from bench.measure import write_new_json
 from snnl import validate
 from snnl.runs.provenance import environment
 from snnl.train.config import preset
 
 from .label_free_screen import screen
-from .measure import write_new_json
 
 LR_SCALING = ("none", "sqrt")
 
@@ -45,7 +44,7 @@ def variant(config_name: str, batch_size: int, scaling: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.label_free_batch_size", description=__doc__.split("\n")[0])
+    parser = _cli.parser("experiments.label_free_batch_size", __doc__)
     parser.add_argument("--config", default="snnl-neighbour-views")
     parser.add_argument("--train", type=int, default=10_000, help="training images (the first N)")
     parser.add_argument("--epochs", type=int, default=20)
@@ -57,10 +56,7 @@ def main() -> None:
         help="none: the configuration's learning rate at every batch size; sqrt: scaled by sqrt(batch / its batch); "
         "both: none,sqrt",
     )
-    parser.add_argument("--json", help="write the results here (a new file)")
-    args = parser.parse_args()
-    if args.json and os.path.exists(args.json):
-        raise SystemExit(f"{args.json} exists: choose another --json")
+    args = _cli.parse(parser)
     variants = []
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         for scaling in args.learning_rate_scaling.split(","):

@@ -1,6 +1,6 @@
 """Label-free SNNL variants side by side on a Fashion-MNIST subset: ACC, NMI, epoch time.
 
-    python -m bench.label_free_screen --variant partners=1 --variant partners=3 --seeds 0,1,2 \
+    python -m experiments.label_free_screen --variant partners=1 --variant partners=3 --seeds 0,1,2 \
         --json bench/results/label-free-partners-cpu-epyc-2core.json
 
 Each ``--variant`` is a set of ``TrainConfig`` fields (``name=value`` pairs
@@ -18,22 +18,20 @@ snapshot in a temporary folder), as if training had stopped there: how the
 metrics move over training.  ``--train 60000`` trains on the whole training
 set, Table IV's protocol for one seed:
 
-    python -m bench.label_free_screen --train 60000 --epochs 12 --score-every 1 --seeds 0 \
+    python -m experiments.label_free_screen --train 60000 --epochs 12 --score-every 1 --seeds 0 \
         --json bench/results/label-free-epochs-seed0-cpu-xeon-2core.json     # and --seeds 1 (seed1), side by side
 
 ``--with-test`` trains on the 10,000 test images as well (without their
 labels), N2D's protocol of clustering the images it trained on, and still
 scores the test images:
 
-    python -m bench.label_free_screen --train 60000 --with-test --epochs 12 --score-every 1 --seeds 0 \
+    python -m experiments.label_free_screen --train 60000 --with-test --epochs 12 --score-every 1 --seeds 0 \
         --json bench/results/label-free-epochs-with-test-seed0-cpu-xeon-2core.json   # and --seeds 1
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
-import os
 import statistics
 import tempfile
 import time
@@ -41,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import _cli
+from bench.measure import write_new_json
 from snnl.autoencoder import encode_in_batches
 from snnl.cluster.kmeans import kmeans
 from snnl.data import load_splits
@@ -48,8 +48,6 @@ from snnl.metrics import evaluate
 from snnl.runs.provenance import environment
 from snnl.train.config import preset, with_pseudo_label_clusters
 from snnl.train.loop import model_from_checkpoint, snapshot_path, train_autoencoder
-
-from .measure import write_new_json
 
 
 def parse_variant(text: str) -> dict:
@@ -149,7 +147,7 @@ def screen(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.label_free_screen", description=__doc__.split("\n")[0])
+    parser = _cli.parser("experiments.label_free_screen", __doc__)
     parser.add_argument("--config", default="snnl-umap-neighbour-views")
     parser.add_argument("--variant", action="append", type=parse_variant, help="TrainConfig fields, e.g. partners=3")
     parser.add_argument("--train", type=int, default=10_000, help="training images (the first N)")
@@ -161,10 +159,7 @@ def main() -> None:
         action="store_true",
         help="train on the test images too (their labels unused), as N2D's protocol does; they are still scored",
     )
-    parser.add_argument("--json", help="write the results here (a new file)")
-    args = parser.parse_args()
-    if args.json and os.path.exists(args.json):
-        raise SystemExit(f"{args.json} exists: choose another --json")
+    args = _cli.parse(parser)
     epochs = args.epochs or preset(args.config).epochs
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variant or [{}]
