@@ -95,7 +95,8 @@ def test_cli_run_and_table(tmp_path, capsys):
     capsys.readouterr()
     assert main(["table", str(out_a), str(out_b), "--output", str(tmp_path / "t.md")]) == 0
     table = capsys.readouterr().out
-    assert table.count("| a |") == 2 and table.count("| b |") == 2
+    # one seed each: one row each, saying so (no average or best of one)
+    assert table.count("| a |") == 1 and table.count("| b |") == 1 and table.count("| 1 seed |") == 2
     assert (tmp_path / "t.md").read_text().strip() == table.strip()
     # the fewer-labels figure: supervised runs against --labelled, the others as baselines
     out_c = tmp_path / "c"
