@@ -120,6 +120,14 @@ def available_bytes(device: torch.device) -> int:
     return _proc_kib("MemAvailable", "/proc/meminfo") * 1024
 
 
+def command_line() -> str:
+    """The command this process runs, as typed: ``python -m <module>`` for a module run with
+    ``-m`` (a benchmark script, or pytest running a suite), else the script's path."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    start = ["-m", spec.name.removesuffix(".__main__")] if spec is not None else [sys.argv[0]]
+    return " ".join([os.path.basename(sys.executable), *start, *sys.argv[1:]])
+
+
 def provenance(device: torch.device) -> dict:
     try:
         import triton
@@ -128,7 +136,7 @@ def provenance(device: torch.device) -> dict:
     except ImportError:
         triton_version = None
     return {
-        "command": " ".join([os.path.basename(sys.executable), "-m", "pytest", *sys.argv[1:]]),
+        "command": command_line(),
         "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
