@@ -198,7 +198,12 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train one candidate and score its training codes on the way")
     train.add_argument("--dataset", default="fashion-mnist")
-    train.add_argument("--config", default="snnl-umap-neighbour-views", help="the preset the candidate changes")
+    train.add_argument(
+        "--config",
+        default="snnl-label-free",
+        help="the preset the candidate changes (the selection's runs changed snnl-umap-neighbour-views, since "
+        "retired: snnl-label-free with fixed_temperature=0.5,pseudo_labels_from=None,epochs=20)",
+    )
     train.add_argument("--candidate", type=parse_fields, help="TrainConfig fields, e.g. fixed_temperature=1.0")
     train.add_argument("--epochs", type=int, required=True)
     train.add_argument("--seed", type=int, required=True)

@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.catalog import BUILTIN_DATASETS, IDX_DATASETS, TEXT_DATASETS, dataset_names
     from .kernel_tools import options as kernel_options
     from .runs.config import SNAPSHOT_SILHOUETTE_SAMPLE, ExperimentConfig, N2DConfig
-    from .train.config import PRESETS
+    from .train.config import PRESET_MEANINGS, PRESETS
 
     run_training = _default(ExperimentConfig, ExperimentConfig.TRAINING_FIELD)
 
@@ -451,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--config",
         choices=list(PRESETS),
-        help=f"a preset of the paper's Table I, a label-free one, or a baseline (default: {run_training.name})",
+        help="a preset: "
+        + "; ".join(f"{name}: {meaning}" for name, meaning in PRESET_MEANINGS.items())
+        + f" (default: {run_training.name})",
     )
     run.add_argument(
         "--labelled",

@@ -103,7 +103,7 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     """Autoencoder regularised with the soft nearest neighbor loss, then k-means.
 
     Parameters mirror ``snnl run``: ``config`` is a preset name (``snnl-1`` ..
-    ``snnl-8``, the label-free ones, ``baseline-ae``, ``original``); ``epochs``,
+    ``snnl-8``, ``snnl-label-free``, ``baseline-ae``, ``original``); ``epochs``,
     ``code_dim``, ``alpha``, ``temperature`` (a number: that fixed T;
     ``"annealing"``: the paper's schedule), ``batch_size`` and
     ``learning_rate`` override the preset when given.  ``n_clusters``
@@ -112,9 +112,9 @@ class SNNLKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
     per epoch otherwise (the default; the preset's 50 epochs on digits take
     about 25 s on 2 CPU cores); ``"lines"``; ``False`` or 0: nothing.
     ``image_shape``: the shape of the images the rows of ``X`` are, e.g.
-    ``(28, 28)``, for the label-free presets' views (``snnl-views``,
-    ``snnl-neighbour-views``); without it they take tabular views (feature
-    dropout and noise).  The label-free presets are fitted without ``y``.
+    ``(28, 28)``, for the label-free preset's views (``snnl-label-free``);
+    without it it takes tabular views (feature dropout and noise).  The
+    label-free preset is fitted without ``y``.
     """
 
     def __init__(

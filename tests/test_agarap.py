@@ -139,7 +139,7 @@ def test_environment_names_the_code_that_ran():
 def test_protocol_all_trains_on_both_splits_and_clusters_every_image(tmp_path):
     # N2D's protocol: the label-free configurations train on the training and
     # test images (no labels) and every image is clustered and scored
-    config = fast_config("snnl-neighbour-views", protocol="all")
+    config = fast_config("snnl-label-free", protocol="all")
     result = run_experiment(config, tmp_path / "run", progress=False)
     embeddings = np.load(tmp_path / "run" / "embeddings.npz")
     assert embeddings["z"].shape[0] == 1797  # 1,347 training + 450 test digits

@@ -118,12 +118,10 @@ def test_label_free_presets_run_on_the_text_datasets(tmp_path, monkeypatch, name
         )
     out = tmp_path / "run"
     common = ["--epochs", "1", "--kmeans-restarts", "2", "--projection", "none", "--quiet", "--out", str(out)]
-    assert (
-        main(["run", "--dataset", name, "--data-dir", str(tmp_path), "--config", "snnl-neighbour-views", *common]) == 0
-    )
+    assert main(["run", "--dataset", name, "--data-dir", str(tmp_path), "--config", "snnl-label-free", *common]) == 0
     assert made and set(made) == {views}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["dataset"] == name and metrics["config"]["train"]["name"] == "snnl-neighbour-views"
+    assert metrics["config"]["dataset"] == name and metrics["config"]["train"]["name"] == "snnl-label-free"
     spec = TEXT_DATASETS[name]
     assert [Path(f["file"]).name for f in metrics["data_files"]] == [
         Path(f).name for f in spec.files["train"] + spec.files["test"]

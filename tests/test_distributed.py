@@ -24,6 +24,10 @@ from snnl import distributed, soft_nearest_neighbor_loss
 from snnl.train.config import preset
 from snnl.train.loop import train_autoencoder
 
+from .label_free_cases import VARIANTS
+
+NEIGHBOUR_VIEWS = VARIANTS["neighbour-views"]  # in the inputs' space: no UMAP in every worker
+
 WORLD = 2
 SIZES = (7, 12)  # uneven on purpose
 
@@ -174,10 +178,13 @@ TRAIN = dict(hidden=(16, 16, 32), code_dim=4, epochs=2, batch_size=33)
 TRAINED = {
     "sum": ("snnl-5", {"combine": "sum"}),
     "min": ("snnl-5", {"combine": "min"}),
-    "label-free": ("snnl-neighbour-views", {}),
-    "label-free, 2 partners": ("snnl-neighbour-views", {"partners": 2}),
+    "label-free": ("snnl-label-free", NEIGHBOUR_VIEWS),
+    "label-free, 2 partners": ("snnl-label-free", {**NEIGHBOUR_VIEWS, "partners": 2}),
     # and cluster positives, which the main process computes for all
-    "label-free, clusters": ("snnl-neighbour-views", {"pseudo_labels_from": 1, "pseudo_label_clusters": 4}),
+    "label-free, clusters": (
+        "snnl-label-free",
+        {**NEIGHBOUR_VIEWS, "pseudo_labels_from": 1, "pseudo_label_clusters": 4},
+    ),
 }
 
 

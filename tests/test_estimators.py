@@ -105,7 +105,7 @@ def test_estimator_fit_predict_transform():
 
 
 def test_temperature_and_alpha_override_the_preset_and_are_refused_without_an_snnl_term():
-    config = SNNLKMeans(config="snnl-umap-neighbour-views", temperature=1.5, alpha=2.0)._train_config()
+    config = SNNLKMeans(config="snnl-label-free", temperature=1.5, alpha=2.0)._train_config()
     assert (config.temperature, config.fixed_temperature, config.alpha) == ("fixed", 1.5, 2.0)
     assert SNNLKMeans(config="snnl-1", temperature="annealing")._train_config().temperature == "annealing"
     with pytest.raises(ValueError, match="temperature must be 'annealing' or a positive number, got 0"):

@@ -8,8 +8,10 @@ import torch
 from snnl.autoencoder import encode_in_batches
 from snnl.data import labelled_subset, load_dataset
 from snnl.train import loop
-from snnl.train.config import PRESETS, TrainConfig, preset, with_pseudo_label_clusters
+from snnl.train.config import TrainConfig, with_pseudo_label_clusters
 from snnl.train.pseudo_labels import balanced_assignment, pseudo_labels
+
+from .label_free_cases import label_free
 
 SMALL = dict(hidden=(32, 32, 64), code_dim=8, batch_size=64, neighbour_space="inputs")
 
@@ -46,7 +48,7 @@ def test_pseudo_labels_spread_a_large_blob_over_the_clusters_and_keep_the_firm_s
 def test_pseudo_label_settings_are_checked_before_training():
     with pytest.raises(ValueError, match="pseudo_labels_from is for label-free positives"):
         TrainConfig(pseudo_labels_from=2)
-    free = PRESETS["snnl-neighbour-views"]
+    free = label_free()
     for share in (0, 1.5, "half", True):
         with pytest.raises(ValueError, match="pseudo_label_share must be in"):
             free.replace(pseudo_labels_from=1, pseudo_label_share=share)
@@ -66,9 +68,7 @@ def test_pseudo_label_settings_are_checked_before_training():
 
 def test_training_takes_the_cluster_labels_from_the_given_epoch_on(monkeypatch):
     data = labelled_subset(load_dataset("digits", "train"), 256, 0)
-    config = preset(
-        "snnl-umap-neighbour-views-clusters", **SMALL, epochs=3, pseudo_labels_from=1, pseudo_label_clusters=10
-    )
+    config = label_free("snnl-label-free", **SMALL, epochs=3, pseudo_labels_from=1, pseudo_label_clusters=10)
     seen = []
     original = loop.batch_loss
 
@@ -96,7 +96,7 @@ def test_an_epochs_time_includes_clustering_its_codes(monkeypatch):
     import time
 
     data = labelled_subset(load_dataset("digits", "train"), 128, 0)
-    config = preset("snnl-neighbour-views", **SMALL, epochs=2, pseudo_labels_from=1, pseudo_label_clusters=10)
+    config = label_free(**SMALL, epochs=2, pseudo_labels_from=1, pseudo_label_clusters=10)
     original = loop.epoch_pseudo_labels
 
     def slow(*args):

@@ -138,7 +138,7 @@ def test_snnl_n2d_options_are_checked_before_training(tmp_path, capsys, no_train
 
 @pytest.mark.parametrize(
     "command",
-    [["n2d"], ["run", "--dataset", "digits", "--config", "snnl-umap-neighbour-views"]],
+    [["n2d"], ["run", "--dataset", "digits", "--config", "snnl-label-free"]],
     ids=["n2d", "umap-neighbours"],
 )
 def test_a_missing_umap_is_reported_before_training(tmp_path, capsys, no_training, monkeypatch, command):

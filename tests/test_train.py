@@ -11,6 +11,8 @@ from snnl.train import positives
 from snnl.train.config import PRESETS, TrainConfig, describe, preset
 from snnl.train.loop import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
 
+from .label_free_cases import VARIANTS, label_free
+
 SMALL = dict(hidden=(32, 32, 64), code_dim=8, epochs=3, batch_size=64)
 
 
@@ -85,6 +87,24 @@ def test_presets_follow_table_one():
     with pytest.raises(ValueError, match="combine must be one of"):
         TrainConfig(combine="max")
     assert TrainConfig.from_dict(PRESETS["snnl-7"].to_dict()) == PRESETS["snnl-7"]
+
+
+def test_the_presets_are_table_one_the_baselines_and_one_label_free():
+    # each with the one-line meaning --config's help shows, from one list
+    from snnl.cli import build_parser
+    from snnl.train.config import PRESET_MEANINGS
+
+    assert list(PRESETS) == list(PRESET_MEANINGS)
+    assert [name for name in PRESETS if not PRESETS[name].uses_labels and PRESETS[name].positives != "classes"] == [
+        "snnl-label-free"
+    ]
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    (config_help,) = [action.help for action in run._actions if "--config" in action.option_strings]
+    for name, meaning in PRESET_MEANINGS.items():
+        assert f"{name}: {meaning}" in config_help
+    # a run directory made with a retired preset still resumes: its record holds every field
+    retired = label_free("umap-neighbour-views").replace(name="snnl-umap-neighbour-views", fixed_temperature=0.5)
+    assert TrainConfig.from_dict(retired.to_dict()) == retired
 
 
 def test_batch_loss_terms():
@@ -295,22 +315,21 @@ def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
 
 # --------------------------------------------------------------------------- label-free SNNL
 
-LABEL_FREE = [name for name in PRESETS if PRESETS[name].positives != "classes"]
-# every label-free preset, and one with several partners per anchor
-LABEL_FREE_CASES = [(name, 1) for name in LABEL_FREE] + [("snnl-neighbour-views", 3)]
+# every label-free variant, and one with several partners per anchor
+LABEL_FREE_CASES = [(name, 1) for name in VARIANTS] + [("neighbour-views", 3)]
 
 
-def _small(name: str, **changes):
-    """``name`` at the tests' small size; pseudo-labels, where it takes them, from the second epoch."""
-    if PRESETS[name].pseudo_labels_from is not None:
+def _small(variant: str, **changes):
+    """``variant`` at the tests' small size; pseudo-labels, where it takes them, from the second epoch."""
+    if label_free(variant).pseudo_labels_from is not None:
         changes = {"pseudo_labels_from": 1, "pseudo_label_clusters": 10, **changes}
-    return preset(name, **{**SMALL, **changes})
+    return label_free(variant, **{**SMALL, **changes})
 
 
 @pytest.mark.parametrize(("name", "partners"), LABEL_FREE_CASES)
 def test_no_label_reaches_label_free_training(name, partners):
     """The same seed with the true labels, permuted labels and no labels gives bitwise the same codes."""
-    if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
+    if label_free(name).neighbour_space == "umap" and not umap_learn_status()[0]:
         pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
     config = _small(name, epochs=2, partners=partners)
@@ -335,9 +354,7 @@ def test_label_free_estimator_ignores_y():
 
     data = digits_subset(200)
     fitted = [
-        SNNLKMeans(
-            10, config="snnl-neighbour-views", epochs=2, random_state=0, verbose=False, image_shape=data.image_shape
-        )
+        SNNLKMeans(10, config="snnl-label-free", epochs=2, random_state=0, verbose=False, image_shape=data.image_shape)
         .fit(data.x, labels)
         .labels_
         for labels in (data.y, None)
@@ -348,16 +365,16 @@ def test_label_free_estimator_ignores_y():
 @pytest.mark.parametrize(
     ("name", "partners"),
     [
-        ("snnl-neighbour-views", 1),
-        ("snnl-umap-neighbour-views", 1),
-        ("snnl-neighbour-views", 2),
-        ("snnl-umap-neighbour-views-clusters", 1),
+        ("neighbour-views", 1),
+        ("umap-neighbour-views", 1),
+        ("neighbour-views", 2),
+        ("snnl-label-free", 1),
     ],
 )
 def test_label_free_resume_equals_uninterrupted(tmp_path, monkeypatch, name, partners):
     # the partners' random state and their neighbour table travel in the checkpoint; the
     # pseudo-labels are computed again from the model and the seed
-    if PRESETS[name].neighbour_space == "umap" and not umap_learn_status()[0]:
+    if label_free(name).neighbour_space == "umap" and not umap_learn_status()[0]:
         pytest.skip("umap-learn is not installed")
     data = digits_subset(200)
     config = _small(name, partners=partners)
@@ -399,21 +416,21 @@ def test_label_free_positives_refuse_labels_and_the_pca_baseline():
         TrainConfig(partners=3)
     with pytest.raises(ValueError, match="partners must be an integer >= 1"):
         TrainConfig(positives="views", supervised=False, partners=0)
-    assert "3 per point" in describe(PRESETS["snnl-neighbour-views"].replace(partners=3))
-    assert not any(PRESETS[name].uses_labels for name in LABEL_FREE)
+    assert "3 per point" in describe(label_free(partners=3))
+    assert not any(label_free(name).uses_labels for name in VARIANTS)
 
 
 def test_label_free_run_trains_on_the_whole_training_set():
     from snnl.runs.config import ExperimentConfig
 
-    for name in LABEL_FREE:
-        assert ExperimentConfig(dataset="fashion-mnist", train=preset(name)).labelled_count() is None
+    for name in VARIANTS:
+        assert ExperimentConfig(dataset="fashion-mnist", train=label_free(name)).labelled_count() is None
 
 
 def test_the_neighbour_search_is_said_once_before_training(tmp_path, capsys):
     # a UMAP of 60,000 images takes minutes: the search is announced, and a resume does not repeat it
     data = digits_subset(200)
-    config = preset("snnl-neighbour-views", **SMALL)
+    config = label_free(**SMALL)
     options = dict(seed=0, progress="lines", checkpoint_path=tmp_path / "c.pt", image_shape=data.image_shape)
     train_autoencoder(data.x, None, config.replace(epochs=1), **options)
     first = capsys.readouterr().err

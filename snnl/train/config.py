@@ -20,86 +20,18 @@ supervised ones on the labelled subset (``ExperimentConfig.labelled_count``).
 The fixed temperature is T = 100, the value the authors' code and Frosst et
 al.'s reference implementation (cleverhans) start from.
 
-Label-free SNNL (``snnl-views``, ``snnl-neighbours``, ``snnl-neighbour-views``)
-answers "who counts as the same" without labels (``snnl.train.positives``): each
-point's positive is a partner drawn every batch (a random view of itself,
-one of its 10 nearest input-space neighbours, or a view of one), and the
-loss is the two-view form, the NT-Xent / InfoNCE family, applied to a
-unit-length code (T = 0.5 on the cosine distance, alpha = 1, the code layer
-alone).  They too train on the whole training set.  On a 10,000-image
-Fashion-MNIST screen (40 epochs, k-means on the test codes; the plain
-autoencoder 0.51-0.53 there): views alone fell to ACC 0.23-0.35 (instance
-discrimination with an MLP and small warps spreads the classes apart),
-neighbours or views of neighbours at T = 0.1 rose to about 0.57 by epoch 10
-and then sank (0.31-0.50 by epoch 40: a sharp softmax repels the many
-same-class points that are not the partner), and at T = 0.5 both held about
-0.60 (neighbour views 0.593 at epoch 20, 0.613 at 40).  The full
-Fashion-MNIST run of ``snnl-neighbour-views`` at T = 0.1 confirmed the
-decline (ACC 0.350 after 50 epochs on 60,000 images), hence T = 0.5.
-
-``snnl-umap-neighbour-views`` searches the neighbours in a 10-d UMAP
-embedding of the inputs instead (``TrainConfig.neighbour_space``; N2D's
-UMAP settings).  On the same screen, at 20 epochs: 20 UMAP neighbours gave
-ACC 0.672-0.678 (NMI 0.634) against the input-space neighbours' 0.605 (NMI
-0.619), although fewer of them share the anchor's class (0.72 against
-0.77): a point's neighbours along the data's manifold pull it along its
-class rather than towards its near duplicates.  50 UMAP neighbours fell
-back to 0.598, and with 20 the ACC fell from 0.678 at epoch 20 to 0.629 at
-epoch 40: hence 20 neighbours and 20 epochs.  (The screen, like every
-choice of a preset here, scored the codes with the labels; training never
-reads them.)  On the whole of Fashion-MNIST (Table IV protocol, 4 seeds)
-it reached ACC 0.648 +- 0.016, NMI 0.628 +- 0.021, against 0.602 / 0.632
-for the input-space neighbours (results/fashion-mnist/label-free.md).
-Three partners per anchor (``partners=3``) instead of one, neighbours from
-the UMAP of a plain autoencoder's codes, and neighbours refreshed from the
-codes during training were screened next and gave no gain; scored after
-every epoch on the whole training set, the preset reaches its level in two
-epochs and then moves about it (ACC 0.56-0.69 from one epoch to the next,
-no trend), and neither a lower learning rate, 60 neighbours, a larger
-batch at the same or a scaled learning rate, nor training on the test
-images too (N2D's protocol) lifted that level (results/README.md).
-
-``snnl-umap-neighbour-views-t1`` and ``-t1.5`` are the same at T = 1 and
-1.5.  Scored after every epoch on the whole training set (seed 0), T = 1
-held ACC 0.66-0.68 (NMI 0.64) from epoch 3 to 8 where T = 0.5 swung between
-0.58 and 0.69 (mean 0.63): a softer softmax repels the same-class points
-that are not the partner less, and the codes stop moving about.  T = 1.5
-rose more slowly and held 0.687-0.696 (NMI 0.65) from epoch 11 to 20;
-T = 2 was too soft (ACC 0.57-0.59, NMI rising slowly to 0.62 by epoch 8).
-Over 4 seeds (Table IV protocol) T = 1 reached ACC 0.675 +- 0.014, NMI
-0.645 +- 0.013, and T = 1.5 ACC 0.693 +- 0.002, NMI 0.655 +- 0.003
-(results/fashion-mnist/label-free.md); on the 1,347 digits (120 steps in
-20 epochs) they fall below T = 0.5 (0.911 and 0.844 against 0.952).  At
-T = 1, alpha = 3 held 0.68-0.69 but dipped to 0.58 at epoch 19; at T = 1.5,
-40 UMAP neighbours, or 20 from the UMAP of a plain autoencoder's codes,
-scored no higher by epoch 11 (0.673 and 0.609).  Other changes, screened
-the same way at T = 0.5, stayed in its band or fell below it: negatives
-debiased for a class prior of 0.1 (Chuang et al.), each anchor's 10 most
-similar in-batch negatives left out of its denominator (false-negative
-cancellation), a view as the anchor too, neighbours ranked by shared
-neighbours, and the term on every hidden layer (results/README.md).
-
-``snnl-umap-neighbour-views-clusters`` is ``-t1.5`` with cluster positives
-(``snnl.train.pseudo_labels``): from the eleventh epoch on, the training
-codes are clustered before every epoch, spread in equal shares over
-k-means's centres, and the half of each cluster held most firmly takes the
-cluster as its label, so that its cluster mates are positives beside its
-partner.  Started at the sixth epoch, seed 0 passed ACC 0.70 at epoch 8
-and held 0.700-0.707 (NMI 0.654-0.660) to epoch 20, where ``-t1.5`` held
-0.687-0.696; the equal shares were what helped (plain k-means clusters as
-labels, 4,100-9,500 points where every class has 6,000, ended at 0.680).
-But seeds 1 and 2 locked a wrong cut of the footwear into their labels
-(sandals split between the sneakers' and the boots' clusters) and ended
-at 0.631 and 0.642: the codes of the sixth epoch are too young.  From the
-eleventh, when ``-t1.5``'s codes have reached their level, seed 1 passed
-0.70 by epoch 13.  Over 4 seeds (Table IV protocol), after 20 epochs, ACC
-0.699 +- 0.005, NMI 0.657 +- 0.007.  Trained on, ACC held 0.70-0.71 while
-NMI kept rising slowly (seed 1: 0.665 at epoch 20, 0.668 at 40, 0.675 at
-60; seed 0: 0.661 at 20, 0.667 at 30), hence 60 epochs.  Labels from 30
-clusters instead of 10 (over-clustering) scored lower and swung more
-(seed 0, epochs 11 to 26: ACC 0.61-0.70, NMI 0.62-0.66; 0.685 / 0.650 at
-26, where 10 clusters gave 0.708 / 0.664).  Over 4 seeds at 60
-epochs: ACC 0.704 +- 0.005, NMI 0.668 +- 0.008 (results/README.md).
+``snnl-label-free`` is SNNL without labels (``snnl.train.positives``): each
+point's positive is a view of one of its 20 nearest neighbours in a 10-d
+UMAP embedding of the inputs, drawn every batch, and, from the sixth epoch
+on, its balanced k-means cluster of the codes for the half of each cluster
+held most firmly (``snnl.train.pseudo_labels``); the two-view form of the
+loss on a unit-length code (cosine, T = 2, alpha = 1, the code layer alone),
+60 epochs, on the whole training set.  The temperature, the start of the
+cluster positives and the length were chosen by seed agreement on the
+training images alone, never the test split
+(``results/fashion-mnist/selection/PROTOCOL.md``); the rest came from earlier
+screens.  Those screens, the label-free presets they produced and retired,
+and what each variant scored are in ``results/README.md``.
 """
 
 from __future__ import annotations
@@ -272,57 +204,44 @@ def _snnl_preset(number: int) -> TrainConfig:
     )
 
 
-def _label_free_preset(positives: str, neighbour_space: str = "inputs") -> TrainConfig:
-    """SNNL without labels (snnl.train.positives): each point's partner is its one
-    positive.  The loss is the contrastive two-view form, so its settings are
-    that family's rather than the paper's: a fixed temperature of 0.5 on the
-    cosine distance (0.1, NT-Xent's usual, repels same-class points that are
-    not the partner until the classes dissolve), the term on the code alone with alpha = 1 (summed
-    over every layer at alpha = 100 it swamps the reconstruction), eps = 0
-    (every row has its partner), and a unit-length code, compared by cosine
-    in the loss and clustered by k-means in that same geometry.
-    ``neighbour_space="umap"``: the neighbours searched in a UMAP embedding
-    of the inputs (``snnl-umap-neighbour-views``)."""
-    return TrainConfig(
-        name=f"snnl-{positives}" if neighbour_space == "inputs" else f"snnl-{neighbour_space}-{positives}",
-        supervised=False,
-        positives=positives,
-        neighbour_space=neighbour_space,
-        temperature="fixed",
-        fixed_temperature=0.5,
-        alpha=1.0,
-        eps=0.0,
-        layers="code",
-        code_activation="unit",
-    )
+# Table I's eight, the two baselines beside them, and the recommended label-free preset: each
+# name's one-line meaning is what --config's help and the README show
+PRESET_MEANINGS: dict[str, str] = {
+    "snnl-1": "supervised, fixed T = 100, summed over layers",
+    "snnl-2": "unsupervised, fixed T = 100, summed over layers",
+    "snnl-3": "supervised, fixed T = 100, minimum over layers",
+    "snnl-4": "unsupervised, fixed T = 100, minimum over layers",
+    "snnl-5": "supervised, annealed T, summed over layers (the paper's best)",
+    "snnl-6": "unsupervised, annealed T, summed over layers",
+    "snnl-7": "supervised, annealed T, minimum over layers",
+    "snnl-8": "unsupervised, annealed T, minimum over layers",
+    "snnl-label-free": "no labels: UMAP-neighbour views and cluster positives, T = 2, 60 epochs (recommended)",
+    "baseline-ae": "the autoencoder alone, no SNNL",
+    "original": "PCA of the inputs, no training",
+}
 
-
-# 20 UMAP neighbours (UMAP's own neighbourhood size) and 20 epochs: on the screen (module
-# docstring) ACC rose to 0.67-0.68 by epoch 20 and fell back to 0.63 by epoch 40
-_UMAP_NEIGHBOUR_VIEWS = _label_free_preset("neighbour-views", "umap").replace(neighbours=20, epochs=20)
+# the label-free preset's settings (module docstring): the contrastive two-view family's rather
+# than the paper's (eps = 0: every row has its partner; the term on the unit-length code alone,
+# alpha = 1, where summed over every layer at alpha = 100 it swamps the reconstruction)
+_LABEL_FREE = TrainConfig(
+    name="snnl-label-free",
+    supervised=False,
+    positives="neighbour-views",
+    neighbours=20,
+    neighbour_space="umap",
+    pseudo_labels_from=5,
+    temperature="fixed",
+    fixed_temperature=2.0,
+    alpha=1.0,
+    eps=0.0,
+    layers="code",
+    code_activation="unit",
+    epochs=60,
+)
 
 PRESETS: dict[str, TrainConfig] = {
     **{f"snnl-{n}": _snnl_preset(n) for n in range(1, 9)},
-    **{f"snnl-{kind}": _label_free_preset(kind) for kind in choices.LABEL_FREE},
-    "snnl-umap-neighbour-views": _UMAP_NEIGHBOUR_VIEWS,
-    # the same at T = 1 and 1.5: steadier codes on Fashion-MNIST (the module docstring's screens)
-    **{
-        f"snnl-umap-neighbour-views-t{t:g}": _UMAP_NEIGHBOUR_VIEWS.replace(
-            name=f"snnl-umap-neighbour-views-t{t:g}", fixed_temperature=t
-        )
-        for t in (1.0, 1.5)
-    },
-    # and with cluster positives: from epoch 11 on, each point's balanced k-means cluster of the
-    # codes is its label too, for the half of each cluster held most firmly (snnl.train.pseudo_labels);
-    # 60 epochs, as NMI still rises slowly after 20 while ACC holds (the module docstring)
-    "snnl-umap-neighbour-views-clusters": _UMAP_NEIGHBOUR_VIEWS.replace(
-        name="snnl-umap-neighbour-views-clusters", fixed_temperature=1.5, pseudo_labels_from=10, epochs=60
-    ),
-    # the recommended label-free preset, chosen without the Fashion-MNIST test split by seed
-    # agreement on the training images (results/fashion-mnist/selection/PROTOCOL.md)
-    "snnl-label-free": _UMAP_NEIGHBOUR_VIEWS.replace(
-        name="snnl-label-free", fixed_temperature=2.0, pseudo_labels_from=5, epochs=60
-    ),
+    "snnl-label-free": _LABEL_FREE,
     "baseline-ae": TrainConfig(name="baseline-ae", snnl=False),
     "original": TrainConfig(name="original", method="pca"),
 }
