@@ -10,6 +10,8 @@ without importing torch, so that ``snnl --help`` answers at once.
 LOSS_BACKENDS = ("auto", "reference", "blocked", "triton")
 DISTANCES = ("cosine", "euclidean")
 REDUCTIONS = ("mean", "sum", "none", "mean_over_positives")
+# the contrastive forms (snnl.loss.forms): their means are over the rows or pairs that have a positive
+FORM_REDUCTIONS = ("mean", "sum", "none")
 # how the fused kernels (snnl.kernels) multiply fp32 operands on the tensor cores: three TF32
 # products (fp32-level accuracy, the default), one (about 1e-3 relative), or the FMA units
 PRECISIONS = ("tf32x3", "tf32", "ieee")

@@ -11,7 +11,8 @@
 - ``validation``: argument checks
 """
 
+from .forms import ntxent_loss, supcon_loss
 from .functional import soft_nearest_neighbor_loss
 from .module import SNNLoss
 
-__all__ = ["soft_nearest_neighbor_loss", "SNNLoss"]
+__all__ = ["soft_nearest_neighbor_loss", "supcon_loss", "ntxent_loss", "SNNLoss"]

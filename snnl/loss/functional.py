@@ -95,6 +95,26 @@ def prepare_rows(z, labels, keys=None, key_labels=None, weight=None, ignore_inde
     return Rows(queries, query_labels, flat_keys, key_labels, flat_weight, counted, shape)
 
 
+def _backend_call(batch: Rows, temperature, *, distance, eps, backend, precision, self_offset=NO_SELF_PAIR):
+    """(the backend's name, its Inputs and LossOptions, the points as given,
+    the temperature as given when a tensor) for one call on ``batch``."""
+    queries, keys = batch.queries, batch.keys
+    dtype = compute_dtype(queries.dtype)
+    given = temperature if isinstance(temperature, torch.Tensor) else None  # a number is checked already
+    temperature = validation.check_temperature(temperature, queries.device, dtype)
+    chosen = registry.resolve(backend, queries)
+    chosen.check_usable(queries)
+    points = {"z": queries} if keys is None else {"z": queries, "keys": keys}
+    if chosen.casts_inputs:
+        queries = queries.to(dtype)
+        keys = None if keys is None else keys.to(dtype)
+    inputs = Inputs(queries, keys, batch.query_labels, batch.key_labels, temperature)
+    options = LossOptions(
+        self_offset=0 if keys is None else self_offset, distance=distance, eps=eps, precision=precision
+    )
+    return chosen.name, inputs, options, points, given
+
+
 def row_losses(
     batch: Rows,
     temperature,
@@ -110,27 +130,36 @@ def row_losses(
     """(per-row losses in the compute dtype, whether each row has a same-class
     key or None when ``reduction`` does not need it): the backend's rows,
     with autocast off, and the value checks (``validation.check_values``)."""
-    queries, keys = batch.queries, batch.keys
-    dtype = compute_dtype(queries.dtype)
-    given = temperature if isinstance(temperature, torch.Tensor) else None  # a number is checked already
-    temperature = validation.check_temperature(temperature, queries.device, dtype)
-    chosen = registry.resolve(backend, queries)
-    chosen.check_usable(queries)
-    points = {"z": queries} if keys is None else {"z": queries, "keys": keys}
-    if chosen.casts_inputs:
-        queries = queries.to(dtype)
-        keys = None if keys is None else keys.to(dtype)
-    inputs = Inputs(queries, keys, batch.query_labels, batch.key_labels, temperature)
-    options = LossOptions(
-        self_offset=0 if keys is None else self_offset, distance=distance, eps=eps, precision=precision
+    name, inputs, options, points, given = _backend_call(
+        batch, temperature, distance=distance, eps=eps, backend=backend, precision=precision, self_offset=self_offset
     )
+    queries = inputs.queries
     # the loss's own arithmetic is fp32 (fp64) whatever autocast would pick
     with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
-        rows, has_positive = ops.rows(inputs, options, chosen.name, with_positives=reduction == "mean_over_positives")
-    if check_values and validation.values_readable(queries, keys, given, batch.weight):
+        rows, has_positive = ops.rows(inputs, options, name, with_positives=reduction == "mean_over_positives")
+    if check_values and validation.values_readable(queries, inputs.keys, given, batch.weight):
         # the inputs, and the rows for an overflow of the logits: one read, after the computation
-        validation.check_values(points, given, batch.weight, rows, distance=distance, used_temperature=temperature)
+        validation.check_values(
+            points, given, batch.weight, rows, distance=distance, used_temperature=inputs.temperature
+        )
     return rows, has_positive
+
+
+def log_sums(batch: Rows, temperature, *, distance: str, backend: str, precision: str, check_values: bool):
+    """(lse_all, lse_same, the Inputs they were computed from) per query row
+    with ``backend``, differentiable, with autocast off and the same value
+    checks as ``row_losses`` (an overflow shows as a NaN lse_all)."""
+    name, inputs, options, points, given = _backend_call(
+        batch, temperature, distance=distance, eps=0.0, backend=backend, precision=precision
+    )
+    queries = inputs.queries
+    with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
+        lse_all, lse_same = ops.statistics(inputs, options, name)
+    if check_values and validation.values_readable(queries, inputs.keys, given, batch.weight):
+        validation.check_values(
+            points, given, batch.weight, lse_all, distance=distance, used_temperature=inputs.temperature
+        )
+    return lse_all, lse_same, inputs
 
 
 def _autocast_on(x: torch.Tensor) -> bool:

@@ -424,3 +424,22 @@ def rows(
     out, _, lse_same, *_ = _Rows.apply(backend, options, *inputs)
     # lse_same is -inf exactly when there is no same-class key (NaN, an overflow, stays in: a NaN loss)
     return out, (lse_same != -torch.inf) if with_positives else None
+
+
+def statistics(inputs: Inputs, options: LossOptions, backend: str) -> tuple[Tensor, Tensor]:
+    """(lse_all, lse_same) per query with ``backend``, both differentiable (to
+    any order): what the other forms of the loss build on (``snnl.loss.forms``).
+    Through the raw forward operator, whose autograd is registered; the
+    reference formula under forward-mode AD, as ``rows``, and under the
+    ``torch.func`` transforms, which that registration does not support
+    (b x b matrices there)."""
+    entry = registry.BACKENDS[backend]
+    functorch = not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(inputs.queries)
+    if not entry.operator or forward_ad_active() or functorch:
+        lse_all, lse_same, _ = reference.statistics(inputs, options)
+        return lse_all, lse_same
+    eager = entry.eager_statistics(inputs, options)
+    if eager is not None:
+        return eager[0], eager[1]
+    _, lse_all, lse_same, _ = _OPS[backend].forward(inputs, options)
+    return lse_all, lse_same
