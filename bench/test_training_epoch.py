@@ -35,7 +35,8 @@ import torch
 
 from snnl.data import DatasetNotFoundError, labelled_subset, load_dataset
 from snnl.train.config import preset
-from snnl.train.loop import batch_loss, build_model, make_optimizer
+from snnl.train.loop import build_model, make_optimizer
+from snnl.train.objective import batch_loss
 
 
 def _data(rows: int):

@@ -47,8 +47,9 @@ from snnl.cluster.kmeans import kmeans
 from snnl.data import load_splits
 from snnl.metrics import evaluate
 from snnl.runs.provenance import environment
+from snnl.train.checkpoints import model_from_checkpoint, snapshot_path
 from snnl.train.config import preset, with_pseudo_label_clusters
-from snnl.train.loop import model_from_checkpoint, snapshot_path, train_autoencoder
+from snnl.train.loop import train_autoencoder
 
 
 def parse_variant(text: str) -> dict:

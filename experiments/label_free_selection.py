@@ -91,8 +91,9 @@ def train_candidate(args) -> None:
 
     from snnl.data import load_dataset
     from snnl.runs.provenance import environment
+    from snnl.train.checkpoints import model_from_checkpoint, snapshot_path
     from snnl.train.config import preset, with_pseudo_label_clusters
-    from snnl.train.loop import model_from_checkpoint, snapshot_path, train_autoencoder
+    from snnl.train.loop import train_autoencoder
 
     out = Path(args.out)
     if out.exists():

@@ -28,7 +28,7 @@ from snnl.cluster.manifold import embed
 from snnl.data import train_and_test
 from snnl.metrics import evaluate
 from snnl.runs.config import N2DConfig
-from snnl.train.loop import model_from_checkpoint, snapshot_path
+from snnl.train.checkpoints import model_from_checkpoint, snapshot_path
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ from snnl.autoencoder import Autoencoder, encode_in_batches
 from snnl.data import labelled_subset, load_dataset
 from snnl.optional import umap_learn_status
 from snnl.train import positives
+from snnl.train.checkpoints import load_checkpoint, model_from_checkpoint
 from snnl.train.config import PRESETS, TrainConfig, describe, preset
-from snnl.train.loop import batch_loss, load_checkpoint, model_from_checkpoint, train_autoencoder
+from snnl.train.loop import train_autoencoder
+from snnl.train.objective import batch_loss
 
 from .label_free_cases import VARIANTS, label_free
 
@@ -297,7 +299,7 @@ def test_glorot_init_is_keras_dense_default():
 
 
 def test_adam_eps_reaches_the_optimizer_and_snapshots_are_kept(tmp_path):
-    from snnl.train.loop import snapshot_path
+    from snnl.train.checkpoints import snapshot_path
 
     data = digits_subset(128)
     config = preset("baseline-ae", **{**SMALL, "epochs": 4}, adam_eps=1e-3, init="glorot")

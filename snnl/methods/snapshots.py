@@ -21,7 +21,7 @@ from ..data import train_and_test
 from ..metrics import METRIC_TABLE, evaluate
 from ..runs.config import SNAPSHOT_SILHOUETTE_SAMPLE, N2DConfig
 from ..runs.provenance import environment
-from ..train.loop import model_from_checkpoint
+from ..train.checkpoints import model_from_checkpoint
 
 
 def score_snapshots(

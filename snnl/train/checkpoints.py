@@ -25,7 +25,11 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
+from ..autoencoder import Autoencoder
+from .config import TrainConfig
 
+# the layout of the training state inside the wrapper (``checkpoint_state``)
+CHECKPOINT_VERSION = 1
 FORMAT = "snnl-checkpoint-1"  # the wrapper: {"format", "sha256", "payload"}, the payload a uint8 tensor
 
 
@@ -106,3 +110,54 @@ def load_for_resume(path: str | os.PathLike, map_location="cpu") -> tuple[dict |
             "this seed again from the start, or use a new --out"
         )
     return None, None
+
+
+# the training state inside the file: what the loop saves and resumes from
+
+
+def snapshot_path(checkpoint_path: Path, epochs_done: int) -> Path:
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}-epoch{epochs_done:04d}.pt")
+
+
+def verify_version(checkpoint: dict, source) -> dict:
+    """``checkpoint`` when it holds snnl training state of this layout (the one check of both load paths)."""
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{source}: not an snnl training checkpoint (version {checkpoint.get('version')!r})")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """A training checkpoint, verified (``snnl.train.checkpoints.load``)."""
+    return verify_version(load(path, map_location), path)
+
+
+def model_from_checkpoint(path: str | os.PathLike, map_location="cpu") -> Autoencoder:
+    checkpoint = load_checkpoint(path, map_location)
+    model = Autoencoder(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def checkpoint_state(
+    model: Autoencoder,
+    config: TrainConfig,
+    seed: int,
+    epoch: int,
+    optimizer=None,
+    random_states: dict | None = None,
+    history: list[dict] | None = None,
+) -> dict:
+    """What a checkpoint holds: the model and what made it, and, to resume from
+    it (``optimizer`` given), the optimizer, every random state training draws
+    on and the history.  A snapshot is the first part alone."""
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "seed": seed,
+        "config": config.to_dict(),
+        "model_config": model.config(),
+        "model": model.state_dict(),
+    }
+    if optimizer is not None:
+        state.update(optimizer=optimizer.state_dict(), rng=random_states, history=history)
+    return state

@@ -1,17 +1,11 @@
-"""Training the SNNL autoencoder: reconstruction + alpha * SNNL over the hidden layers.
+"""Training the SNNL autoencoder: the epochs, resume, DDP.
 
-The loss per batch is
-
-    BCE(reconstruction, x) + alpha * combine_l SNNL(h_l, y, T(epoch))
-
-over the activations h_l of the seven hidden layers (500, 500, 2000, the
-code, 2000, 500, 500), combined by sum (Eq. 5) or minimum (Eq. 4); a linear
-output (N2D) is scored with the mean squared error instead, and alpha = 0 or
-``snnl=False`` leaves the reconstruction alone.  A checkpoint (model,
-optimizer, random states, history) is written atomically after every epoch;
-resuming from it gives the same result as an uninterrupted run with the same
-seed.  Under torch.distributed the same loop trains with DDP on slices of
-each global batch (see ``train_autoencoder``).
+Each batch's loss is ``snnl.train.objective.batch_loss`` (reconstruction +
+alpha * SNNL over the hidden layers).  A checkpoint (model, optimizer, random
+states, history: ``snnl.train.checkpoints.checkpoint_state``) is written
+atomically after every epoch; resuming from it gives the same result as an
+uninterrupted run with the same seed.  Under torch.distributed the same loop
+trains with DDP on slices of each global batch (see ``train_autoencoder``).
 """
 
 from __future__ import annotations
@@ -24,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import distributed
 from ..autoencoder import Autoencoder
 from ..progress import Progress
 from . import checkpoints
+from .checkpoints import checkpoint_state, snapshot_path, verify_version
 from .config import TrainConfig, config_changes, describe_changes
+from .objective import batch_loss
 from .positives import Partners
 from .pseudo_labels import epoch_pseudo_labels
-
-CHECKPOINT_VERSION = 1  # the layout of the training state inside a checkpoint (snnl.train.checkpoints wraps it)
 
 
 @dataclass
@@ -102,77 +95,6 @@ def _progress_fields(config: TrainConfig, reconstruction: float, snnl: float, te
     return fields
 
 
-def batch_loss(
-    model,
-    xb,
-    yb,
-    temperature: float,
-    config: TrainConfig,
-    global_rows: int | None = None,
-    partners: torch.Tensor | None = None,
-    pseudo_labels: torch.Tensor | None = None,
-):
-    """(loss, reconstruction, per-layer SNNL list) for one batch.
-
-    ``partners``: for label-free positives (``config.positives``), each
-    row's ``config.partners`` partners (``snnl.train.positives.Partners``):
-    encoded in the same forward pass as the batch (one pass:
-    DistributedDataParallel expects one), their hidden layers grouped with
-    their row's in the multi-view form of the loss, ``(b, 1 + partners, d)``.
-    ``pseudo_labels``: the rows' labels in that form (SupCon's), from the
-    codes' clusters (``snnl.train.pseudo_labels``); without them each row's
-    partners are its only positives.
-
-    Under torch.distributed every term is this process's share (its rows'
-    sum over the global batch's count), so that the shares of all processes
-    add up to the single-process values of the global batch of
-    ``global_rows`` rows.  In a single process they are the batch means.
-    """
-    global_rows = len(xb) if global_rows is None else global_rows
-    output, hidden = model(xb if partners is None else torch.cat([xb, partners]))
-    if partners is not None:
-        output = output[: len(xb)]
-        hidden, partner_hidden = [h[: len(xb)] for h in hidden], [h[len(xb) :] for h in hidden]
-    if config.reconstruction_loss == "bce":
-        total = F.binary_cross_entropy_with_logits(output.float(), xb.float(), reduction="sum")
-    else:
-        total = F.mse_loss(output.float(), xb.float(), reduction="sum")
-    reconstruction = total / (global_rows * xb.shape[1])
-    if not config.snnl or global_rows < 2:
-        return reconstruction, reconstruction, []
-    layers = range(len(hidden)) if config.layers == "all" else [model_code_index(model)]
-    if partners is None:
-        labels = yb if config.supervised else torch.zeros_like(yb)
-        points = [hidden[i] for i in layers]
-    else:  # each row and its partners are one sample's views, positives of each other (and of its cluster)
-        labels = pseudo_labels
-        points = [torch.cat([hidden[i][:, None], _by_anchor(partner_hidden[i], len(xb))], 1) for i in layers]
-    per_layer = [
-        distributed.global_loss_share(
-            h, labels, temperature, distance=config.distance, eps=config.eps, backend=config.loss_backend
-        )
-        for h in points
-    ]
-    if config.combine == "sum":
-        snnl = torch.stack(per_layer).sum()
-    else:  # every process must pick the same layer: the minimum of the global values
-        global_values = distributed.all_reduce_tensor(torch.stack([v.detach() for v in per_layer]))
-        snnl = per_layer[int(torch.argmin(global_values))]
-    return reconstruction + config.alpha * snnl, reconstruction, per_layer
-
-
-def _by_anchor(partner_rows: torch.Tensor, anchors: int) -> torch.Tensor:
-    """(anchors, partners per anchor, width) from the partners' rows, which come
-    every anchor's first partner first, then every anchor's second, ...
-    (``snnl.train.positives.Partners``)."""
-    return partner_rows.reshape(-1, anchors, partner_rows.shape[1]).transpose(0, 1)
-
-
-def model_code_index(network) -> int:
-    """The code's position among the hidden layers (through a DistributedDataParallel wrapper too)."""
-    return getattr(network, "module", network).code_index
-
-
 def plateaued(history: list[dict], patience: int | None) -> bool:
     """Early stopping: the last ``patience`` epochs did not lower the loss below
     the best before them.  Derived from the history alone, so resuming agrees."""
@@ -216,56 +138,6 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps, fused=True)
     except RuntimeError:  # a device without the fused kernel
         return torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=config.adam_eps)
-
-
-def snapshot_path(checkpoint_path: Path, epochs_done: int) -> Path:
-    return checkpoint_path.with_name(f"{checkpoint_path.stem}-epoch{epochs_done:04d}.pt")
-
-
-def verify_version(checkpoint: dict, source) -> dict:
-    """``checkpoint`` when it holds snnl training state of this layout (the one check of both load paths)."""
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise checkpoints.CheckpointError(
-            f"{source}: not an snnl training checkpoint (version {checkpoint.get('version')!r})"
-        )
-    return checkpoint
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """A training checkpoint, verified (``snnl.train.checkpoints.load``)."""
-    return verify_version(checkpoints.load(path, map_location), path)
-
-
-def model_from_checkpoint(path: str | os.PathLike, map_location="cpu") -> Autoencoder:
-    checkpoint = load_checkpoint(path, map_location)
-    model = Autoencoder(**checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
-    return model
-
-
-def checkpoint_state(
-    model: Autoencoder,
-    config: TrainConfig,
-    seed: int,
-    epoch: int,
-    optimizer=None,
-    random_states: dict | None = None,
-    history: list[dict] | None = None,
-) -> dict:
-    """What a checkpoint holds: the model and what made it, and, to resume from
-    it (``optimizer`` given), the optimizer, every random state training draws
-    on and the history.  A snapshot is the first part alone."""
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "epoch": epoch,
-        "seed": seed,
-        "config": config.to_dict(),
-        "model_config": model.config(),
-        "model": model.state_dict(),
-    }
-    if optimizer is not None:
-        state.update(optimizer=optimizer.state_dict(), rng=random_states, history=history)
-    return state
 
 
 @dataclass
