@@ -182,6 +182,20 @@ def test_the_forms_compile_without_graph_breaks_and_take_second_order_gradients(
     torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-13)
 
 
+def test_one_positive_per_row_by_its_form_takes_the_backends_and_gives_the_pairs_value():
+    # two views without labels, keys without labels: L_in on a backend; the same as the pair pass
+    views = torch.randn(12, 2, 5, dtype=torch.float64)
+    flat, ids = views.reshape(24, 5), torch.arange(12).repeat_interleave(2)
+    torch.testing.assert_close(ntxent_loss(views, temperature=0.2), ntxent_loss(flat, ids, 0.2), rtol=0, atol=1e-13)
+    keys = torch.randn(12, 5, dtype=torch.float64)
+    torch.testing.assert_close(
+        ntxent_loss(views[:, 0], temperature=0.2, keys=keys),
+        ntxent_loss(views[:, 0], torch.arange(12), 0.2, keys=keys, key_labels=torch.arange(12)),
+        rtol=0,
+        atol=1e-13,
+    )
+
+
 def test_ntxent_memory_is_blocks_of_rows():
     # the blocks are recomputed in the backward pass: what autograd keeps is O(rows), not rows x keys
     z, y = _batch(n=2048, d=8, classes=8, dtype=torch.float32)

@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from ..choices import FORM_REDUCTIONS
 from . import validation
 from .backends.reference import pairwise_distance, unit_rows
-from .functional import Rows, log_sums, prepare_rows
+from .functional import Rows, log_sums, prepare_rows, soft_nearest_neighbor_loss
 from .rowwise import compute_dtype, euclidean_centre
 
 # rows per block of the per-pair form: a block's logits are (block, keys)
@@ -167,6 +167,8 @@ def ntxent_loss(
     key_labels: torch.Tensor | None = None,
     distance: str = "cosine",
     reduction: str = "mean",
+    backend: str = "auto",
+    precision: str = "tf32x3",
     check_values: bool = True,
     block_rows: int = PAIR_BLOCK_ROWS,
 ) -> torch.Tensor:
@@ -178,10 +180,32 @@ def ntxent_loss(
     ``"sum"``, or ``"none"``: per row, the sum of its pairs' terms.  Computed
     in blocks of ``block_rows`` rows (O(block_rows x keys) memory, forward and
     backward); the arguments are otherwise ``soft_nearest_neighbor_loss``'s.
+    Where every row has exactly one positive by the batch's form (two views
+    without labels, or keys without labels, key i a view of sample i) the
+    pair's term is the row's L_in, computed by ``backend`` (``precision``
+    for the fused kernels) with its O(b d) memory.
     """
     _check(distance, reduction)
     if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
+    one_positive = labels is None and (
+        (keys is None and z.dim() == 3 and z.shape[1] == 2) or (keys is not None and keys.dim() == 2 and z.dim() == 2)
+    )
+    if one_positive:
+        return soft_nearest_neighbor_loss(
+            z,
+            None,
+            temperature,
+            keys=keys,
+            key_labels=key_labels,
+            distance=distance,
+            eps=0.0,
+            reduction=reduction,
+            backend=backend,
+            precision=precision,
+            check_values=check_values,
+        )
+    validation.check_options(distance, 0.0, "mean", backend, precision)
     batch = prepare_rows(z, labels, keys, key_labels)
     queries, keys_ = batch.queries, batch.keys
     dtype = compute_dtype(queries.dtype)
