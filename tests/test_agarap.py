@@ -13,7 +13,9 @@ from snnl.methods.agarap import run_experiment
 from snnl.runs.config import ExperimentConfig
 from snnl.train.config import preset
 
-FAST = dict(hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
+from .tiny import TRAINING
+
+FAST = TRAINING
 
 
 def fast_config(name="snnl-5", seeds=(0,), **extra):
@@ -36,7 +38,7 @@ def test_run_experiment_writes_everything(tmp_path, capsys):
         assert key in metrics["environment"]
     assert metrics["summary"]["best"]["acc"] == max(s["metrics"]["acc"] for s in metrics["seeds"])
     embeddings = np.load(out / "embeddings.npz")
-    assert embeddings["z"].shape == (450, 10) and embeddings["y"].shape == (450,)
+    assert embeddings["z"].shape == (450, TRAINING["code_dim"]) and embeddings["y"].shape == (450,)
     assert embeddings["clusters"].shape == (450,)
     np.testing.assert_array_equal(embeddings["y"], load_dataset("digits", "test").y)
     for figure in ("training.png", "projection.png", "confusion.png"):

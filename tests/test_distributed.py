@@ -25,6 +25,7 @@ from snnl.train.config import preset
 from snnl.train.loop import train_autoencoder
 
 from .label_free_cases import VARIANTS
+from .tiny import TRAINING
 
 NEIGHBOUR_VIEWS = VARIANTS["neighbour-views"]  # in the inputs' space: no UMAP in every worker
 
@@ -170,7 +171,8 @@ def test_without_process_group_it_is_the_ordinary_loss():
         distributed.global_soft_nearest_neighbor_loss(z, labels, keys=z, key_labels=labels)
 
 
-TRAIN = dict(hidden=(16, 16, 32), code_dim=4, epochs=2, batch_size=33)
+# an odd batch (33) so that the global batch splits unevenly across the processes
+TRAIN = dict(TRAINING, batch_size=33)
 
 
 # the paper's SNNL both ways of combining layers, and label-free SNNL, whose

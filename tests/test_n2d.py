@@ -15,6 +15,8 @@ from snnl.runs.config import N2D_AUTOENCODER, ExperimentConfig, N2DConfig
 from snnl.train.config import preset
 from snnl.train.loop import train_autoencoder
 
+from .tiny import TRAINING
+
 # Isomap on these tests' few points finds a disconnected neighbour graph and
 # completes it (scikit-learn and scipy say so); the tests check its output.
 pytestmark = [
@@ -45,7 +47,7 @@ def test_run_n2d_on_digits(tmp_path):
 
 
 def test_n2d_on_the_codes_of_an_snnl_run(tmp_path):
-    fast = preset("snnl-5", hidden=(64, 64, 128), code_dim=10, epochs=2, batch_size=128)
+    fast = preset("snnl-5", **TRAINING)
     run_experiment(
         ExperimentConfig(train=fast, kmeans_restarts=1, projection="none"), tmp_path / "snnl", progress=False
     )

@@ -12,8 +12,9 @@ from snnl.train.config import TrainConfig, with_pseudo_label_clusters
 from snnl.train.pseudo_labels import balanced_assignment, pseudo_labels
 
 from .label_free_cases import label_free
+from .tiny import NETWORK
 
-SMALL = dict(hidden=(32, 32, 64), code_dim=8, batch_size=64, neighbour_space="inputs")
+SMALL = dict(NETWORK, neighbour_space="inputs")
 
 
 def _blobs(sizes, rng):

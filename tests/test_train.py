@@ -14,8 +14,9 @@ from snnl.train.loop import train_autoencoder
 from snnl.train.objective import batch_loss
 
 from .label_free_cases import VARIANTS, label_free
+from .tiny import TRAINING
 
-SMALL = dict(hidden=(32, 32, 64), code_dim=8, epochs=3, batch_size=64)
+SMALL = dict(TRAINING, epochs=3)
 
 
 class _Interrupted(Exception):
