@@ -110,14 +110,11 @@ class SupConLoss(_PMLForm):
 
     def compute(self, embeddings, labels, ref_emb, ref_labels):
         rows = supcon_loss(embeddings, labels, self.temperature, keys=ref_emb, key_labels=ref_labels, reduction="none")
-        keys = labels if ref_labels is None else ref_labels
-        same = labels[:, None] == keys[None, :]
-        if ref_emb is None:
-            same = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        # its loss is 0 unless the batch has a positive pair and a negative pair
-        # (the negatives: every other pair of different classes)
-        different = labels[:, None] != keys[None, :]
-        some = same.any() & different.any()
+        # its loss is 0 unless the batch has a positive pair (a row with a positive: a row
+        # without one has loss 0 here) and a negative pair (two different labels among the
+        # anchors and the keys), both found without a pair matrix
+        every = labels if ref_labels is None else torch.cat([labels, ref_labels])
+        some = (rows > 0).any() & (every.min() != every.max())
         counted = some & (rows > 0)  # AvgNonZeroReducer: the mean of the positive losses
         total = torch.where(counted, rows, 0.0).sum()
         n = counted.sum()

@@ -43,7 +43,7 @@ from .functional import Rows, log_sums, prepare_rows, soft_nearest_neighbor_loss
 from .rowwise import compute_dtype, euclidean_centre
 
 # rows per block of the per-pair form: a block's logits are (block, keys)
-PAIR_BLOCK_ROWS = 1024
+PAIR_BLOCK_ROWS = 256
 
 
 def _check(distance: str, reduction: str) -> None:
