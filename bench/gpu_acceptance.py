@@ -12,7 +12,12 @@ command, written to one JSON file.
    built for (b = 8,192, d = 128 and b = 131,072, d = 70; fp32, cosine,
    T = 0.5): the fused kernels, the eager reference and ``torch.compile`` of
    it where their b x b matrices fit, each printed next to the model's
-   estimate (bench/results/kernels-model-*.json: a model, not a measurement).
+   estimate (bench/results/kernels-model-*.json: a model, not a measurement);
+4. the contrastive forms (``snnl.losses``' NT-Xent through two views and
+   SupCon with labels, forward + backward, 4,096 and 8,192 samples x 2 views,
+   d = 128): time and the CUDA allocator's extra peak, beside
+   pytorch-metric-learning's where it is installed and fits (it is not on a
+   machine without a package index: then only snnl's rows).
 
 Meant to take under 8 minutes on an H100-class GPU.  It refuses to start
 without a CUDA device and never overwrites a file.
@@ -137,6 +142,50 @@ def loss_timings(device: torch.device) -> list[dict]:
     return out
 
 
+def contrastive_forms(device: torch.device, sizes=(4096, 8192)) -> list[dict]:
+    from snnl import losses as ours
+
+    from .measure import PeakMemory
+
+    libraries = {"snnl": ours}
+    try:
+        from pytorch_metric_learning import losses as pml
+
+        libraries["pml"] = pml
+    except ImportError:
+        pass
+    out = []
+    for samples in sizes:
+        generator = torch.Generator().manual_seed(samples)
+        a = torch.randn(samples, 128, generator=generator).to(device)
+        b = torch.randn(samples, 128, generator=generator).to(device)
+        labels = torch.randint(0, 10, (samples,), generator=generator).to(device)
+        for loss in ("ntxent", "supcon"):
+            entry = {"loss": loss, "samples": samples, "views": 2, "dim": 128}
+            for name, library in libraries.items():
+                if loss == "ntxent":
+                    fn = library.SelfSupervisedLoss(library.NTXentLoss(temperature=0.07))
+                    make = lambda x, y, fn=fn: fn(x, y)  # noqa: E731
+                else:
+                    fn = library.SupConLoss(temperature=0.1)
+                    make = lambda x, y, fn=fn: fn(torch.cat([x, y]), torch.cat([labels, labels]))  # noqa: E731
+
+                def step(make=make):
+                    make(a.clone().requires_grad_(True), b.clone().requires_grad_(True)).backward()
+
+                try:
+                    step()
+                    peak = PeakMemory(device)
+                    with peak.measure():
+                        step()
+                    entry[name] = {"median_s": _median_time(step, device, 5), "extra_peak_bytes": peak.bytes}
+                except torch.OutOfMemoryError as error:
+                    entry[name] = {"error": f"out of memory: {str(error).splitlines()[0][:200]}"}
+                    torch.cuda.empty_cache()
+            out.append(entry)
+    return out
+
+
 def main(argv=None) -> int:
     parser = _cli.parser("bench.gpu_acceptance", __doc__, json_required=True)
     args = _cli.parse(parser, argv)
@@ -164,6 +213,16 @@ def main(argv=None) -> int:
         measured = ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in entry["measured_s"].items())
         modelled = ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in entry.get("model_s", {}).items())
         print(f"b={entry['batch']:,} d={entry['dim']}: measured {measured}; MODEL {modelled}", flush=True)
+    out["contrastive_forms"] = contrastive_forms(device)
+    for entry in out["contrastive_forms"]:
+        parts = [
+            f"{name} {r['median_s'] * 1e3:.2f} ms, {r['extra_peak_bytes'] / 2**20:.0f} MiB"
+            if "median_s" in r
+            else f"{name}: {r['error'][:60]}"
+            for name, r in entry.items()
+            if isinstance(r, dict)
+        ]
+        print(f"{entry['loss']} {entry['samples']:,} x 2 views: " + "; ".join(parts), flush=True)
     out["seconds"] = time.perf_counter() - started
     write_new_json(args.json, out)
     print(f"wrote {args.json} ({out['seconds']:.0f} s)")
