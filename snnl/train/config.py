@@ -204,7 +204,7 @@ def _snnl_preset(number: int) -> TrainConfig:
     )
 
 
-# Table I's eight, the two baselines beside them, and the recommended label-free preset: each
+# Table I's eight, the two baselines beside them, and the label-free preset chosen without test labels: each
 # name's one-line meaning is what --config's help and the README show
 PRESET_MEANINGS: dict[str, str] = {
     "snnl-1": "supervised, fixed T = 100, summed over layers",
@@ -215,7 +215,7 @@ PRESET_MEANINGS: dict[str, str] = {
     "snnl-6": "unsupervised, annealed T, summed over layers",
     "snnl-7": "supervised, annealed T, minimum over layers",
     "snnl-8": "unsupervised, annealed T, minimum over layers",
-    "snnl-label-free": "no labels: UMAP-neighbour views and cluster positives, T = 2, 60 epochs (recommended)",
+    "snnl-label-free": "no labels: UMAP-neighbour views, cluster positives, T = 2, 60 epochs (no test label chose it)",
     "baseline-ae": "the autoencoder alone, no SNNL",
     "original": "PCA of the inputs, no training",
 }
