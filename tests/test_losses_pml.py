@@ -196,6 +196,16 @@ def test_one_positive_per_row_by_its_form_takes_the_backends_and_gives_the_pairs
     )
 
 
+@pytest.mark.parametrize("form", [supcon_loss, ntxent_loss])
+def test_the_forms_keep_their_precision_under_autocast(form):
+    z, y = _batch(n=40, d=8, dtype=torch.float32)
+    expected = form(z, y, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = form(z, y, 0.2)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=0)
+
+
 def test_ntxent_memory_is_blocks_of_rows():
     # the blocks are recomputed in the backward pass: what autograd keeps is O(rows), not rows x keys
     z, y = _batch(n=2048, d=8, classes=8, dtype=torch.float32)

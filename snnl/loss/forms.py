@@ -33,17 +33,23 @@ out of the mean (pytorch-metric-learning's reducers do the same).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..choices import FORM_REDUCTIONS
 from . import validation
 from .backends.reference import pairwise_distance, unit_rows
-from .functional import Rows, log_sums, prepare_rows, soft_nearest_neighbor_loss
+from .functional import Rows, _autocast_on, log_sums, prepare_rows, soft_nearest_neighbor_loss
 from .rowwise import compute_dtype, euclidean_centre
 
 # rows per block of the per-pair form: a block's logits are (block, keys)
 PAIR_BLOCK_ROWS = 256
+
+
+def _no_autocast(x: torch.Tensor):
+    return torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else contextlib.nullcontext()
 
 
 def _check(distance: str, reduction: str) -> None:
@@ -134,7 +140,8 @@ def supcon_loss(
     lse_all, _, inputs = log_sums(
         batch, temperature, distance=distance, backend=backend, precision=precision, check_values=check_values
     )
-    mean_positive, positives = positive_logit_means(inputs, distance)
+    with _no_autocast(inputs.queries):  # the loss's own arithmetic in fp32 / fp64, as the backends'
+        mean_positive, positives = positive_logit_means(inputs, distance)
     return _reduce(lse_all - mean_positive, positives > 0, None, batch, reduction)
 
 
@@ -220,12 +227,13 @@ def ntxent_loss(
     # blocks are kept for the backward pass (b x keys memory)
     recompute = torch.compiler.is_compiling() or not torch._C._functorch.is_functorch_wrapped_tensor(q)
     sums, counts = [], []
-    for start in range(0, q.shape[0], block_rows):
-        part = slice(start, start + block_rows)
-        args = (q[part], batch.query_labels[part], ids[part], k, key_labels_, t, distance, square)
-        block = checkpoint(_pair_terms, *args, use_reentrant=False) if recompute else _pair_terms(*args)
-        sums.append(block[0])
-        counts.append(block[1])
+    with _no_autocast(q):  # fp32 / fp64 whatever autocast would pick (a bf16 product loses the loss's digits)
+        for start in range(0, q.shape[0], block_rows):
+            part = slice(start, start + block_rows)
+            args = (q[part], batch.query_labels[part], ids[part], k, key_labels_, t, distance, square)
+            block = checkpoint(_pair_terms, *args, use_reentrant=False) if recompute else _pair_terms(*args)
+            sums.append(block[0])
+            counts.append(block[1])
     rows, pairs = torch.cat(sums), torch.cat(counts)
     if check_values and validation.values_readable(queries, keys_, given):
         points = {"z": queries} if keys_ is None else {"z": queries, "keys": keys_}
