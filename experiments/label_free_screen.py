@@ -32,7 +32,6 @@ scores the test images:
 
 from __future__ import annotations
 
-import ast
 import statistics
 import tempfile
 import time
@@ -51,19 +50,12 @@ from snnl.train.checkpoints import model_from_checkpoint, snapshot_path
 from snnl.train.config import preset, with_pseudo_label_clusters
 from snnl.train.loop import train_autoencoder
 
+from ._fields import parse_fields
+
 
 def parse_variant(text: str) -> dict:
-    """``partners=3,batch_size=128`` -> {"partners": 3, "batch_size": 128} (values as Python literals, else strings)."""
-    fields = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--variant takes name=value pairs separated by commas, got {item!r}")
-        try:
-            fields[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            fields[key.strip()] = value.strip()
-    return fields
+    """``partners=3,batch_size=128`` -> {"partners": 3, "batch_size": 128}."""
+    return parse_fields(text, "--variant")
 
 
 def score(model, test, seed: int) -> dict:

@@ -30,7 +30,6 @@ pairs separated by commas) applied to ``--config``.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import statistics
@@ -42,19 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def parse_fields(text: str) -> dict:
-    """``a=1,b=x`` -> {"a": 1, "b": "x"} (values as Python literals, else strings)."""
-    fields = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--candidate takes name=value pairs separated by commas, got {item!r}")
-        try:
-            fields[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            fields[key.strip()] = value.strip()
-    return fields
+from ._fields import parse_fields
 
 
 def score_training_codes(model, train, *, seed: int, n_clusters: int, diagnostic: bool, silhouette_sample: int):

@@ -165,12 +165,12 @@ class SelfSupervisedLoss(torch.nn.Module):
     def forward(self, embeddings, ref_emb):
         if not isinstance(ref_emb, torch.Tensor) or ref_emb.shape != embeddings.shape:
             raise ValueError("ref_emb must have the embeddings' shape: ref_emb[i] is a view of embeddings[i]")
-        labels = torch.arange(embeddings.shape[0], device=embeddings.device)
         if isinstance(self.loss, NTXentLoss):
             # one positive per row, known from the form: the backends' two-view SNNL (the same
             # terms and mean; symmetric, the rows in another order)
             views = torch.stack([embeddings, ref_emb], 1) if self.symmetric else embeddings
             return ntxent_loss(views, temperature=self.loss.temperature, keys=None if self.symmetric else ref_emb)
+        labels = torch.arange(embeddings.shape[0], device=embeddings.device)
         if self.symmetric:
             return self.loss(torch.cat([embeddings, ref_emb]), torch.cat([labels, labels]))
         return self.loss(embeddings, labels, ref_emb=ref_emb, ref_labels=labels)

@@ -52,8 +52,8 @@ def _no_autocast(x: torch.Tensor):
     return torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else contextlib.nullcontext()
 
 
-def _check(distance: str, reduction: str) -> None:
-    validation.check_choice("distance", distance, validation.DISTANCES)
+def _check(distance: str, reduction: str, backend: str, precision: str) -> None:
+    validation.check_options(distance, 0.0, "mean", backend, precision)
     validation.check_choice("reduction", reduction, FORM_REDUCTIONS)
 
 
@@ -134,8 +134,7 @@ def supcon_loss(
     have no term), ``"sum"``, or ``"none"`` (z's leading shape; 0 for a row
     without a positive).  The other arguments are ``soft_nearest_neighbor_loss``'s.
     """
-    _check(distance, reduction)
-    validation.check_options(distance, 0.0, "mean", backend, precision)
+    _check(distance, reduction, backend, precision)
     batch = prepare_rows(z, labels, keys, key_labels)
     lse_all, _, inputs = log_sums(
         batch, temperature, distance=distance, backend=backend, precision=precision, check_values=check_values
@@ -192,7 +191,7 @@ def ntxent_loss(
     pair's term is the row's L_in, computed by ``backend`` (``precision``
     for the fused kernels) with its O(b d) memory.
     """
-    _check(distance, reduction)
+    _check(distance, reduction, backend, precision)
     if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1:
         raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
     one_positive = labels is None and (
@@ -212,7 +211,6 @@ def ntxent_loss(
             precision=precision,
             check_values=check_values,
         )
-    validation.check_options(distance, 0.0, "mean", backend, precision)
     batch = prepare_rows(z, labels, keys, key_labels)
     queries, keys_ = batch.queries, batch.keys
     dtype = compute_dtype(queries.dtype)
