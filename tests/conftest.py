@@ -37,10 +37,11 @@ def _seed():
 @pytest.fixture
 def tiled(monkeypatch):
     """The CPU path's tiles (its operator) at every batch size: the eager
-    path for batches that fit one tile (``blocked.lean``) off."""
-    from snnl.loss.backends.blocked import lean
+    paths for batches that fit one tile (``blocked.lean``, ``blocked.lean_rows``) off."""
+    from snnl.loss.backends.blocked import lean, lean_rows
 
     monkeypatch.setattr(lean, "fits", lambda inputs: False)
+    monkeypatch.setattr(lean_rows, "fits", lambda inputs: False)
 
 
 @pytest.fixture

@@ -275,10 +275,12 @@ class _Syncs(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("check_values", [True, False])
-def test_host_synchronisations_per_call(backend, check_values):
+def test_host_synchronisations_per_call(backend, check_values, tiled):
     # the operators are opaque here: what the fused kernels do inside is
     # counted by the op counter (tests/test_compiled_code.py), and the CPU
-    # path's inside is host work
+    # path's inside is host work.  The CPU path's eager one-tile code is
+    # host work too (CPU tensors only, no device to wait for: below), so the
+    # operator takes every batch here
     x, y = _data()
     model = _model()
     learned = SNNLoss(0.5, learn_temperature=True, backend=backend, check_values=check_values)
@@ -292,6 +294,22 @@ def test_host_synchronisations_per_call(backend, check_values):
         with _Syncs() as backward:
             loss.backward()
         assert (forward.count, backward.count) == ((1, 0) if check_values else (0, 0))
+
+
+@pytest.mark.parametrize("check_values", [True, False])
+@pytest.mark.parametrize("temperature", ["float", "tensor"])
+def test_the_one_tile_path_reads_one_flag(check_values, temperature):
+    # CPU tensors only (never under compile, capture or fake tensors): one
+    # read that the points and the rows' sums were in range, which is also
+    # the value check's of the points; a tensor T is still checked
+    x, y = _data()
+    z = _model()(x)
+    t = 0.5 if temperature == "float" else torch.tensor(0.5)
+    with _Syncs() as forward:
+        loss = soft_nearest_neighbor_loss(z, y, t, backend="blocked", check_values=check_values)
+    with _Syncs() as backward:
+        loss.backward()
+    assert (forward.count, backward.count) == ((2, 0) if check_values and temperature == "tensor" else (1, 0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

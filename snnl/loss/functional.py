@@ -136,11 +136,19 @@ def row_losses(
     queries = inputs.queries
     # the loss's own arithmetic is fp32 (fp64) whatever autocast would pick
     with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
-        rows, has_positive = ops.rows(inputs, options, name, with_positives=reduction == "mean_over_positives")
+        rows, has_positive, values_checked = ops.rows(
+            inputs, options, name, with_positives=reduction == "mean_over_positives"
+        )
     if check_values and validation.values_readable(queries, inputs.keys, given, batch.weight):
         # the inputs, and the rows for an overflow of the logits: one read, after the computation
+        # (the points and rows not again where the path found them in range)
         validation.check_values(
-            points, given, batch.weight, rows, distance=distance, used_temperature=inputs.temperature
+            {} if values_checked else points,
+            given,
+            batch.weight,
+            None if values_checked else rows,
+            distance=distance,
+            used_temperature=inputs.temperature,
         )
     return rows, has_positive
 

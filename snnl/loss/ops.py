@@ -43,7 +43,7 @@ do not require grad.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ from .backends import reference
 from .options import NO_SELF_PAIR, Inputs, LossOptions, Upstream, flatten, rebuild, schema
 from .rowwise import compute_dtype, rows_loss
 
-__all__ = ["NO_SELF_PAIR", "forward_ad_active", "rows"]
+__all__ = ["NO_SELF_PAIR", "RowLosses", "forward_ad_active", "rows"]
 
 
 def _reference_vjp(inputs: Inputs, options: LossOptions):
@@ -405,25 +405,37 @@ class _Rows(torch.autograd.Function):
 _OPS = {name: _define(backend) for name, backend in registry.BACKENDS.items() if backend.operator}
 
 
-def rows(
-    inputs: Inputs, options: LossOptions, backend: str, with_positives: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """(per-query losses, with ``with_positives`` whether each query has a
-    same-class key, else None) with ``backend`` (a registry name, not
-    ``auto``); inputs already validated and cast as the backend wants them.
-    Under forward-mode AD: the reference formula (custom operators have no
+class RowLosses(NamedTuple):
+    """What ``rows`` returns: the per-query losses; with ``with_positives``
+    whether each query has a same-class key, else None; and whether the path
+    found the points finite and no loss NaN on its way (the value check
+    need not read them again)."""
+
+    rows: Tensor
+    has_positive: Tensor | None
+    values_checked: bool = False
+
+
+def rows(inputs: Inputs, options: LossOptions, backend: str, with_positives: bool = False) -> RowLosses:
+    """The per-query losses with ``backend`` (a registry name, not ``auto``);
+    inputs already validated and cast as the backend wants them.  Under
+    forward-mode AD: the reference formula (custom operators have no
     forward-mode derivative)."""
     entry = registry.BACKENDS[backend]
     if not entry.operator or forward_ad_active():
         out, has_positive = reference.rows(inputs, options)
-        return out, has_positive if with_positives else None
+        return RowLosses(out, has_positive if with_positives else None)
+    fast = entry.eager_rows(inputs, options)  # a backend's eager path with its own backward, if any
+    if fast is not None:  # it serves only calls whose points and sums it found in range
+        out, has_positive = fast
+        return RowLosses(out, has_positive if with_positives else None, values_checked=True)
     eager = entry.eager_statistics(inputs, options)  # a backend's plain-torch path for this call, if any
     if eager is not None:
         lse_all, lse_same, has_positive = eager
-        return rows_loss(lse_all, lse_same, options.eps), has_positive if with_positives else None
+        return RowLosses(rows_loss(lse_all, lse_same, options.eps), has_positive if with_positives else None)
     out, _, lse_same, *_ = _Rows.apply(backend, options, *inputs)
     # lse_same is -inf exactly when there is no same-class key (NaN, an overflow, stays in: a NaN loss)
-    return out, (lse_same != -torch.inf) if with_positives else None
+    return RowLosses(out, (lse_same != -torch.inf) if with_positives else None)
 
 
 def statistics(inputs: Inputs, options: LossOptions, backend: str) -> tuple[Tensor, Tensor]:

@@ -37,8 +37,10 @@ class Backend:
     ``CASTS_INPUTS`` (inputs cast to the compute dtype before the call; the
     fused kernels take half inputs as they are) and optionally
     ``check_usable(z)`` (raises, naming what to do instead, when it cannot
-    take z here) and ``eager_statistics(inputs, options)`` (a plain-torch
-    path for the calls where it is faster than the operator, else None)."""
+    take z here), ``eager_statistics(inputs, options)`` (a plain-torch
+    path for the calls where it is faster than the operator, else None) and
+    ``eager_rows(inputs, options)`` (likewise, the per-row losses with a
+    backward pass of its own)."""
 
     module: ModuleType
 
@@ -64,6 +66,12 @@ class Backend:
 
     def check_usable(self, z: torch.Tensor) -> None:
         getattr(self.module, "check_usable", _anywhere)(z)
+
+    def eager_rows(self, inputs, options):
+        """The backend's per-row losses and has-same flags in eager code with
+        its own backward pass, where it has one for this call, else None."""
+        path = getattr(self.module, "eager_rows", None)
+        return None if path is None else path(inputs, options)
 
     def eager_statistics(self, inputs, options):
         """The backend's plain-torch statistics for this call where it has a

@@ -148,6 +148,8 @@ def check_values(
         flags.append(finite(w.sum()) & (w.min() >= 0) if w.numel() else torch.ones((), dtype=torch.bool))
     if rows is not None:
         flags.append((rows.detach() == rows.detach()).all())  # no NaN (+inf rows are a form's own)
+    if not flags:  # nothing left to check
+        return
     ok = flags[0]
     for flag in flags[1:]:
         ok = ok & flag.to(ok.device)

@@ -36,7 +36,7 @@ import torch
 
 from ...options import Inputs, LossOptions, Upstream
 from ...rowwise import FAR, log_sum_gradients, rows_loss
-from . import lean
+from . import lean, lean_rows
 from .far import exact_backward, exact_forward, far_rows, log_sums, shared_coefficients
 from .points import Points, sides
 from .tiles import floor_of, gradient_sums, row_max, sums, tile_count
@@ -56,6 +56,12 @@ def eager_statistics(inputs: Inputs, options: LossOptions):
     """(lse_all, lse_same, has_same) in plain torch for a call that fits one
     tile in eager code (``lean``), else None: the operator takes it."""
     return lean.statistics(inputs, options) if lean.fits(inputs) else None
+
+
+def eager_rows(inputs: Inputs, options: LossOptions):
+    """(rows, has_same) with a hand-written backward pass for a square call
+    that fits one tile in eager code (``lean_rows``), else None."""
+    return lean_rows.rows(inputs, options) if lean_rows.fits(inputs) else None
 
 
 def saved_like(inputs: Inputs, options: LossOptions) -> list:

@@ -25,15 +25,22 @@ from ...rowwise import euclidean_centre
 from . import tiles
 
 
-def fits(inputs: Inputs) -> bool:
-    """Whether this path takes the call: eager, CPU, queries and keys each in one block."""
+def eager_cpu(inputs: Inputs) -> bool:
+    """Whether the call runs eagerly on real CPU tensors (not compiled, not
+    fake, not under a torch.func transform), where plain torch code may
+    stand in for the operator."""
     queries = inputs.queries
     if queries.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    if torch._C._functorch.is_functorch_wrapped_tensor(queries) or isinstance(queries, torch._subclasses.FakeTensor):
-        return False
+    return not (
+        torch._C._functorch.is_functorch_wrapped_tensor(queries) or isinstance(queries, torch._subclasses.FakeTensor)
+    )
+
+
+def fits(inputs: Inputs) -> bool:
+    """Whether this path takes the call: eager, CPU, queries and keys each in one block."""
     keys, _ = inputs.key_side()
-    return max(queries.shape[0], keys.shape[0]) <= tiles.BLOCK_ROWS
+    return eager_cpu(inputs) and max(inputs.queries.shape[0], keys.shape[0]) <= tiles.BLOCK_ROWS
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""The CPU path's one-tile square calls with their own backward pass
+(``blocked.lean_rows``): the reference's losses and gradients over the
+grid, the calls it hands to ``lean.statistics`` (and that those are right),
+and its second order."""
+
+import gc
+
+import pytest
+import torch
+
+from snnl import soft_nearest_neighbor_loss
+from snnl.loss.backends.blocked import lean_rows
+
+from .loss_cases import LABEL_PATTERNS, compare
+
+
+@pytest.fixture
+def paths(monkeypatch):
+    """Counts the calls ``lean_rows`` served and those it handed on."""
+    taken = {"served": 0, "handed on": 0}
+    original = lean_rows._pairs
+
+    def spy(inputs, options):
+        computed = original(inputs, options)
+        taken["handed on" if computed is None else "served"] += 1
+        return computed
+
+    monkeypatch.setattr(lean_rows, "_pairs", spy)
+    return taken
+
+
+@pytest.mark.parametrize("pattern", LABEL_PATTERNS)
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 20.0])
+def test_equals_the_reference_fp64(paths, pattern, distance, eps, temperature):
+    # the rows, the points' gradient and a learned T's, weighted rows
+    compare("blocked", 37, 6, pattern, temperature, distance, eps)
+    assert paths["served"] >= 1 and paths["handed on"] == 0
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("b,d", [(64, 70), (256, 500), (520, 1000)])  # the last: wide points, above one tile
+def test_fp32_is_within_rounding_of_the_fp64_truth(paths, distance, b, d):
+    compare("blocked", b, d, "few_classes", 0.5, distance, 1e-5, torch.float32, rtol=2e-5, grad_rtol=2e-4)
+    assert paths["served"] >= 1 and paths["handed on"] == 0
+
+
+def _case(name):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(40, 8, generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+    t, distance = 0.5, "cosine"
+    if name == "zero row":
+        z[3] = 0.0
+    elif name == "huge norms":
+        z = z * 1e19
+    elif name == "tiny norms":
+        z = z * 1e-30
+    elif name == "far same-class points":  # cosine sums at the shift 0 below exp(-FAR)
+        t = 0.01
+    elif name == "shared offset":
+        z, distance = z * 0.1 + 100.0, "euclidean"
+    return z, y, t, distance
+
+
+@pytest.mark.parametrize("name", ["zero row", "huge norms", "tiny norms", "far same-class points", "shared offset"])
+def test_what_it_cannot_serve_goes_to_the_formula_and_is_right(paths, name):
+    z, y, t, distance = _case(name)
+    got = z.clone().requires_grad_(True)
+    loss = soft_nearest_neighbor_loss(got, y, t, distance=distance, backend="blocked")
+    loss.backward()
+    truth = z.double().requires_grad_(True)
+    expected = soft_nearest_neighbor_loss(truth, y, t, distance=distance, backend="reference")
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=2e-5, atol=1e-6)
+    scale = float(truth.grad.abs().max())
+    torch.testing.assert_close(got.grad.double(), truth.grad, rtol=2e-3, atol=2e-4 * scale)
+    # a shared offset is served (the points are centred first); the others are handed on
+    assert paths["handed on" if name != "shared offset" else "served"] == 1
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_second_order_is_exact(paths, distance):
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(12, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, (12,), generator=g)
+    t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+
+    def loss(z, t):
+        return soft_nearest_neighbor_loss(z, y, t, distance=distance, backend="blocked")
+
+    assert torch.autograd.gradcheck(loss, (z, t))
+    assert torch.autograd.gradgradcheck(loss, (z, t))
+    assert paths["served"] > 0
+
+
+def test_a_step_leaves_no_reference_cycle(paths):
+    # what the backward pass keeps is freed with the loss, not at the next
+    # garbage collection (a training loop would hold every step's b x b
+    # tensors).  (With create_graph=True, the autograd.grad inside the
+    # backward pass makes a cycle that the collector frees: torch's own.)
+    z = torch.randn(64, 8, requires_grad=True)
+    y = torch.randint(0, 4, (64,))
+    gc.collect()
+    gc.disable()
+    try:
+        loss = soft_nearest_neighbor_loss(z, y, 0.5, backend="blocked")
+        loss.backward()
+        del loss
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert paths["served"] == 1
+
+
+def test_wide_points_it_cannot_serve_go_to_the_operator(paths):
+    # above one tile there is no ``lean.statistics``: the tiles take the call
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(520, 1000, generator=g, dtype=torch.float64)
+    z[7] = 0.0  # a zero row: handed on
+    y = torch.randint(0, 5, (520,), generator=g)
+    got = z.clone().requires_grad_(True)
+    soft_nearest_neighbor_loss(got, y, 0.5, backend="blocked").backward()
+    truth = z.clone().requires_grad_(True)
+    soft_nearest_neighbor_loss(truth, y, 0.5, backend="reference").backward()
+    torch.testing.assert_close(got.grad, truth.grad, rtol=1e-9, atol=1e-12)
+    assert paths == {"served": 0, "handed on": 1}
