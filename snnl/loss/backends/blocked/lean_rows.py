@@ -27,6 +27,7 @@ there that the garbage collector frees, a first-order step leaves none).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -75,6 +76,16 @@ class _Pairs:
     has_same: torch.Tensor
 
 
+@functools.cache
+def _constant_cached(values: tuple, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype)
+
+
+def _constant(values: list, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant CPU tensor, made once (not a copy from the host per call)."""
+    return _constant_cached(tuple(values), dtype)
+
+
 @torch.no_grad()
 def _pairs(inputs: Inputs, options: LossOptions) -> _Pairs | None:
     """What the loss and its backward pass read, or None where the call
@@ -96,7 +107,7 @@ def _pairs(inputs: Inputs, options: LossOptions) -> _Pairs | None:
         points = queries / norms[:, None]
         logits = (points @ points.T).sub_(1.0).div_(temperature)
     logits.diagonal().fill_(-math.inf)
-    same = labels[:, None] == labels[None, :]
+    same = labels[:, None] == labels
     same.diagonal().fill_(False)
     # cosine logits are at most 0: the shift 0 (no pass for a maximum); a row
     # whose sum then falls below exp(-FAR) goes to ``lean.statistics`` (below).
@@ -116,7 +127,7 @@ def _pairs(inputs: Inputs, options: LossOptions) -> _Pairs | None:
     checked.append(torch.where(has_same, same_total, total).amin())
     bounds.append(math.exp(-far))
     # one read (a NaN fails every comparison)
-    if not bool((torch.stack(checked) >= torch.tensor(bounds, dtype=total.dtype)).all()):
+    if not bool((torch.stack(checked) >= _constant(bounds, total.dtype)).all()):
         return None
     denominator = total + scaled_eps
     ratio = same_total / denominator  # divided, not times a reciprocal: N = S gives 1 exactly (a loss of 0)
