@@ -1,7 +1,7 @@
-"""The CPU path's one-tile square calls with their own backward pass
-(``blocked.lean_rows``): the reference's losses and gradients over the
-grid, the calls it hands to ``lean.statistics`` (and that those are right),
-and its second order."""
+"""The CPU path's eager one-tile code: the square calls with their own
+backward pass (``blocked.lean_rows``): the reference's losses and gradients
+over the grid, the calls it hands on (and that those are right), its second
+order; and SupCon's L_out from one matrix of logits (``lean.supcon_rows``)."""
 
 import gc
 
@@ -126,3 +126,34 @@ def test_wide_points_it_cannot_serve_go_to_the_operator(paths):
     soft_nearest_neighbor_loss(truth, y, 0.5, backend="reference").backward()
     torch.testing.assert_close(got.grad, truth.grad, rtol=1e-9, atol=1e-12)
     assert paths == {"served": 0, "handed on": 1}
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("with_keys", [False, True])
+def test_supcon_one_tile_equals_the_o_bd_path(monkeypatch, distance, with_keys):
+    # SupCon's L_out from one matrix of logits (one tile, eager) against the
+    # backends' log-sum-exp less the O(b d) mean positive logit (the tiles)
+    from snnl.loss import supcon_loss
+    from snnl.loss.backends.blocked import lean
+
+    calls = []
+    original = lean.supcon_rows
+    monkeypatch.setattr(lean, "supcon_rows", lambda *args: calls.append(1) or original(*args))
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(30, 2, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (30,), generator=g)
+    y[0] = 99  # a sample whose only positive is its other view
+    keys = torch.randn(11, 6, generator=g, dtype=torch.float64) if with_keys else None
+    key_labels = torch.randint(0, 4, (11,), generator=g) if with_keys else None
+    t = torch.tensor(0.3, dtype=torch.float64)
+    results = []
+    for fits in (True, False):
+        if not fits:
+            monkeypatch.setattr(lean, "fits", lambda inputs: False)
+        zz, tt = z.clone().requires_grad_(True), t.clone().requires_grad_(True)
+        rows = supcon_loss(zz, y, tt, keys=keys, key_labels=key_labels, distance=distance, reduction="none")
+        (rows * torch.linspace(0.5, 1.5, rows.numel(), dtype=torch.float64).view_as(rows)).sum().backward()
+        results.append((rows.detach(), zz.grad, tt.grad))
+    for fast, tiled in zip(*results):
+        torch.testing.assert_close(fast, tiled, rtol=1e-10, atol=1e-12)
+    assert len(calls) == 1

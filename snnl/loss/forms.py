@@ -39,9 +39,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..choices import FORM_REDUCTIONS
-from . import validation
+from . import ops, registry, validation
 from .backends.reference import pairwise_distance, unit_rows
-from .functional import Rows, _autocast_on, log_sums, prepare_rows, soft_nearest_neighbor_loss
+from .functional import Rows, _autocast_on, _backend_call, prepare_rows, soft_nearest_neighbor_loss
 from .rowwise import compute_dtype, euclidean_centre
 
 # rows per block of the per-pair form: a block's logits are (block, keys)
@@ -102,6 +102,32 @@ def positive_logit_means(inputs, distance: str) -> tuple[torch.Tensor, torch.Ten
     return mean, positives
 
 
+def form_rows(batch: Rows, temperature, form: str, *, distance: str, backend: str, precision: str, check_values: bool):
+    """(per-query rows of a contrastive form, the number of each query's
+    positives) with ``backend``, differentiable, with autocast off and the
+    same value checks as ``row_losses`` (an overflow shows as a NaN row).
+    ``form``: ``"supcon"`` (L_out: lse_all from the backend less the mean
+    positive logit in O(b d), ``positive_logit_means``), or the
+    backend's own eager path for the call where it has one."""
+    name, inputs, options, points, given = _backend_call(
+        batch, temperature, distance=distance, eps=0.0, backend=backend, precision=precision
+    )
+    queries = inputs.queries
+    with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
+        eager = None if ops.forward_ad_active() else registry.BACKENDS[name].eager_form(form, inputs, options)
+        if eager is not None:
+            rows, positives = eager
+        else:
+            lse_all, _ = ops.statistics(inputs, options, name)
+            mean_positive, positives = positive_logit_means(inputs, distance)
+            rows = lse_all - mean_positive
+    if check_values and validation.values_readable(queries, inputs.keys, given, batch.weight):
+        validation.check_values(
+            points, given, batch.weight, rows, distance=distance, used_temperature=inputs.temperature
+        )
+    return rows, positives
+
+
 def _reduce(rows: torch.Tensor, counted: torch.Tensor, weight: torch.Tensor | None, batch: Rows, reduction: str):
     rows = torch.where(counted, rows, 0.0)
     if reduction == "none":
@@ -136,12 +162,16 @@ def supcon_loss(
     """
     _check(distance, reduction, backend, precision)
     batch = prepare_rows(z, labels, keys, key_labels)
-    lse_all, _, inputs = log_sums(
-        batch, temperature, distance=distance, backend=backend, precision=precision, check_values=check_values
+    rows, positives = form_rows(
+        batch,
+        temperature,
+        "supcon",
+        distance=distance,
+        backend=backend,
+        precision=precision,
+        check_values=check_values,
     )
-    with _no_autocast(inputs.queries):  # the loss's own arithmetic in fp32 / fp64, as the backends'
-        mean_positive, positives = positive_logit_means(inputs, distance)
-    return _reduce(lse_all - mean_positive, positives > 0, None, batch, reduction)
+    return _reduce(rows, positives > 0, None, batch, reduction)
 
 
 def _pair_terms(queries, query_labels, query_ids, keys, key_labels, temperature, distance: str, square: bool):

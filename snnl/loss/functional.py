@@ -153,23 +153,6 @@ def row_losses(
     return rows, has_positive
 
 
-def log_sums(batch: Rows, temperature, *, distance: str, backend: str, precision: str, check_values: bool):
-    """(lse_all, lse_same, the Inputs they were computed from) per query row
-    with ``backend``, differentiable, with autocast off and the same value
-    checks as ``row_losses`` (an overflow shows as a NaN lse_all)."""
-    name, inputs, options, points, given = _backend_call(
-        batch, temperature, distance=distance, eps=0.0, backend=backend, precision=precision
-    )
-    queries = inputs.queries
-    with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
-        lse_all, lse_same = ops.statistics(inputs, options, name)
-    if check_values and validation.values_readable(queries, inputs.keys, given, batch.weight):
-        validation.check_values(
-            points, given, batch.weight, lse_all, distance=distance, used_temperature=inputs.temperature
-        )
-    return lse_all, lse_same, inputs
-
-
 def _autocast_on(x: torch.Tensor) -> bool:
     return x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
 

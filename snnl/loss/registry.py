@@ -40,7 +40,8 @@ class Backend:
     take z here), ``eager_statistics(inputs, options)`` (a plain-torch
     path for the calls where it is faster than the operator, else None) and
     ``eager_rows(inputs, options)`` (likewise, the per-row losses with a
-    backward pass of its own)."""
+    backward pass of its own) and ``eager_form(form, inputs, options)``
+    (likewise, a contrastive form of ``snnl.loss.forms``)."""
 
     module: ModuleType
 
@@ -72,6 +73,12 @@ class Backend:
         its own backward pass, where it has one for this call, else None."""
         path = getattr(self.module, "eager_rows", None)
         return None if path is None else path(inputs, options)
+
+    def eager_form(self, form, inputs, options):
+        """A contrastive form's per-query rows and positive counts in eager
+        code where the backend has a faster path for this call, else None."""
+        path = getattr(self.module, "eager_form", None)
+        return None if path is None else path(form, inputs, options)
 
     def eager_statistics(self, inputs, options):
         """The backend's plain-torch statistics for this call where it has a

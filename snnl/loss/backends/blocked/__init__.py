@@ -64,6 +64,13 @@ def eager_rows(inputs: Inputs, options: LossOptions):
     return lean_rows.rows(inputs, options) if lean_rows.fits(inputs) else None
 
 
+def eager_form(form: str, inputs: Inputs, options: LossOptions):
+    """(per-query rows, positives per query) of a contrastive form
+    (``snnl.loss.forms``) in plain torch for a call that fits one tile in
+    eager code, else None: ``"supcon"``'s L_out from one matrix of logits."""
+    return lean.supcon_rows(inputs, options) if form == "supcon" and lean.fits(inputs) else None
+
+
 def saved_like(inputs: Inputs, options: LossOptions) -> list:
     """``forward`` keeps nothing for the backward pass but its inputs and the
     log-sum-exps: the backward pass recomputes each tile."""

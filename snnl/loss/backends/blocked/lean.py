@@ -54,8 +54,8 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return scaled.div(norm).mul_(nonzero)
 
 
-def statistics(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(lse_all, lse_same, has_same) per query, as ``reference.statistics``."""
+def _logits(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(the logits, -inf for the pairs left out, the same-class pairs, whether any pair is left out)."""
     queries, _, query_labels, _, temperature = inputs
     keys, key_labels = inputs.key_side()
     square = inputs.square
@@ -80,6 +80,12 @@ def statistics(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torc
         offset = 0 if square else options.self_offset
         logits.diagonal(offset).fill_(-math.inf)
         same.diagonal(offset).fill_(False)
+    return logits, same, self_pairs
+
+
+def statistics(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(lse_all, lse_same, has_same) per query, as ``reference.statistics``."""
+    logits, same, self_pairs = _logits(inputs, options)
     has_same = same.any(dim=1)
     lse_all = torch.logsumexp(logits, dim=1)
     # a row with no key of its class: dummy finite logits (logsumexp of all -inf has a NaN gradient)
@@ -90,3 +96,19 @@ def statistics(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torc
         lse_all = torch.where(lse_all == -math.inf, math.nan, lse_all)
     lse_same = torch.where(has_same & (lse_same == -math.inf), math.nan, lse_same)
     return lse_all, lse_same, has_same
+
+
+def supcon_rows(inputs: Inputs, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SupCon's L_out per query, the number of its positives): lse_all less
+    the mean of the positives' logits, from one matrix of logits (0 where
+    there is no positive), as ``snnl.loss.forms.supcon_loss`` computes it
+    in O(b d) for the other paths."""
+    logits, same, self_pairs = _logits(inputs, options)
+    lse_all = torch.logsumexp(logits, dim=1)
+    if logits.shape[1] > int(self_pairs):  # -inf although there are keys: every logit overflowed: NaN
+        lse_all = torch.where(lse_all == -math.inf, math.nan, lse_all)
+    positives = same.sum(dim=1)
+    # the positives' logits summed (no -inf among them: the pairs left out are not positives)
+    total = torch.where(same, logits, 0.0).sum(dim=1)
+    mean = total / positives.clamp_min(1)
+    return torch.where(positives > 0, lse_all - mean, lse_all), positives
