@@ -26,14 +26,16 @@ from .measure import provenance
 
 DIM = 128
 CHILD = r"""
-import json, resource, statistics, sys, time
+import contextlib, json, resource, statistics, sys, time
 limit = int(float(sys.argv[4]) * 2**30)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import torch
 from pytorch_metric_learning import losses as pml
 from snnl import losses as ours
 from bench.measure import PeakMemory, pin_malloc_to_mmap
-pin_malloc_to_mmap()
+memory = sys.argv[7] == "memory"
+if memory:  # every allocation its own mapping, so that the peak is seen (each one slower, for both)
+    pin_malloc_to_mmap()
 torch.set_num_threads(int(sys.argv[5]))
 loss, batch, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 g = torch.Generator().manual_seed(batch)
@@ -60,9 +62,9 @@ for name, fn in list(fns.items()):
     try:
         step(fn)
         peak = PeakMemory(torch.device("cpu"))
-        with peak.measure():
+        with peak.measure() if memory else contextlib.nullcontext():
             value = step(fn)
-        out[name] = {"value": value, "extra_peak_bytes": peak.bytes, "seconds": []}
+        out[name] = {"value": value, "extra_peak_bytes": peak.bytes if memory else None, "seconds": []}
     except (RuntimeError, MemoryError) as error:
         out[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
         del fns[name]
@@ -77,9 +79,10 @@ print(json.dumps(out))
 """
 
 
-def measure_one(loss: str, batch: int, rounds: int, limit_gib: float, threads: int) -> dict:
+def measure_one(loss: str, batch: int, rounds: int, limit_gib: float, threads: int, memory: bool = True) -> dict:
+    mode = "memory" if memory else "time"
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, loss, str(batch), str(rounds), str(limit_gib), str(threads), str(DIM)],
+        [sys.executable, "-c", CHILD, loss, str(batch), str(rounds), str(limit_gib), str(threads), str(DIM), mode],
         capture_output=True,
         text=True,
     )
@@ -95,6 +98,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-limit-gib", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--time-only",
+        action="store_true",
+        help="no memory measurement: the allocator as it is (measuring the peak makes every "
+        "allocation a mapping of its own, which slows small sizes for both libraries)",
+    )
     args = _cli.parse(parser, argv)
     import torch
 
@@ -102,13 +111,14 @@ def main(argv=None) -> int:
     for loss in args.losses.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             rounds = args.rounds if batch <= 2048 else max(1, args.rounds // 2)
-            result = measure_one(loss, batch, rounds, args.memory_limit_gib, args.threads)
+            result = measure_one(loss, batch, rounds, args.memory_limit_gib, args.threads, not args.time_only)
             rows.append({"loss": loss, "samples": batch, "views": 2, "dim": DIM, **result})
             parts = []
             for name in ("snnl", "pml"):
                 r = result.get(name, result)
                 if "median_s" in r:
-                    parts.append(f"{name} {r['median_s'] * 1e3:.1f} ms, {r['extra_peak_bytes'] / 2**20:.0f} MiB")
+                    peak = r["extra_peak_bytes"]
+                    parts.append(f"{name} {r['median_s'] * 1e3:.1f} ms" + (f", {peak / 2**20:.0f} MiB" if peak else ""))
                 else:
                     parts.append(f"{name}: {r.get('error', '?')[:80]}")
             print(f"{loss} b={batch}: " + "; ".join(parts), flush=True)
