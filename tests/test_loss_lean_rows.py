@@ -20,8 +20,8 @@ def paths(monkeypatch):
     taken = {"served": 0, "handed on": 0}
     original = lean_rows._pairs
 
-    def spy(inputs, options):
-        computed = original(inputs, options)
+    def spy(inputs, options, *form):
+        computed = original(inputs, options, *form)
         taken["handed on" if computed is None else "served"] += 1
         return computed
 
@@ -44,6 +44,18 @@ def test_equals_the_reference_fp64(paths, pattern, distance, eps, temperature):
 def test_fp32_is_within_rounding_of_the_fp64_truth(paths, distance, b, d):
     compare("blocked", b, d, "few_classes", 0.5, distance, 1e-5, torch.float32, rtol=2e-5, grad_rtol=2e-4)
     assert paths["served"] >= 1 and paths["handed on"] == 0
+
+
+def test_supcon_zero_row_goes_to_the_formula_and_is_right(paths):
+    from snnl.loss import supcon_loss
+
+    z, y, t, _ = _case("zero row")
+    got = z.double().requires_grad_(True)
+    supcon_loss(got, y, t, backend="blocked").backward()
+    truth = z.double().requires_grad_(True)
+    supcon_loss(truth, y, t, backend="reference").backward()
+    torch.testing.assert_close(got.grad, truth.grad, rtol=1e-9, atol=1e-12)
+    assert paths == {"served": 0, "handed on": 1}
 
 
 def _case(name):
@@ -80,15 +92,19 @@ def test_what_it_cannot_serve_goes_to_the_formula_and_is_right(paths, name):
     assert paths["handed on" if name != "shared offset" else "served"] == 1
 
 
+@pytest.mark.parametrize("form", ["snnl", "supcon"])
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-def test_second_order_is_exact(paths, distance):
+def test_second_order_is_exact(paths, distance, form):
+    from snnl.loss import supcon_loss
+
     g = torch.Generator().manual_seed(2)
     z = torch.randn(12, 3, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 3, (12,), generator=g)
     t = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    function = soft_nearest_neighbor_loss if form == "snnl" else supcon_loss
 
     def loss(z, t):
-        return soft_nearest_neighbor_loss(z, y, t, distance=distance, backend="blocked")
+        return function(z, y, t, distance=distance, backend="blocked")
 
     assert torch.autograd.gradcheck(loss, (z, t))
     assert torch.autograd.gradgradcheck(loss, (z, t))
@@ -137,8 +153,9 @@ def test_supcon_one_tile_equals_the_o_bd_path(monkeypatch, distance, with_keys):
     from snnl.loss.backends.blocked import lean
 
     calls = []
-    original = lean.supcon_rows
-    monkeypatch.setattr(lean, "supcon_rows", lambda *args: calls.append(1) or original(*args))
+    for module in (lean, lean_rows):  # with its own backward (square), or autograd (keys)
+        original = module.supcon_rows
+        monkeypatch.setattr(module, "supcon_rows", lambda *args, f=original: calls.append(1) or f(*args))
     g = torch.Generator().manual_seed(4)
     z = torch.randn(30, 2, 6, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (30,), generator=g)
@@ -150,6 +167,7 @@ def test_supcon_one_tile_equals_the_o_bd_path(monkeypatch, distance, with_keys):
     for fits in (True, False):
         if not fits:
             monkeypatch.setattr(lean, "fits", lambda inputs: False)
+            monkeypatch.setattr(lean_rows, "fits", lambda inputs: False)
         zz, tt = z.clone().requires_grad_(True), t.clone().requires_grad_(True)
         rows = supcon_loss(zz, y, tt, keys=keys, key_labels=key_labels, distance=distance, reduction="none")
         (rows * torch.linspace(0.5, 1.5, rows.numel(), dtype=torch.float64).view_as(rows)).sum().backward()

@@ -67,8 +67,14 @@ def eager_rows(inputs: Inputs, options: LossOptions):
 def eager_form(form: str, inputs: Inputs, options: LossOptions):
     """(per-query rows, positives per query) of a contrastive form
     (``snnl.loss.forms``) in plain torch for a call that fits one tile in
-    eager code, else None: ``"supcon"``'s L_out from one matrix of logits."""
-    return lean.supcon_rows(inputs, options) if form == "supcon" and lean.fits(inputs) else None
+    eager code, else None: ``"supcon"``'s L_out from one matrix of logits,
+    with a hand-written backward pass in the square case (``lean_rows``)."""
+    if form != "supcon":
+        return None
+    served = lean_rows.supcon_rows(inputs, options) if lean_rows.fits(inputs) else None
+    if served is None and lean.fits(inputs):
+        served = lean.supcon_rows(inputs, options)
+    return served
 
 
 def saved_like(inputs: Inputs, options: LossOptions) -> list:

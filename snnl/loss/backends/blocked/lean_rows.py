@@ -63,17 +63,21 @@ def fits(inputs: Inputs) -> bool:
 class _Pairs:
     """What the backward pass reads: E = exp(s - shift) per pair (0 on the
     diagonal), the same-class pairs, the points as used (unit rows, or
-    centred points), the row norms (cosine), and per row the loss's
-    derivatives in S = sum_j E_ij and N = its same-class part."""
+    centred points), the row norms (cosine), and per row what the form's
+    derivative in the pair logits needs (``_pair_derivatives``)."""
 
+    form: str  # "snnl" (L_in) or "supcon" (L_out)
     weights: torch.Tensor
     same: torch.Tensor
     points: torch.Tensor
     norms: torch.Tensor | None
-    # the loss l = -log(eps + r) with r = N / (eps e^-shift + S), and 1 / (eps e^-shift + S)
-    ratio: torch.Tensor
+    # snnl: l = -log(eps + r) with r = N / (eps e^-shift + S), 1 / (eps e^-shift + S), whether N has terms;
+    # supcon: l = log S + shift - (sum of the positives' logits) / n, 1 / S, n
+    rows: torch.Tensor | None  # (handed to the output, then dropped)
+    ratio: torch.Tensor | None
     inverse_total: torch.Tensor
     has_same: torch.Tensor
+    positives: torch.Tensor | None
 
 
 @functools.cache
@@ -87,9 +91,9 @@ def _constant(values: list, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _pairs(inputs: Inputs, options: LossOptions) -> _Pairs | None:
+def _pairs(inputs: Inputs, options: LossOptions, form: str = "snnl") -> _Pairs | None:
     """What the loss and its backward pass read, or None where the call
-    goes to ``lean.statistics``."""
+    goes to the formula (``lean``)."""
     queries, labels, temperature, eps = inputs.queries, inputs.query_labels, inputs.temperature, options.eps
     far = FAR[queries.dtype]
     if options.euclidean:
@@ -106,32 +110,59 @@ def _pairs(inputs: Inputs, options: LossOptions) -> _Pairs | None:
         checked, bounds = [smallest, -largest], [NORM_RANGE[0], -NORM_RANGE[1]]
         points = queries / norms[:, None]
         logits = (points @ points.T).sub_(1.0).div_(temperature)
-    logits.diagonal().fill_(-math.inf)
     same = labels[:, None] == labels
     same.diagonal().fill_(False)
+    positive_logits = torch.where(same, logits, 0.0).sum(1) if form == "supcon" else None
+    logits.diagonal().fill_(-math.inf)
     # cosine logits are at most 0: the shift 0 (no pass for a maximum); a row
-    # whose sum then falls below exp(-FAR) goes to ``lean.statistics`` (below).
+    # whose sum then falls below exp(-FAR) goes to the formula (below).
     # Euclidean logits have no bound: each row's largest
-    if options.euclidean:
-        shift = logits.amax(dim=1)
-        weights = logits.sub_(shift[:, None]).exp_()
-        # eps in the shifted sums' units (the loss does not depend on the shift);
-        # inf where eps outweighs every term by far: the row's loss is -log(eps) then
-        scaled_eps = torch.exp(-shift).mul_(eps) if eps else 0.0
-    else:
-        weights = logits.exp_()
-        scaled_eps = eps
-    total, same_total = weights.sum(1), (weights * same).sum(1)
+    shift = logits.amax(dim=1) if options.euclidean else None
+    weights = (logits if shift is None else logits.sub_(shift[:, None])).exp_()
+    total = weights.sum(1)
     has_same = same.any(dim=1)
-    # each row's sum that must be at least exp(-FAR): its same-class one (at most its total), or its total
-    checked.append(torch.where(has_same, same_total, total).amin())
+    if form == "supcon":  # its positives' logits are read as they are: only the total must be in range
+        same_total = None
+        checked.append(total.amin())
+    else:
+        same_total = (weights * same).sum(1)
+        # each row's sum that must be at least exp(-FAR): its same-class one (at most its total), or its total
+        checked.append(torch.where(has_same, same_total, total).amin())
     bounds.append(math.exp(-far))
     # one read (a NaN fails every comparison)
     if not bool((torch.stack(checked) >= _constant(bounds, total.dtype)).all()):
         return None
+    if positive_logits is not None:  # supcon
+        positives = same.sum(1)
+        lse_all = total.log() if shift is None else total.log().add_(shift)
+        rows = lse_all - positive_logits / positives.clamp_min(1)  # a row without a positive: lse_all
+        return _Pairs(form, weights, same, points, norms, rows, None, total.reciprocal(), has_same, positives)
+    # eps in the shifted sums' units (the loss does not depend on the shift); inf
+    # where eps outweighs every term by far: the row's loss is -log(eps) then
+    scaled_eps = eps if shift is None else (torch.exp(-shift).mul_(eps) if eps else 0.0)
+    assert same_total is not None
     denominator = total + scaled_eps
     ratio = same_total / denominator  # divided, not times a reciprocal: N = S gives 1 exactly (a loss of 0)
-    return _Pairs(weights, same, points, norms, ratio, denominator.reciprocal_(), has_same)
+    rows = (ratio + eps).log_().neg_()  # eps = 0: +inf for a row without a same-class key
+    return _Pairs(form, weights, same, points, norms, rows, ratio, denominator.reciprocal_(), has_same, None)
+
+
+def _pair_derivatives(pairs: _Pairs, grad_rows: torch.Tensor, eps: float) -> torch.Tensor:
+    """H_ij = dL/ds_ij, 0 on the diagonal."""
+    if pairs.form == "supcon":
+        # l = log S - mean_P s: dl/ds_ij = E_ij / S_i - [same] / n_i
+        assert pairs.positives is not None
+        a = grad_rows * pairs.inverse_total
+        c = torch.where(pairs.positives > 0, grad_rows / pairs.positives.clamp_min(1), 0.0)
+        return (pairs.same * c[:, None]).neg_().addcmul_(pairs.weights, a[:, None])
+    # l = -log(eps + N / (e + S)): dl/dS = r / ((eps + r)(e + S)), dl/dN = -1 / ((eps + r)(e + S)),
+    # and dS/ds_ij = E_ij, dN/ds_ij = [same] E_ij
+    assert pairs.ratio is not None
+    c = (pairs.ratio + eps).reciprocal_().mul_(grad_rows).mul_(pairs.inverse_total)
+    if eps == 0.0:  # rows without a same-class key are left out: no derivative (not 1 / 0)
+        c.masked_fill_(~pairs.has_same, 0.0)
+    # H = E (a_i - [same] c_i), a = r c: a - c is 0 exactly where N = S (one class)
+    return (pairs.same * c[:, None]).neg_().add_((c * pairs.ratio)[:, None]).mul_(pairs.weights)
 
 
 class _LeanRows(torch.autograd.Function):
@@ -142,7 +173,9 @@ class _LeanRows(torch.autograd.Function):
     def forward(ctx, queries, temperature, pairs: _Pairs, labels, options: LossOptions):
         ctx.save_for_backward(queries, temperature, labels)
         ctx.pairs, ctx.options = pairs, options
-        return (pairs.ratio + options.eps).log_().neg_()  # eps = 0: +inf for a row without a same-class key
+        rows, pairs.rows = pairs.rows, None  # (an output kept by its own node would be a reference cycle)
+        assert rows is not None
+        return rows
 
     @staticmethod
     def backward(ctx, grad_rows):
@@ -150,13 +183,7 @@ class _LeanRows(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a gradient that is differentiable again
             return (*_formula_gradients(ctx, queries, temperature, labels, grad_rows), None, None, None)
         pairs, options = ctx.pairs, ctx.options
-        # l = -log(eps + N / (e + S)): dl/dS = r / ((eps + r)(e + S)), dl/dN = -1 / ((eps + r)(e + S)),
-        # and dS/ds_ij = E_ij, dN/ds_ij = [same] E_ij
-        c = (pairs.ratio + options.eps).reciprocal_().mul_(grad_rows).mul_(pairs.inverse_total)
-        if options.eps == 0.0:  # rows without a same-class key are left out: no derivative (not 1 / 0)
-            c.masked_fill_(~pairs.has_same, 0.0)
-        # H = E (a_i - [same] c_i), a = r c: a - c is 0 exactly where N = S (one class)
-        h = (pairs.same * c[:, None]).neg_().add_((c * pairs.ratio)[:, None]).mul_(pairs.weights)
+        h = _pair_derivatives(pairs, grad_rows, options.eps)
         both = h + h.T  # s_ij = s_ji: the row's and the column's term
         x = pairs.points
         grad_x = both @ x
@@ -165,6 +192,7 @@ class _LeanRows(torch.autograd.Function):
         else:  # s_ij = (<u_i, u_j> - 1) / T with u = z / |z|: the Jacobian (I - u u^T) / |z|
             grad_x.div_(temperature)
             radial = (x * grad_x).sum(1, keepdim=True)
+            assert pairs.norms is not None
             grad_q = grad_x.addcmul_(x, radial, value=-1.0).div_(pairs.norms[:, None])
         grad_t = None
         if ctx.needs_input_grad[1]:  # ds/dT = -s / T, s recomputed (the weights are shifted)
@@ -184,10 +212,13 @@ def _logits_zero_diagonal(x, temperature, options: LossOptions):
 
 
 def _formula_gradients(ctx, queries, temperature, labels, grad_rows):
-    """The gradients through ``lean.statistics`` (autograd, differentiable again)."""
+    """The gradients through the formula (``lean``; autograd, differentiable again)."""
     inputs = Inputs(queries, None, labels, None, temperature)
-    lse_all, lse_same, _ = lean.statistics(inputs, ctx.options)
-    rows = rows_loss(lse_all, lse_same, ctx.options.eps)
+    if ctx.pairs.form == "supcon":
+        rows, _ = lean.supcon_rows(inputs, ctx.options)
+    else:
+        lse_all, lse_same, _ = lean.statistics(inputs, ctx.options)
+        rows = rows_loss(lse_all, lse_same, ctx.options.eps)
     wanted = [x for x, needed in zip((queries, temperature), ctx.needs_input_grad[:2]) if needed]
     grads = iter(torch.autograd.grad(rows, wanted, grad_rows, create_graph=True))
     return tuple(next(grads) if needed else None for needed in ctx.needs_input_grad[:2])
@@ -195,9 +226,21 @@ def _formula_gradients(ctx, queries, temperature, labels, grad_rows):
 
 def rows(inputs: Inputs, options: LossOptions):
     """(per-row losses, whether each row has a same-class key) through the
-    hand-written backward pass, or None where ``lean.statistics`` must take
-    the call (see the module docstring)."""
+    hand-written backward pass, or None where the formula must take the
+    call (see the module docstring)."""
     pairs = _pairs(inputs, options)
     if pairs is None:
         return None
-    return _LeanRows.apply(inputs.queries, inputs.temperature, pairs, inputs.query_labels, options), pairs.has_same
+    has_same = pairs.has_same
+    return _LeanRows.apply(inputs.queries, inputs.temperature, pairs, inputs.query_labels, options), has_same
+
+
+def supcon_rows(inputs: Inputs, options: LossOptions):
+    """(SupCon's L_out per row, the number of each row's positives) through
+    the hand-written backward pass, or None where ``lean.supcon_rows`` must
+    take the call (a row without a positive: its lse_all, as there)."""
+    pairs = _pairs(inputs, options, "supcon")
+    if pairs is None:
+        return None
+    positives = pairs.positives
+    return _LeanRows.apply(inputs.queries, inputs.temperature, pairs, inputs.query_labels, options), positives
