@@ -9,10 +9,13 @@ turn runs forward + backward once (warm-up), then once more measuring the
 extra peak memory (``measure.PeakMemory``: the resident-set high-water mark
 on a CPU), then alternates the two over ``--rounds`` for the times (median).
 The losses: NT-Xent through ``SelfSupervisedLoss`` (two views, each the
-other's positive), NT-Xent and SupCon with labels over 10 classes (both
-views labelled: each row has about b / 5 positives).  The process is limited to ``--memory-limit-gib``
-of address space, so that a side that asks for more fails with an error,
-recorded as such, instead of taking the machine down.
+other's positive), NT-Xent, SupCon and (``--losses nca``) NCA with labels
+over 10 classes (both views labelled: each row has about b / 5 positives).
+The process is limited to ``--memory-limit-gib`` of address space, so that
+a side that asks for more fails with an error, recorded as such, instead of
+taking the machine down.  ``--time-only`` leaves the memory out and the
+allocator as it is (measuring the peak maps every allocation on its own,
+which slows small sizes for both libraries).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def make(library):
         return lambda x, y: fn(x, y)
     if loss == "ntxent-labels":
         fn = library.NTXentLoss(temperature=0.07)
+        return lambda x, y: fn(torch.cat([x, y]), torch.cat([labels, labels]))
+    if loss == "nca":
+        fn = library.NCALoss(softmax_scale=1)
         return lambda x, y: fn(torch.cat([x, y]), torch.cat([labels, labels]))
     fn = library.SupConLoss(temperature=0.1)
     return lambda x, y: fn(torch.cat([x, y]), torch.cat([labels, labels]))
@@ -93,7 +99,7 @@ def measure_one(loss: str, batch: int, rounds: int, limit_gib: float, threads: i
 
 def main(argv=None) -> int:
     parser = _cli.parser("bench.against_pml", __doc__)
-    parser.add_argument("--losses", default="ntxent,ntxent-labels,supcon")
+    parser.add_argument("--losses", default="ntxent,ntxent-labels,supcon", help="of ntxent, ntxent-labels, supcon, nca")
     parser.add_argument("--batches", default="128,256,512,1024,2048,4096,8192", help="samples (x 2 views)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-limit-gib", type=float, default=12.0)
