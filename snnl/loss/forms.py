@@ -113,7 +113,7 @@ def form_rows(batch: Rows, temperature, form: str, *, distance: str, backend: st
         batch, temperature, distance=distance, eps=0.0, backend=backend, precision=precision
     )
     queries = inputs.queries
-    with torch.autocast(queries.device.type, enabled=False) if _autocast_on(queries) else contextlib.nullcontext():
+    with _no_autocast(queries):
         eager = None if ops.forward_ad_active() else registry.BACKENDS[name].eager_form(form, inputs, options)
         if eager is not None:
             rows, positives = eager

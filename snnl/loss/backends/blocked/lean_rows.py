@@ -81,13 +81,19 @@ class _Pairs:
 
 
 @functools.cache
-def _constant_cached(values: tuple, dtype: torch.dtype) -> torch.Tensor:
+def _constant(values: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant CPU tensor, made once (not a copy from the host per call)."""
     return torch.tensor(values, dtype=dtype)
 
 
-def _constant(values: list, dtype: torch.dtype) -> torch.Tensor:
-    """A small constant CPU tensor, made once (not a copy from the host per call)."""
-    return _constant_cached(tuple(values), dtype)
+def _logits(x: torch.Tensor, temperature, options: LossOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the logits of the points as used, a fresh b x b tensor; for the
+    Euclidean distance also each point's squared norm)."""
+    if not options.euclidean:
+        return (x @ x.T).sub_(1.0).div_(temperature), None
+    squares = x.square().sum(1)
+    distances = torch.addmm(squares[:, None] + squares[None, :], x, x.T, alpha=-2.0)
+    return distances.clamp_min_(0.0).div_(-temperature), squares
 
 
 @torch.no_grad()
@@ -97,11 +103,10 @@ def _pairs(inputs: Inputs, options: LossOptions, form: str = "snnl") -> _Pairs |
     queries, labels, temperature, eps = inputs.queries, inputs.query_labels, inputs.temperature, options.eps
     far = FAR[queries.dtype]
     if options.euclidean:
-        points = queries - euclidean_centre(queries, None)
-        squares = points.square().sum(1)
-        logits = torch.addmm(squares[:, None] + squares[None, :], points, points.T, alpha=-2.0)
-        logits.clamp_min_(0.0).div_(-temperature)
         norms = None
+        points = queries - euclidean_centre(queries, None)
+        logits, squares = _logits(points, temperature, options)
+        assert squares is not None
         # at least the bounds below: a finite sum of squares (finite points)
         checked, bounds = [-squares.sum()], [-torch.finfo(squares.dtype).max]
     else:
@@ -109,7 +114,7 @@ def _pairs(inputs: Inputs, options: LossOptions, form: str = "snnl") -> _Pairs |
         smallest, largest = torch.aminmax(norms)
         checked, bounds = [smallest, -largest], [NORM_RANGE[0], -NORM_RANGE[1]]
         points = queries / norms[:, None]
-        logits = (points @ points.T).sub_(1.0).div_(temperature)
+        logits, _ = _logits(points, temperature, options)
     same = labels[:, None] == labels
     same.diagonal().fill_(False)
     positive_logits = torch.where(same, logits, 0.0).sum(1) if form == "supcon" else None
@@ -130,7 +135,7 @@ def _pairs(inputs: Inputs, options: LossOptions, form: str = "snnl") -> _Pairs |
         checked.append(torch.where(has_same, same_total, total).amin())
     bounds.append(math.exp(-far))
     # one read (a NaN fails every comparison)
-    if not bool((torch.stack(checked) >= _constant(bounds, total.dtype)).all()):
+    if not bool((torch.stack(checked) >= _constant(tuple(bounds), total.dtype)).all()):
         return None
     if positive_logits is not None:  # supcon
         positives = same.sum(1)
@@ -196,19 +201,9 @@ class _LeanRows(torch.autograd.Function):
             grad_q = grad_x.addcmul_(x, radial, value=-1.0).div_(pairs.norms[:, None])
         grad_t = None
         if ctx.needs_input_grad[1]:  # ds/dT = -s / T, s recomputed (the weights are shifted)
-            grad_t = -(h * _logits_zero_diagonal(x, temperature, options)).sum() / temperature
+            logits, _ = _logits(x, temperature, options)
+            grad_t = -(h * logits.fill_diagonal_(0.0)).sum() / temperature  # (H is 0 there)
         return grad_q, grad_t, None, None, None
-
-
-def _logits_zero_diagonal(x, temperature, options: LossOptions):
-    """The logits of the points as used, 0 on the diagonal (where H is 0)."""
-    if options.euclidean:
-        squares = x.square().sum(1)
-        logits = torch.addmm(squares[:, None] + squares[None, :], x, x.T, alpha=-2.0).clamp_min_(0.0).div_(-temperature)
-    else:
-        logits = (x @ x.T).sub_(1.0).div_(temperature)
-    logits.diagonal().fill_(0.0)
-    return logits
 
 
 def _formula_gradients(ctx, queries, temperature, labels, grad_rows):
